@@ -1,0 +1,766 @@
+//! # User profiles
+//!
+//! Specification, per user, at every epoch `E` with engine clock `c(E)`:
+//!
+//! * `events`: count of messages per canonical event name (custom names too);
+//!   `first_seen` / `last_seen`: min / max event time over all messages.
+//! * `orders`, `items_purchased`, `revenue`: `Order Completed` adds one order, its
+//!   quantities and its amount. `Order Refunded` subtracts its amount from revenue
+//!   (when the message has no amount, the part of the known order not yet refunded)
+//!   and counts in `refunds` / `refunded`. `Order Cancelled` of a known, completed,
+//!   not yet cancelled order takes the order back (one order, its items, its
+//!   unrefunded amount); of an unknown order it subtracts the amount it names.
+//!   `last_order_at`: max time of `Order Completed`.
+//! * `windows.{7d,30d}`: the same view/cart-add/order/revenue contributions, of the
+//!   events with `ts + W > c(E)`.
+//! * facets: cart quantity per item (adds − removes − purchased), and weighted
+//!   interactions per category and brand ([`weight`]).
+//! * traits: per trait key, the value of the identify with the greatest
+//!   `(timestamp, seq)`.
+//! * RFM: for users with `orders > 0`, a histogram of recency / frequency /
+//!   monetary buckets over all users ([`rfm_buckets`]), from which 1–5 quintile
+//!   scores are read.
+//!
+//! ## How it is maintained
+//!
+//! Almost everything here is a sum, so almost everything rides in the difference
+//! of an arrangement and accumulates there, with no `reduce`: [`Lifetime`] is a
+//! semigroup (sums, mins and maxes) over an insert-only input, [`Windowed`] is an
+//! abelian group so that windows can be left by retraction, facets and counts are
+//! plain `i64`, traits use the [`Latest`] semigroup. Only the RFM histogram needs
+//! a reduction (a user's bucket moves, so the old one must be retracted), and it is
+//! fed only by order events, a small fraction of the stream.
+//!
+//! Windows are left by *scheduled retraction*: the [`ProfileFeeder`] admits an
+//! event into a window at the epoch it arrives (if it is still inside) and keeps a
+//! heap of `(ts + W, contribution)`; when an epoch's clock reaches that instant
+//! the contribution is retracted at exactly that epoch. The clock is a property of
+//! the epoch (it is written in the log), so every worker and every replay retract
+//! at the same logical time. Nothing is recomputed by polling.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
+use differential_dataflow::input::InputSession;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Probe;
+use timely::progress::frontier::{Antichain, AntichainRef};
+
+use crate::types::*;
+
+/// Width of the short window.
+pub const WINDOW_7D: Millis = 7 * DAY_MS;
+/// Width of the long window.
+pub const WINDOW_30D: Millis = 30 * DAY_MS;
+
+/// Lifetime totals of a user; a semigroup of sums, a min and maxes.
+///
+/// Its input is insert-only (refunds and cancellations are events of their own
+/// that add negative amounts), so min and max are exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Lifetime {
+    pub events: i64,
+    pub orders: i64,
+    pub items: i64,
+    pub revenue: Minor,
+    pub refunds: i64,
+    pub refunded: Minor,
+    pub cancellations: i64,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    pub last_order_at: Millis,
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime {
+            events: 0,
+            orders: 0,
+            items: 0,
+            revenue: 0,
+            refunds: 0,
+            refunded: 0,
+            cancellations: 0,
+            first_seen: Millis::MAX,
+            last_seen: Millis::MIN,
+            last_order_at: Millis::MIN,
+        }
+    }
+}
+
+impl IsZero for Lifetime {
+    fn is_zero(&self) -> bool {
+        *self == Lifetime::default()
+    }
+}
+
+impl Semigroup for Lifetime {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.events += rhs.events;
+        self.orders += rhs.orders;
+        self.items += rhs.items;
+        self.revenue += rhs.revenue;
+        self.refunds += rhs.refunds;
+        self.refunded += rhs.refunded;
+        self.cancellations += rhs.cancellations;
+        self.first_seen = self.first_seen.min(rhs.first_seen);
+        self.last_seen = self.last_seen.max(rhs.last_seen);
+        self.last_order_at = self.last_order_at.max(rhs.last_order_at);
+    }
+}
+
+impl Monoid for Lifetime {
+    fn zero() -> Self {
+        Lifetime::default()
+    }
+}
+
+/// Counts of one window.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct WindowCounts {
+    pub views: i64,
+    pub cart_adds: i64,
+    pub orders: i64,
+    pub revenue: Minor,
+}
+
+impl WindowCounts {
+    fn add(&mut self, o: &Self) {
+        self.views += o.views;
+        self.cart_adds += o.cart_adds;
+        self.orders += o.orders;
+        self.revenue += o.revenue;
+    }
+    fn negated(mut self) -> Self {
+        self.views = -self.views;
+        self.cart_adds = -self.cart_adds;
+        self.orders = -self.orders;
+        self.revenue = -self.revenue;
+        self
+    }
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The 7- and 30-day windows of a user; an abelian group, so events leave by retraction.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Windowed {
+    pub d7: WindowCounts,
+    pub d30: WindowCounts,
+}
+
+impl IsZero for Windowed {
+    fn is_zero(&self) -> bool {
+        self.d7.is_empty() && self.d30.is_empty()
+    }
+}
+impl Semigroup for Windowed {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.d7.add(&rhs.d7);
+        self.d30.add(&rhs.d30);
+    }
+}
+impl Monoid for Windowed {
+    fn zero() -> Self {
+        Self::default()
+    }
+}
+impl Abelian for Windowed {
+    fn negate(&mut self) {
+        self.d7 = self.d7.negated();
+        self.d30 = self.d30.negated();
+    }
+}
+
+/// The latest value by `(ts, seq)`; a semigroup that keeps the greater.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Latest {
+    pub ts: Millis,
+    pub seq: u64,
+    pub value: Sym,
+}
+impl IsZero for Latest {
+    fn is_zero(&self) -> bool {
+        false
+    }
+}
+impl Semigroup for Latest {
+    fn plus_equals(&mut self, rhs: &Self) {
+        if (rhs.ts, rhs.seq) > (self.ts, self.seq) {
+            *self = *rhs;
+        }
+    }
+}
+
+/// A facet of a user: `(kind, id)`, counted in a plain `i64` difference.
+pub type Facet = (u8, u64);
+/// Count of messages with event name `id`.
+pub const FACET_EVENT: u8 = 0;
+/// Weighted interactions with category `id`.
+pub const FACET_CATEGORY: u8 = 1;
+/// Weighted interactions with brand `id`.
+pub const FACET_BRAND: u8 = 2;
+/// Net quantity of item `id` in the cart.
+pub const FACET_CART: u8 = 3;
+
+/// Interaction weight of an event kind for category and brand affinities.
+pub fn weight(kind: EventKind) -> i64 {
+    match kind {
+        EventKind::ProductViewed | EventKind::ProductClicked => 1,
+        EventKind::ProductAddedToWishlist => 2,
+        EventKind::ProductAdded => 3,
+        EventKind::OrderCompleted => 5,
+        _ => 0,
+    }
+}
+
+/// RFM dimensions in the histogram key.
+pub const RFM_RECENCY: u8 = 0;
+pub const RFM_FREQUENCY: u8 = 1;
+pub const RFM_MONETARY: u8 = 2;
+
+/// A key of the RFM histogram: `(dimension, bucket)`.
+pub type RfmKey = (u8, i64);
+
+/// The RFM buckets of a user with orders, `None` without.
+///
+/// Recency: the day of the last order (a later day ranks higher); frequency: the
+/// number of orders (capped at 1000); monetary: net revenue on a log scale with 16
+/// linear steps per doubling (≈6% wide). Users in one bucket share a score.
+pub fn rfm_buckets(l: &Lifetime) -> Option<[i64; 3]> {
+    if l.orders <= 0 {
+        return None;
+    }
+    let recency = l.last_order_at.div_euclid(DAY_MS);
+    let frequency = l.orders.min(1000);
+    let monetary = if l.revenue <= 0 {
+        0
+    } else {
+        let v = l.revenue as u64;
+        let b = 63 - u64::from(v.leading_zeros());
+        let frac = if b >= 4 {
+            (v >> (b - 4)) & 0xF
+        } else {
+            (v << (4 - b)) & 0xF
+        };
+        (b * 16 + frac + 1) as i64
+    };
+    Some([recency, frequency, monetary])
+}
+
+/// Quintile score 1–5 from the number of users strictly below and the total.
+pub fn quintile(below: i64, total: i64) -> u8 {
+    if total <= 0 {
+        return 0;
+    }
+    (1 + (5 * below) / total).clamp(1, 5) as u8
+}
+
+/// The inputs of the profile view, one per difference type.
+pub struct ProfileCollections<'scope> {
+    pub lifetime: VecCollection<'scope, Time, UserId, Lifetime>,
+    pub orders: VecCollection<'scope, Time, UserId, Lifetime>,
+    pub windows: VecCollection<'scope, Time, UserId, Windowed>,
+    pub facets: VecCollection<'scope, Time, (UserId, Facet), Diff>,
+    pub traits: VecCollection<'scope, Time, (UserId, Sym), Latest>,
+}
+
+/// The arrangements the profile view maintains.
+pub struct ProfileArrangements<'scope> {
+    pub lifetime: Arranged<'scope, UserKeyTrace<Lifetime>>,
+    pub windows: Arranged<'scope, UserKeyTrace<Windowed>>,
+    pub facets: Arranged<'scope, UserValTrace<Facet, Diff>>,
+    pub traits: Arranged<'scope, UserValTrace<Sym, Latest>>,
+    pub rfm: Arranged<'scope, KeyTrace<RfmKey>>,
+}
+
+/// The profile view: arrange each input where its differences accumulate, and
+/// derive the RFM histogram from order totals.
+pub fn profiles<'scope>(c: ProfileCollections<'scope>) -> ProfileArrangements<'scope> {
+    ProfileArrangements {
+        lifetime: c.lifetime.arrange_by_self_named("Profiles: lifetime"),
+        windows: c.windows.arrange_by_self_named("Profiles: windows"),
+        facets: c.facets.arrange_by_key_named("Profiles: facets"),
+        traits: c.traits.arrange_by_key_named("Profiles: traits"),
+        rfm: rfm_histogram(c.orders),
+    }
+}
+
+/// Counts users per `(dimension, bucket)`: a user's buckets move when they order,
+/// so the old ones are retracted by a per-user reduction.
+fn rfm_histogram<'scope>(
+    orders: VecCollection<'scope, Time, UserId, Lifetime>,
+) -> Arranged<'scope, KeyTrace<RfmKey>> {
+    orders
+        .map(|user| (user, ()))
+        .reduce_named("Profiles: RFM buckets", |_user, input, output| {
+            if let Some(b) = rfm_buckets(&input[0].1) {
+                output.push((b, 1i64));
+            }
+        })
+        .flat_map(|(_user, [r, f, m])| [(RFM_RECENCY, r), (RFM_FREQUENCY, f), (RFM_MONETARY, m)])
+        .arrange_by_self_named("Profiles: RFM histogram")
+}
+
+/// Input handles of the profile view, fed by [`ProfileFeeder`].
+pub struct ProfileInputs {
+    pub lifetime: InputSession<Time, UserId, Lifetime>,
+    pub orders: InputSession<Time, UserId, Lifetime>,
+    pub windows: InputSession<Time, UserId, Windowed>,
+    pub facets: InputSession<Time, (UserId, Facet), Diff>,
+    pub traits: InputSession<Time, (UserId, Sym), Latest>,
+}
+
+/// Trace handles of the profile view, read by cursor between steps.
+pub struct ProfileTraces {
+    pub lifetime: UserKeyTrace<Lifetime>,
+    pub windows: UserKeyTrace<Windowed>,
+    pub facets: UserValTrace<Facet, Diff>,
+    pub traits: UserValTrace<Sym, Latest>,
+    pub rfm: KeyTrace<RfmKey>,
+}
+
+/// Builds the profile view in `scope`: inputs, arrangements (probed by `probe`) and
+/// their traces.
+pub fn build<'scope>(
+    scope: timely::dataflow::Scope<'scope, Time>,
+    probe: &ProbeHandle<Time>,
+) -> (ProfileInputs, ProfileTraces) {
+    let mut inputs = ProfileInputs {
+        lifetime: InputSession::new(),
+        orders: InputSession::new(),
+        windows: InputSession::new(),
+        facets: InputSession::new(),
+        traits: InputSession::new(),
+    };
+    let arranged = profiles(ProfileCollections {
+        lifetime: inputs.lifetime.to_collection(scope),
+        orders: inputs.orders.to_collection(scope),
+        windows: inputs.windows.to_collection(scope),
+        facets: inputs.facets.to_collection(scope),
+        traits: inputs.traits.to_collection(scope),
+    });
+    arranged.lifetime.stream.probe_with(probe);
+    arranged.windows.stream.probe_with(probe);
+    arranged.facets.stream.probe_with(probe);
+    arranged.traits.stream.probe_with(probe);
+    arranged.rfm.stream.probe_with(probe);
+    let traces = ProfileTraces {
+        lifetime: arranged.lifetime.trace,
+        windows: arranged.windows.trace,
+        facets: arranged.facets.trace,
+        traits: arranged.traits.trace,
+        rfm: arranged.rfm.trace,
+    };
+    (inputs, traces)
+}
+
+impl ProfileInputs {
+    /// Moves every input to `time`; updates after this are stamped with it.
+    pub fn advance_to(&mut self, time: Time) {
+        self.lifetime.advance_to(time);
+        self.orders.advance_to(time);
+        self.windows.advance_to(time);
+        self.facets.advance_to(time);
+        self.traits.advance_to(time);
+    }
+    /// Hands buffered updates to the dataflow.
+    pub fn flush(&mut self) {
+        self.lifetime.flush();
+        self.orders.flush();
+        self.windows.flush();
+        self.facets.flush();
+        self.traits.flush();
+    }
+}
+
+/// Where the feeder sends the updates of one event.
+pub trait ProfileSink {
+    fn lifetime(&mut self, user: UserId, d: Lifetime, order_event: bool);
+    fn window(&mut self, user: UserId, d: Windowed);
+    fn facet(&mut self, user: UserId, facet: Facet, d: Diff);
+    fn set_trait(&mut self, user: UserId, key: Sym, d: Latest);
+}
+
+impl ProfileSink for ProfileInputs {
+    fn lifetime(&mut self, user: UserId, d: Lifetime, order_event: bool) {
+        if order_event {
+            self.orders.update(user, d);
+        }
+        self.lifetime.update(user, d);
+    }
+    fn window(&mut self, user: UserId, d: Windowed) {
+        self.windows.update(user, d);
+    }
+    fn facet(&mut self, user: UserId, facet: Facet, d: Diff) {
+        self.facets.update((user, facet), d);
+    }
+    fn set_trait(&mut self, user: UserId, key: Sym, d: Latest) {
+        self.traits.update((user, key), d);
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct OrderState {
+    amount: Minor,
+    items: i64,
+    refunded: Minor,
+    cancelled: bool,
+}
+
+/// A scheduled retraction: at clock `at`, `counts` leaves window `window` of `user`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Expiry {
+    at: Millis,
+    user: UserId,
+    window: u8,
+    counts: WindowCounts,
+}
+
+/// Turns events into updates of the profile inputs, for the users one worker owns.
+///
+/// Keeps the two pieces of state that are not a function of one event: the order
+/// book (to resolve refunds and cancellations that name only an order id) and the
+/// schedule of window retractions.
+#[derive(Default)]
+pub struct ProfileFeeder {
+    orders: HashMap<(UserId, Sym), OrderState>,
+    schedule: BinaryHeap<Reverse<Expiry>>,
+}
+
+impl ProfileFeeder {
+    /// Entries waiting in the retraction schedule (for metrics).
+    pub fn scheduled(&self) -> usize {
+        self.schedule.len()
+    }
+
+    /// Feeds one event of an epoch whose clock is `clock`.
+    pub fn event(&mut self, ev: &ShopEvent, clock: Millis, sink: &mut impl ProfileSink) {
+        let user = ev.user;
+        let mut life = Lifetime {
+            events: 1,
+            first_seen: ev.ts,
+            last_seen: ev.ts,
+            ..Lifetime::default()
+        };
+        let mut win = WindowCounts::default();
+        sink.facet(user, (FACET_EVENT, ev.name), 1);
+        let w = weight(ev.kind);
+        if w != 0 {
+            for line in &ev.lines {
+                if line.category != 0 {
+                    sink.facet(user, (FACET_CATEGORY, line.category), w);
+                }
+                if line.brand != 0 {
+                    sink.facet(user, (FACET_BRAND, line.brand), w);
+                }
+            }
+        }
+        let order_event = matches!(
+            ev.kind,
+            EventKind::OrderCompleted | EventKind::OrderRefunded | EventKind::OrderCancelled
+        );
+        match ev.kind {
+            EventKind::ProductViewed => win.views = 1,
+            EventKind::ProductAdded => {
+                win.cart_adds = 1;
+                for line in &ev.lines {
+                    sink.facet(user, (FACET_CART, line.item), line.quantity);
+                }
+            }
+            EventKind::ProductRemoved => {
+                for line in &ev.lines {
+                    sink.facet(user, (FACET_CART, line.item), -line.quantity);
+                }
+            }
+            EventKind::OrderCompleted => {
+                let items: i64 = ev.lines.iter().map(|l| l.quantity).sum();
+                for line in &ev.lines {
+                    sink.facet(user, (FACET_CART, line.item), -line.quantity);
+                }
+                life.orders = 1;
+                life.items = items;
+                life.revenue = ev.revenue;
+                life.last_order_at = ev.ts;
+                win.orders = 1;
+                win.revenue = ev.revenue;
+                if ev.order != 0 {
+                    self.orders.insert(
+                        (user, ev.order),
+                        OrderState {
+                            amount: ev.revenue,
+                            items,
+                            ..OrderState::default()
+                        },
+                    );
+                }
+            }
+            EventKind::OrderRefunded => {
+                let known = self
+                    .orders
+                    .get_mut(&(user, ev.order))
+                    .filter(|_| ev.order != 0);
+                let amount = match known {
+                    Some(o) => {
+                        let a = if ev.revenue > 0 {
+                            ev.revenue
+                        } else {
+                            (o.amount - o.refunded).max(0)
+                        };
+                        o.refunded += a;
+                        a
+                    }
+                    None => ev.revenue,
+                };
+                life.refunds = 1;
+                life.refunded = amount;
+                life.revenue = -amount;
+                win.revenue = -amount;
+            }
+            EventKind::OrderCancelled => {
+                life.cancellations = 1;
+                let known = self
+                    .orders
+                    .get_mut(&(user, ev.order))
+                    .filter(|_| ev.order != 0);
+                match known {
+                    Some(o) if !o.cancelled => {
+                        o.cancelled = true;
+                        let remaining = (o.amount - o.refunded).max(0);
+                        life.orders = -1;
+                        life.items = -o.items;
+                        life.revenue = -remaining;
+                        win.orders = -1;
+                        win.revenue = -remaining;
+                    }
+                    Some(_) => {}
+                    None => {
+                        life.revenue = -ev.revenue;
+                        win.revenue = -ev.revenue;
+                    }
+                }
+            }
+            EventKind::Identify => {
+                for (key, value) in &ev.traits {
+                    let latest = Latest {
+                        ts: ev.ts,
+                        seq: ev.seq,
+                        value: *value,
+                    };
+                    sink.set_trait(user, *key, latest);
+                }
+            }
+            _ => {}
+        }
+        sink.lifetime(user, life, order_event);
+        if !win.is_empty() {
+            self.admit(user, ev.ts, win, clock, sink);
+        }
+    }
+
+    /// Enters `win` into each window the event still falls into, and schedules its exit.
+    fn admit(
+        &mut self,
+        user: UserId,
+        ts: Millis,
+        win: WindowCounts,
+        clock: Millis,
+        sink: &mut impl ProfileSink,
+    ) {
+        let mut d = Windowed::default();
+        for (window, width) in [(7u8, WINDOW_7D), (30u8, WINDOW_30D)] {
+            let at = ts.saturating_add(width);
+            if at > clock {
+                if window == 7 {
+                    d.d7 = win;
+                } else {
+                    d.d30 = win;
+                }
+                self.schedule.push(Reverse(Expiry {
+                    at,
+                    user,
+                    window,
+                    counts: win,
+                }));
+            }
+        }
+        if !d.is_zero() {
+            sink.window(user, d);
+        }
+    }
+
+    /// Retracts every window contribution whose exit time the clock has reached.
+    pub fn expire(&mut self, clock: Millis, sink: &mut impl ProfileSink) {
+        while let Some(Reverse(next)) = self.schedule.peek() {
+            if next.at > clock {
+                break;
+            }
+            let Reverse(e) = self.schedule.pop().expect("peeked");
+            let mut d = Windowed::default();
+            if e.window == 7 {
+                d.d7 = e.counts.negated();
+            } else {
+                d.d30 = e.counts.negated();
+            }
+            sink.window(e.user, d);
+        }
+    }
+}
+
+/// Everything the profile view holds for one user, accumulated at one time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserProfile {
+    pub lifetime: Option<Lifetime>,
+    pub windows: Windowed,
+    /// Facets with a non-zero count, in `(kind, id)` order.
+    pub facets: Vec<(Facet, Diff)>,
+    /// Traits in key order.
+    pub traits: Vec<(Sym, Latest)>,
+}
+
+impl ProfileTraces {
+    /// Lets the traces forget distinctions between times before `frontier`: every
+    /// later read is at a time at or beyond it.
+    pub fn compact_to(&mut self, frontier: Time) {
+        let f = [frontier];
+        let f = AntichainRef::new(&f);
+        self.lifetime.set_logical_compaction(f);
+        self.lifetime.set_physical_compaction(f);
+        self.windows.set_logical_compaction(f);
+        self.windows.set_physical_compaction(f);
+        self.facets.set_logical_compaction(f);
+        self.facets.set_physical_compaction(f);
+        self.traits.set_logical_compaction(f);
+        self.traits.set_physical_compaction(f);
+        self.rfm.set_logical_compaction(f);
+        self.rfm.set_physical_compaction(f);
+    }
+
+    /// Reads what this worker holds for `user` at `as_of`, by seeking cursors.
+    /// The caller ensures every trace is complete through `as_of`.
+    pub fn read_user(&mut self, user: UserId, as_of: Time) -> UserProfile {
+        let mut p = UserProfile::default();
+        p.lifetime = read_key(&mut self.lifetime, &user, as_of);
+        p.windows = read_key(&mut self.windows, &user, as_of).unwrap_or_default();
+        read_vals(&mut self.facets, &user, as_of, |f, d| {
+            p.facets.push((*f, d))
+        });
+        read_vals(&mut self.traits, &user, as_of, |k, d| {
+            p.traits.push((*k, d))
+        });
+        p
+    }
+
+    /// For each dimension `d` and bucket `b` in `buckets`, the number of users this
+    /// worker counts in dimension `d` below `b`, and in total: `[(below, total); 3]`.
+    pub fn read_rfm_ranks(&mut self, buckets: [i64; 3], as_of: Time) -> [(i64, i64); 3] {
+        let mut out = [(0, 0); 3];
+        let (mut cursor, storage) = cursor_at(&mut self.rfm);
+        for (dim, bucket) in buckets.iter().enumerate() {
+            let dim = dim as u8;
+            cursor.rewind_keys(&storage);
+            cursor.seek_key(&storage, &(dim, i64::MIN));
+            while let Some(key) = cursor.get_key(&storage) {
+                if key.0 != dim {
+                    break;
+                }
+                let mut n = 0;
+                cursor.map_times(&storage, |t, d| {
+                    if *t <= as_of {
+                        n += *d;
+                    }
+                });
+                out[dim as usize].1 += n;
+                if key.1 < *bucket {
+                    out[dim as usize].0 += n;
+                }
+                cursor.step_key(&storage);
+            }
+        }
+        out
+    }
+}
+
+type SpineCursor<Tr> =
+    differential_dataflow::trace::cursor::CursorList<differential_dataflow::trace::BatchCursor<Tr>>;
+
+/// A cursor over every batch of `trace` up to its current upper frontier.
+fn cursor_at<Tr>(trace: &mut Tr) -> (SpineCursor<Tr>, Vec<Tr::Batch>)
+where
+    Tr: TraceReader<Time = Time>,
+    Tr::Batch: differential_dataflow::trace::Navigable,
+{
+    let mut upper = Antichain::new();
+    trace.read_upper(&mut upper);
+    let batches = trace
+        .batches_through(upper.borrow())
+        .expect("the trace's own upper is a clean cut");
+    cursor_list(batches)
+}
+
+macro_rules! read_key_impl {
+    ($cursor:ident, $storage:ident, $key:ident, $as_of:ident, $each:ident, $val:ident => $arg:expr) => {{
+        $cursor.seek_key(&$storage, $key);
+        if $cursor.get_key(&$storage) == Some($key) {
+            while let Some($val) = $cursor.get_val(&$storage) {
+                let mut acc = None;
+                $cursor.map_times(&$storage, |t, d| {
+                    if *t <= $as_of {
+                        match &mut acc {
+                            None => acc = Some(d.clone()),
+                            Some(a) => a.plus_equals(d),
+                        }
+                    }
+                });
+                if let Some(a) = acc {
+                    if !a.is_zero() {
+                        $each($arg, a);
+                    }
+                }
+                $cursor.step_val(&$storage);
+            }
+        }
+    }};
+}
+
+/// Accumulates, at `as_of`, the values of `key` in a `(key, val)` trace.
+fn read_vals<V, R>(
+    trace: &mut TraceAgent<ValSpine<UserId, V, Time, R>>,
+    key: &UserId,
+    as_of: Time,
+    mut each: impl FnMut(&V, R),
+) where
+    V: differential_dataflow::ExchangeData,
+    R: differential_dataflow::ExchangeData + Semigroup,
+{
+    let (mut cursor, storage) = cursor_at(trace);
+    read_key_impl!(cursor, storage, key, as_of, each, val => val);
+}
+
+/// Accumulates, at `as_of`, the difference of `key` in a key-only trace.
+fn read_key<R>(
+    trace: &mut TraceAgent<KeySpine<UserId, Time, R>>,
+    key: &UserId,
+    as_of: Time,
+) -> Option<R>
+where
+    R: differential_dataflow::ExchangeData + Semigroup,
+{
+    let (mut cursor, storage) = cursor_at(trace);
+    let mut out = None;
+    let mut each = |_: (), r: R| out = Some(r);
+    read_key_impl!(cursor, storage, key, as_of, each, _val => ());
+    out
+}

@@ -1,0 +1,119 @@
+//! The types every view agrees on, pinned in one place.
+//!
+//! Views are written against these aliases so that a change of representation
+//! (a wider time, a different spine) is a change here and nowhere else. Hot-path
+//! data is compact: ids are 64-bit hashes interned at the edge, money is integer
+//! minor units, and no float ever enters an arrangement.
+
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
+use serde::{Deserialize, Serialize};
+
+/// Logical time of the dataflows: the number of a log record (an *epoch*).
+///
+/// Each epoch is one group commit of the durable log: a run of consecutive
+/// sequence numbers plus the engine clock at that point. When the frontier
+/// passes an epoch, every view is complete through its last sequence number.
+pub type Time = u64;
+
+/// Multiplicity of an update in collections that carry plain counts.
+pub type Diff = i64;
+
+/// A user: the 64-bit hash of `userId` (or `anonymousId`).
+pub type UserId = u64;
+/// A product: the 64-bit hash of `product_id`.
+pub type ItemId = u64;
+/// Any other interned string (event names, categories, brands, trait keys and values).
+/// `0` means "absent".
+pub type Sym = u64;
+
+/// Milliseconds since the Unix epoch (event time and engine clock).
+pub type Millis = i64;
+/// Money in integer minor units of the reporting currency.
+pub type Minor = i64;
+
+/// One day in milliseconds; windows and recency are measured against it.
+pub const DAY_MS: Millis = 86_400_000;
+
+/// What an event means to the views, with every string already interned.
+///
+/// The edge (`src/`) turns a validated Segment/GA4 message into this; views never
+/// see strings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShopEvent {
+    /// Position in the durable log; breaks ties between equal timestamps.
+    pub seq: u64,
+    pub user: UserId,
+    pub ts: Millis,
+    pub kind: EventKind,
+    /// The canonical event name (custom names included), for per-name counts.
+    pub name: Sym,
+    pub lines: Vec<Line>,
+    /// Order amount for orders, refunds and cancellations; 0 when the message had none.
+    pub revenue: Minor,
+    /// Order id, `0` when absent.
+    pub order: Sym,
+    /// Identify traits: (key, value) where the value is the interned JSON text.
+    pub traits: Vec<(Sym, Sym)>,
+}
+
+/// A product line of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub item: ItemId,
+    /// `0` when absent.
+    pub category: Sym,
+    /// `0` when absent.
+    pub brand: Sym,
+    pub price: Minor,
+    pub quantity: i64,
+}
+
+/// The event kinds that carry meaning for the views; everything else is `Custom`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    ProductsSearched,
+    ProductListViewed,
+    ProductClicked,
+    ProductViewed,
+    ProductAdded,
+    ProductRemoved,
+    ProductAddedToWishlist,
+    CartViewed,
+    CheckoutStarted,
+    OrderCompleted,
+    OrderRefunded,
+    OrderCancelled,
+    PromotionViewed,
+    PromotionClicked,
+    ExperimentViewed,
+    Identify,
+    Custom,
+}
+
+/// A trace keyed by user with no value, whose difference carries the data.
+pub type UserKeyTrace<R> = TraceAgent<KeySpine<UserId, Time, R>>;
+/// A trace keyed by user with values, e.g. facets or traits.
+pub type UserValTrace<V, R> = TraceAgent<ValSpine<UserId, V, Time, R>>;
+/// A trace keyed by an arbitrary key with no value, counted.
+pub type KeyTrace<K> = TraceAgent<KeySpine<K, Time, Diff>>;
+
+/// Stable 64-bit FNV-1a hash used to intern strings; the same in every process
+/// and version, so ids in the log, the dataflows and the serving layer agree.
+pub fn intern(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Mix the high bits down so that `id % workers` and hash tables see entropy.
+    h ^= h >> 32;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 29;
+    // 0 is reserved for "absent".
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}

@@ -1,0 +1,287 @@
+//! Configuration: raw serde structs read from TOML, turned into a validated
+//! [`Config`] in one step (ripgrep's low-args → high-args habit).
+//!
+//! Every key has a default (the embedded `config/default.toml` documents them), so
+//! an empty file, or none, is a working configuration. Command-line flags override
+//! the file; validation happens after both are applied, and names the offending key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::log::FsyncPolicy;
+
+/// The documented defaults, embedded so that `shopstream demo` needs no files.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Which clock drives windows and lifecycle rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockMode {
+    /// The largest event timestamp seen: replays and backfills give the same answers as live.
+    Event,
+    /// Real time, recorded in the log at each epoch so that a replay still agrees.
+    Wall,
+}
+
+/// A configuration error, naming the key and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIngest {
+    pub tcp_addr: String,
+    pub max_line_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_connections: usize,
+    pub queue_depth: usize,
+    pub max_future_skew_s: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub addr: String,
+    pub min_seq_timeout_ms: u64,
+    pub max_pending_reads: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub segment_mb: u64,
+    pub max_record_events: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEngine {
+    pub workers: usize,
+    pub clock: ClockMode,
+    pub clock_tick_ms: u64,
+    pub dedup_horizon: usize,
+    pub reporting_currency: String,
+    pub currency_rates: HashMap<String, f64>,
+}
+
+/// The file as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub ingest: RawIngest,
+    pub http: RawHttp,
+    pub log: RawLog,
+    pub engine: RawEngine,
+}
+
+impl Default for RawIngest {
+    fn default() -> Self {
+        RawIngest {
+            tcp_addr: "127.0.0.1:7400".into(),
+            max_line_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            max_connections: 1024,
+            queue_depth: 256,
+            max_future_skew_s: 86_400,
+        }
+    }
+}
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            addr: "127.0.0.1:7401".into(),
+            min_seq_timeout_ms: 5_000,
+            max_pending_reads: 4_096,
+        }
+    }
+}
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            data_dir: "shopstream-data".into(),
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 10,
+            segment_mb: 128,
+            max_record_events: 65_536,
+        }
+    }
+}
+impl Default for RawEngine {
+    fn default() -> Self {
+        RawEngine {
+            workers: 2,
+            clock: ClockMode::Event,
+            clock_tick_ms: 1_000,
+            dedup_horizon: 1_000_000,
+            reporting_currency: "USD".into(),
+            currency_rates: HashMap::new(),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub tcp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub max_line_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_connections: usize,
+    pub queue_depth: usize,
+    pub max_future_skew: Duration,
+    pub min_seq_timeout: Duration,
+    pub max_pending_reads: usize,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+    pub max_record_events: usize,
+    pub workers: usize,
+    pub clock: ClockMode,
+    pub clock_tick: Duration,
+    pub dedup_horizon: usize,
+    pub reporting_currency: String,
+    pub currency_rates: HashMap<String, f64>,
+}
+
+impl RawConfig {
+    /// The embedded defaults.
+    pub fn embedded() -> Self {
+        toml::from_str(DEFAULT_TOML).expect("config/default.toml is valid")
+    }
+
+    /// Reads a TOML file; absent keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Checks every value and produces the configuration the engine runs with.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        fn addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+            s.parse().map_err(|e| ConfigError::Invalid {
+                key,
+                reason: format!("{s:?} is not a socket address ({e})"),
+            })
+        }
+        fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+            Ok(())
+        }
+        let (i, h, l, e) = (self.ingest, self.http, self.log, self.engine);
+        positive("ingest.max_line_bytes", i.max_line_bytes as u64)?;
+        positive("ingest.max_batch_bytes", i.max_batch_bytes as u64)?;
+        positive("ingest.max_connections", i.max_connections as u64)?;
+        positive("ingest.queue_depth", i.queue_depth as u64)?;
+        positive("http.max_pending_reads", h.max_pending_reads as u64)?;
+        positive("log.segment_mb", l.segment_mb)?;
+        positive("log.max_record_events", l.max_record_events as u64)?;
+        positive("engine.clock_tick_ms", e.clock_tick_ms)?;
+        if e.workers == 0 || e.workers > 256 {
+            return Err(ConfigError::Invalid {
+                key: "engine.workers",
+                reason: format!("{} is not between 1 and 256", e.workers),
+            });
+        }
+        if e.reporting_currency.len() != 3
+            || !e.reporting_currency.chars().all(|c| c.is_ascii_uppercase())
+        {
+            return Err(ConfigError::Invalid {
+                key: "engine.reporting_currency",
+                reason: format!("{:?} is not an ISO 4217 code", e.reporting_currency),
+            });
+        }
+        for (code, rate) in &e.currency_rates {
+            if !(rate.is_finite() && *rate > 0.0) {
+                return Err(ConfigError::Invalid {
+                    key: "engine.currency_rates",
+                    reason: format!("rate of {code} must be a positive number, got {rate}"),
+                });
+            }
+        }
+        Ok(Config {
+            tcp_addr: addr("ingest.tcp_addr", &i.tcp_addr)?,
+            http_addr: addr("http.addr", &h.addr)?,
+            max_line_bytes: i.max_line_bytes,
+            max_batch_bytes: i.max_batch_bytes,
+            max_connections: i.max_connections,
+            queue_depth: i.queue_depth,
+            max_future_skew: Duration::from_secs(i.max_future_skew_s),
+            min_seq_timeout: Duration::from_millis(h.min_seq_timeout_ms),
+            max_pending_reads: h.max_pending_reads,
+            data_dir: l.data_dir,
+            fsync: l.fsync,
+            fsync_interval: Duration::from_millis(l.fsync_interval_ms),
+            segment_bytes: l.segment_mb * 1024 * 1024,
+            max_record_events: l.max_record_events,
+            workers: e.workers,
+            clock: e.clock,
+            clock_tick: Duration::from_millis(e.clock_tick_ms),
+            dedup_horizon: e.dedup_horizon,
+            reporting_currency: e.reporting_currency,
+            currency_rates: e.currency_rates,
+        })
+    }
+}
+
+impl Config {
+    /// The embedded defaults, validated; tests start from this and change fields.
+    pub fn defaults() -> Self {
+        RawConfig::embedded()
+            .validate()
+            .expect("embedded defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_match_code_defaults() {
+        let embedded = RawConfig::embedded().validate().unwrap();
+        let code = RawConfig::default().validate().unwrap();
+        assert_eq!(format!("{embedded:?}"), format!("{code:?}"));
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let mut raw = RawConfig::default();
+        raw.engine.workers = 0;
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("engine.workers"), "{err}");
+        let err = toml::from_str::<RawConfig>("[ingest]\nmax_lines = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_lines"), "{err}");
+    }
+}

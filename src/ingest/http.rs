@@ -1,0 +1,135 @@
+//! HTTP ingest: `POST /v1/batch` (Segment's `{"batch": [...]}`), `POST /v1/track`,
+//! `POST /v1/identify`.
+//!
+//! Answers `{"accepted": N, "rejected": [{"index": i, "reason": "..."}], "seq": SEQ,
+//! "duplicates": D}` once the accepted events are durable. A body over
+//! `ingest.max_batch_bytes` is 413, a body that is not a batch is 400, a full queue is
+//! 503 "overloaded" (retry later); none of these log anything.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::{count_refusal, Validator};
+use crate::event::MessageType;
+use crate::runtime::{Engine, EngineError};
+use crate::serve::error;
+
+pub async fn batch(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(&engine, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        batch: Vec<&'a RawValue>,
+    }
+    let parsed: Batch<'_> = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"batch\": [message, ...]}}: {e}"),
+            )
+        }
+    };
+    let messages: Vec<&[u8]> = parsed.batch.iter().map(|m| m.get().as_bytes()).collect();
+    ingest(&engine, &messages, None).await
+}
+
+pub async fn track(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Response {
+    single(engine, headers, body, MessageType::Track).await
+}
+
+pub async fn identify(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    single(engine, headers, body, MessageType::Identify).await
+}
+
+async fn single(engine: Arc<Engine>, headers: HeaderMap, body: Body, t: MessageType) -> Response {
+    match read_body(&engine, &headers, body).await {
+        Ok(bytes) => ingest(&engine, &[&bytes[..]], Some(t)).await,
+        Err(r) => r,
+    }
+}
+
+/// Reads the body up to the limit; over it, 413 with the reason.
+async fn read_body(engine: &Engine, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let max = engine.config.max_batch_bytes;
+    let too_large = |n: Option<usize>| {
+        let size = n.map_or("larger".to_string(), |n| format!("{n} bytes"));
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is {size}, over the {max}-byte limit (ingest.max_batch_bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|n| *n > max) {
+        return Err(too_large(Some(n)));
+    }
+    axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| too_large(None))
+}
+
+async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType>) -> Response {
+    let mut validator = Validator::new(&engine.config);
+    validator.tick();
+    let mut events = Vec::with_capacity(messages.len());
+    let mut indexes = Vec::with_capacity(messages.len());
+    let mut rejected = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match validator.parse(m, default) {
+            Ok(ev) => {
+                events.push(ev);
+                indexes.push(i);
+            }
+            Err(r) => {
+                count_refusal(&r);
+                rejected.push(json!({"index": i, "reason": r.reason}));
+            }
+        }
+    }
+    let accepted = events.len();
+    let ack = if events.is_empty() {
+        None
+    } else {
+        match engine.try_submit(events).await {
+            Ok(a) => Some(a),
+            Err(e @ EngineError::Overloaded(_)) => {
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                return r;
+            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    };
+    let (seq, duplicates) = ack.map_or((engine.logged_seq(), 0), |a| {
+        (a.last_seq, a.duplicates.len())
+    });
+    let status = if accepted == 0 && !rejected.is_empty() && default.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({"accepted": accepted, "rejected": rejected, "seq": seq, "duplicates": duplicates})),
+    )
+        .into_response()
+}

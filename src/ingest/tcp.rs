@@ -1,0 +1,257 @@
+//! The TCP listener: NDJSON lines, or bincode frames when a connection opens with
+//! the magic bytes [`binary::MAGIC`](super::binary::MAGIC).
+//!
+//! A connection has a reader (this task) and a writer task. The reader parses
+//! whatever complete lines it has, submits the valid ones as one batch and hands the
+//! pending acknowledgement to the writer, in order; at most [`IN_FLIGHT`] batches wait
+//! per connection, so a slow log slows the reader, which stops reading the socket:
+//! TCP backpressure. The writer answers, per batch, one error line per rejected line
+//! and then an ack line whose counts are cumulative for the connection:
+//!
+//! ```text
+//! {"error":"missing userId or anonymousId","line":3}
+//! {"ack":1042,"accepted":7,"rejected":1,"duplicates":0}
+//! ```
+//!
+//! `ack` is the highest sequence number given to this connection's events: all of
+//! them are durable. When the client shuts its writing half, the rest is
+//! acknowledged and the server closes.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::binary;
+use super::{count_refusal, Refusal, Validator};
+use crate::runtime::{Engine, EngineError, SubmitAck};
+
+/// Batches a connection may have waiting for the log.
+pub const IN_FLIGHT: usize = 16;
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Accepts connections until `shutdown` fires; at most `max_connections` at once
+/// (the rest wait in the kernel's accept queue).
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(engine.config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("never closed"),
+            _ = shutdown.changed() => return,
+        };
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _ = socket.set_nodelay(true);
+            if let Err(e) = handle(socket, engine).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// One batch's answer, in the order the batches were read.
+pub(crate) struct Pending {
+    /// `(line or frame number, index within frame, refusal)`.
+    pub rejects: Vec<(u64, Option<usize>, Refusal)>,
+    pub ack: Option<oneshot::Receiver<Result<SubmitAck, EngineError>>>,
+}
+
+async fn handle(socket: TcpStream, engine: Arc<Engine>) -> std::io::Result<()> {
+    let (mut rd, wr) = socket.into_split();
+    let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT);
+    let writer = tokio::spawn(write_answers(wr, rx));
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Sniff the framing from the first bytes.
+    while buf.len() < binary::MAGIC.len() {
+        let n = rd.read_buf(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if !binary::MAGIC.starts_with(&buf[..buf.len().min(binary::MAGIC.len())]) {
+            break;
+        }
+    }
+    let result = if buf.starts_with(binary::MAGIC) {
+        buf.drain(..binary::MAGIC.len());
+        binary::read_frames(&mut rd, buf, &engine, &tx).await
+    } else {
+        read_lines(&mut rd, buf, &engine, &tx).await
+    };
+    drop(tx);
+    let written = writer.await.unwrap_or(Ok(()));
+    result.and(written)
+}
+
+/// Reads NDJSON until EOF, submitting one batch per read.
+async fn read_lines(
+    rd: &mut (impl AsyncReadExt + Unpin),
+    mut buf: Vec<u8>,
+    engine: &Engine,
+    tx: &mpsc::Sender<Pending>,
+) -> std::io::Result<()> {
+    let mut validator = Validator::new(&engine.config);
+    let max_line = validator.max_line_bytes();
+    let mut line_no: u64 = 0;
+    // Set while discarding the rest of an over-long line.
+    let mut skipping = false;
+    let mut eof = false;
+    loop {
+        if !eof && buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+            if rd.read_buf(&mut buf).await? == 0 {
+                eof = true;
+            }
+        }
+        validator.tick();
+        let mut events = Vec::new();
+        let mut rejects = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = memchr(&buf[start..]) {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if skipping {
+                skipping = false;
+                continue;
+            }
+            take_line(line, &mut line_no, &validator, &mut events, &mut rejects);
+        }
+        buf.drain(..start);
+        if !skipping && buf.len() > max_line {
+            // No newline within the limit: refuse the line now, drop bytes until its end.
+            line_no += 1;
+            rejects.push((
+                line_no,
+                None,
+                Refusal {
+                    reason: format!("line is over the {max_line}-byte limit"),
+                    code: "line_too_long",
+                },
+            ));
+            skipping = true;
+        }
+        if skipping {
+            buf.clear();
+        }
+        if eof && !buf.is_empty() {
+            let line = std::mem::take(&mut buf);
+            take_line(&line, &mut line_no, &validator, &mut events, &mut rejects);
+        }
+        submit(engine, tx, events, rejects).await?;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+fn take_line(
+    line: &[u8],
+    line_no: &mut u64,
+    validator: &Validator,
+    events: &mut Vec<crate::event::Event>,
+    rejects: &mut Vec<(u64, Option<usize>, Refusal)>,
+) {
+    *line_no += 1;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    match validator.parse(line, None) {
+        Ok(ev) => events.push(ev),
+        Err(r) => rejects.push((*line_no, None, r)),
+    }
+}
+
+fn memchr(s: &[u8]) -> Option<usize> {
+    s.iter().position(|b| *b == b'\n')
+}
+
+/// Submits a batch (waiting for room: backpressure) and queues its answer.
+pub(crate) async fn submit(
+    engine: &Engine,
+    tx: &mpsc::Sender<Pending>,
+    events: Vec<crate::event::Event>,
+    rejects: Vec<(u64, Option<usize>, Refusal)>,
+) -> std::io::Result<()> {
+    if events.is_empty() && rejects.is_empty() {
+        return Ok(());
+    }
+    for (_, _, r) in &rejects {
+        count_refusal(r);
+    }
+    let ack = if events.is_empty() {
+        None
+    } else {
+        match engine.enqueue(events).await {
+            Ok(rx) => Some(rx),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
+    };
+    tx.send(Pending { rejects, ack })
+        .await
+        .map_err(|_| std::io::Error::other("connection writer stopped"))
+}
+
+/// Writes error and ack lines in batch order.
+async fn write_answers(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+) -> std::io::Result<()> {
+    let mut out = BufWriter::new(wr);
+    let (mut seq, mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
+    let mut line = Vec::with_capacity(256);
+    while let Some(p) = rx.recv().await {
+        for (no, index, r) in &p.rejects {
+            line.clear();
+            let v = match index {
+                None => serde_json::json!({"error": r.reason, "line": no}),
+                Some(i) => serde_json::json!({"error": r.reason, "frame": no, "index": i}),
+            };
+            serde_json::to_writer(&mut line, &v).expect("json");
+            line.push(b'\n');
+            out.write_all(&line).await?;
+        }
+        rejected += p.rejects.len() as u64;
+        if let Some(ack) = p.ack {
+            match ack.await {
+                Ok(Ok(a)) => {
+                    seq = seq.max(a.last_seq);
+                    accepted += (a.logged + a.duplicates.len()) as u64;
+                    duplicates += a.duplicates.len() as u64;
+                }
+                Ok(Err(e)) => {
+                    let v = serde_json::json!({"error": e.to_string(), "fatal": true});
+                    out.write_all(format!("{v}\n").as_bytes()).await?;
+                    out.flush().await?;
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+                Err(_) => return Err(std::io::Error::other("engine stopped")),
+            }
+        }
+        line.clear();
+        let v = serde_json::json!({"ack": seq, "accepted": accepted, "rejected": rejected, "duplicates": duplicates});
+        serde_json::to_writer(&mut line, &v).expect("json");
+        line.push(b'\n');
+        out.write_all(&line).await?;
+        if rx.is_empty() {
+            out.flush().await?;
+        }
+    }
+    out.flush().await?;
+    out.into_inner().shutdown().await
+}

@@ -1,0 +1,523 @@
+//! The durable event log.
+//!
+//! The log is payload-agnostic: it stores *records*, and the caller encodes
+//! its events into each record's payload. One record is the unit of one group
+//! commit and is one logical **epoch** of the engine: epoch `e` holds the
+//! events with sequence numbers `first_seq .. first_seq + count`. Making the
+//! record and the epoch the same thing means that the dataflow timestamp, the
+//! unit of durability and the unit of replay coincide: replaying the log
+//! reproduces exactly the batches (and the clock readings, `clock_ms`) the
+//! live engine saw, so a replay reaches the same answers, and an epoch is
+//! never half on disk. Records with `count == 0` are allowed; they carry clock
+//! ticks (a new `clock_ms`) without events.
+//!
+//! # Numbering
+//!
+//! Epochs start at 0 and are consecutive. Sequence numbers start at 1; the
+//! `first_seq` of a record is the previous record's `first_seq + count`.
+//! [`LogWriter::append`] refuses anything else ([`LogError::OutOfOrder`]) and
+//! recovery treats a record that does not follow its predecessor as corrupt.
+//!
+//! # Guarantees
+//!
+//! - [`FsyncPolicy::Always`] (the default): when [`LogWriter::commit`]
+//!   returns `Ok`, every record appended before it is on stable storage
+//!   (written and `fdatasync`ed; new segment files also have their directory
+//!   entry fsynced). *Acknowledged = durable*: acknowledge events only after
+//!   the commit that holds them. Group commit: one `fdatasync` per `commit`,
+//!   however many records (epochs) were appended since the last one.
+//! - [`FsyncPolicy::Interval`]: `commit` writes to the OS on every call but
+//!   only fsyncs when `fsync_interval` has passed since the last fsync. A
+//!   process crash loses nothing that was committed; an OS crash or power
+//!   loss may lose the records committed since the last fsync (at most about
+//!   one interval, as long as commits keep coming; call [`LogWriter::sync`]
+//!   from a timer or at shutdown otherwise). [`LogWriter::durable_next_seq`]
+//!   says what is known to be durable.
+//! - [`FsyncPolicy::Never`]: `commit` only writes; the OS decides when data
+//!   reaches the disk (segments are still fsynced when they are closed at a
+//!   rotation). Survives a process crash, not a power loss.
+//!
+//! In every case what survives is a *prefix* of the appended records: the
+//! log never has a hole, and recovery never returns a record that was not
+//! completely and correctly written.
+//!
+//! # Format
+//!
+//! The log is a directory of segment files named `{first_epoch:020}.log`
+//! (zero-padded so that names sort in epoch order). Other files in the
+//! directory are ignored. All integers are little-endian.
+//!
+//! A segment starts with a 32-byte **segment header**:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `"SSEG"` |
+//! | 4 | 4 | format version, 1 |
+//! | 8 | 8 | `first_epoch` of the segment (equals the file name) |
+//! | 16 | 8 | `first_seq` of the segment |
+//! | 24 | 4 | CRC-32 (IEEE) of bytes 0..24 |
+//! | 28 | 4 | reserved, 0 |
+//!
+//! followed by records, each a 40-byte **record header** and the payload:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `"SREC"` |
+//! | 4 | 4 | payload length `len` |
+//! | 8 | 4 | CRC-32 (IEEE) of header bytes 0..8 and 12..40, then the payload |
+//! | 12 | 8 | `epoch` |
+//! | 20 | 8 | `first_seq` |
+//! | 28 | 4 | `count` (events in the record) |
+//! | 32 | 8 | `clock_ms` (the engine clock, i64) |
+//! | 40 | `len` | payload |
+//!
+//! The segment header (rather than a bare sequence of records) makes every segment
+//! self-describing: a segment that holds no record yet still says which
+//! epoch and sequence number come next, so continuity across segment
+//! boundaries is checked, and a log whose oldest segments were removed
+//! (retention) still knows where it starts.
+//!
+//! A segment is closed once it holds at least `segment_bytes` bytes; the
+//! next record goes to a new segment. Rotation happens at record boundaries
+//! (a record never spans two files) and lazily, when the first record for the
+//! new segment is committed, so no empty segment files pile up. Before the
+//! new file is created the old one is fsynced; the new one is created with
+//! its header, fsynced, and the directory is fsynced.
+//!
+//! # Recovery
+//!
+//! [`open`] reads the segments in order and passes every valid record to the
+//! caller's callback. It stops at the first sign of a torn or corrupt tail:
+//!
+//! - a segment header that is short, has a bad magic, checksum or version,
+//!   or whose `first_epoch`/`first_seq` does not continue the previous
+//!   segment (or whose epoch differs from its file name);
+//! - a short record header or short payload (a torn write);
+//! - a bad record magic (e.g. a zero-filled tail after a crash);
+//! - a checksum mismatch;
+//! - a record whose `epoch`/`first_seq` does not follow the previous record.
+//!
+//! The log is then cut right after the last good record: that segment is
+//! truncated (or removed, if its own header is bad), every later segment
+//! file is deleted, the directory is fsynced, and a `tracing::warn!` names the
+//! file, the offset and the number of bytes dropped. Corruption is never a
+//! panic and never an error; I/O errors while reading (and callback errors)
+//! are, and leave the log untouched. Because the policy keeps a prefix, a
+//! flipped byte in an old segment loses everything after it: that is the
+//! price of never replaying a log with a hole in its sequence numbers.
+//!
+//! Only one writer may use a directory at a time; nothing here locks it.
+
+mod segment;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use segment::{io_err, read_full, RECORD_MAGIC};
+pub use segment::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+pub use writer::LogWriter;
+
+/// Default size after which a segment is closed: 128 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
+/// Default interval for [`FsyncPolicy::Interval`].
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// When [`LogWriter::commit`] makes records durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// `fdatasync` on every commit: acknowledged means durable.
+    #[default]
+    Always,
+    /// `fdatasync` when [`LogConfig::fsync_interval`] has passed since the last one.
+    Interval,
+    /// Never fsync on commit; leave it to the OS.
+    Never,
+}
+
+/// Where and how the log is kept.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Directory of the segment files (created if missing).
+    pub dir: PathBuf,
+    /// Rotate to a new segment file after this many bytes (default 128 MiB).
+    pub segment_bytes: u64,
+    /// When commits fsync.
+    pub fsync: FsyncPolicy,
+    /// For [`FsyncPolicy::Interval`]: the longest time between fsyncs (while commits come).
+    pub fsync_interval: Duration,
+}
+
+impl LogConfig {
+    /// The default configuration for a log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LogConfig {
+            dir: dir.into(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            fsync: FsyncPolicy::Always,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig::new("data/log")
+    }
+}
+
+/// The header of one record (one epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// The epoch: 0 for the first record, then consecutive.
+    pub epoch: u64,
+    /// Sequence number of the first event in the record (1 for the first record).
+    pub first_seq: u64,
+    /// Number of events in the record (0 for a clock tick).
+    pub count: u32,
+    /// The engine clock when the record was cut, in milliseconds.
+    pub clock_ms: i64,
+}
+
+/// What [`open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Valid records replayed.
+    pub records: u64,
+    /// Events in them (sum of `count`).
+    pub events: u64,
+    /// Epoch of the last valid record, `None` for an empty log.
+    pub last_epoch: Option<u64>,
+    /// `first_seq + count` of the last record, or 1 for an empty log.
+    pub next_seq: u64,
+    /// Bytes dropped from a torn or corrupt tail (truncated and deleted files).
+    pub truncated_bytes: u64,
+    /// Size of the log after recovery (what [`size_on_disk`] reports now).
+    pub bytes: u64,
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An I/O operation failed.
+    #[error("log I/O error: cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("write", "fsync segment", ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// An appended record does not follow the previous one.
+    #[error(
+        "out-of-order log append: expected epoch {expected_epoch} with first_seq {expected_seq}, \
+         got epoch {epoch} with first_seq {first_seq}"
+    )]
+    OutOfOrder {
+        expected_epoch: u64,
+        expected_seq: u64,
+        epoch: u64,
+        first_seq: u64,
+    },
+    /// The payload does not fit the format's 32-bit length.
+    #[error("log record payload of {len} bytes is larger than 4 GiB")]
+    RecordTooLarge { len: usize },
+    /// Epoch or sequence numbers would overflow `u64`.
+    #[error("log epoch or sequence number overflow")]
+    Overflow,
+    /// An earlier write or fsync failed; the writer must not be used any more.
+    #[error("the log writer failed earlier and cannot be used; reopen the log to recover")]
+    Poisoned,
+    /// The replay callback of [`open`] failed.
+    #[error("log replay failed: {0}")]
+    Callback(String),
+}
+
+/// Total bytes of all segment files in `dir`, without reading them (0 when
+/// the directory does not exist). For a replay progress bar: the last
+/// argument of [`open`]'s callback counts up to this.
+pub fn size_on_disk(dir: &Path) -> Result<u64, LogError> {
+    let segments = match segment::list_segments(dir) {
+        Ok(segments) => segments,
+        Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(0)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut total = 0;
+    for seg in segments {
+        total += fs::metadata(&seg.path)
+            .map_err(io_err("stat", &seg.path))?
+            .len();
+    }
+    Ok(total)
+}
+
+/// Where replay stopped early.
+struct Corruption {
+    /// Index of the segment in the listing.
+    segment: usize,
+    /// Its length.
+    len: u64,
+    /// Offset of the first bad byte in it (0: its header is bad).
+    offset: u64,
+    reason: String,
+}
+
+/// Running state of the replay.
+struct Replay {
+    /// (epoch, seq) the next record must have, once known.
+    next: Option<(u64, u64)>,
+    /// Bytes of valid log read so far (segment headers included).
+    bytes: u64,
+    records: u64,
+    events: u64,
+    last_epoch: Option<u64>,
+}
+
+/// Opens the log in `cfg.dir` (creating the directory if needed), replays
+/// every valid record in order through `on_record(header, payload,
+/// bytes_read_so_far)`, cuts off a torn or corrupt tail (see the module
+/// docs), and returns a writer positioned at the end.
+///
+/// An error from `on_record` stops the replay and is returned as is; the log
+/// is left untouched.
+pub fn open(
+    cfg: &LogConfig,
+    mut on_record: impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
+) -> Result<(LogWriter, Recovery), LogError> {
+    fs::create_dir_all(&cfg.dir).map_err(io_err("create directory", &cfg.dir))?;
+    let segments = segment::list_segments(&cfg.dir)?;
+
+    let mut replay = Replay {
+        next: None,
+        bytes: 0,
+        records: 0,
+        events: 0,
+        last_epoch: None,
+    };
+    let mut corruption = None;
+    let mut payload = Vec::new();
+    for (index, seg) in segments.iter().enumerate() {
+        let (len, bad) = replay_segment(seg, &mut replay, &mut payload, &mut on_record)?;
+        if let Some((offset, reason)) = bad {
+            corruption = Some(Corruption {
+                segment: index,
+                len,
+                offset,
+                reason,
+            });
+            break;
+        }
+    }
+
+    // Cut the log after the last good record.
+    let (kept, truncated_bytes) = match corruption {
+        None => (segments.len(), 0),
+        Some(c) => cut_tail(&cfg.dir, &segments, &c)?,
+    };
+
+    let (next_epoch, next_seq) = replay.next.unwrap_or((0, 1));
+    let mut bytes = replay.bytes;
+    let writer = if kept == 0 {
+        let (file, path, _) = segment::create_segment(&cfg.dir, next_epoch, next_seq)?;
+        bytes += SEGMENT_HEADER_LEN;
+        LogWriter::new(cfg, file, path, SEGMENT_HEADER_LEN, next_epoch, next_seq)
+    } else {
+        let tail = &segments[kept - 1];
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&tail.path)
+            .map_err(io_err("open segment for append", &tail.path))?;
+        // What is on disk may still sit in the page cache after a process
+        // crash; make it durable before the writer calls it durable.
+        file.sync_data()
+            .map_err(io_err("fsync segment", &tail.path))?;
+        let len = file.metadata().map_err(io_err("stat", &tail.path))?.len();
+        LogWriter::new(cfg, file, tail.path.clone(), len, next_epoch, next_seq)
+    };
+
+    let recovery = Recovery {
+        records: replay.records,
+        events: replay.events,
+        last_epoch: replay.last_epoch,
+        next_seq,
+        truncated_bytes,
+        bytes,
+    };
+    tracing::info!(
+        dir = %cfg.dir.display(),
+        records = recovery.records,
+        events = recovery.events,
+        next_epoch,
+        next_seq,
+        truncated_bytes,
+        "log: opened"
+    );
+    Ok((writer, recovery))
+}
+
+/// Cuts the log at `c`: truncates (or, if its header is bad, removes) the
+/// corrupt segment and deletes every later one. `len` is the corrupt
+/// segment's length. Returns how many segments remain and the bytes dropped.
+fn cut_tail(
+    dir: &Path,
+    segments: &[segment::SegmentFile],
+    c: &Corruption,
+) -> Result<(usize, u64), LogError> {
+    let seg = &segments[c.segment];
+    let later = &segments[c.segment + 1..];
+    let mut later_lens = Vec::with_capacity(later.len());
+    for s in later {
+        later_lens.push(
+            fs::metadata(&s.path)
+                .map_err(io_err("stat", &s.path))?
+                .len(),
+        );
+    }
+    let dropped = c.len - c.offset + later_lens.iter().sum::<u64>();
+    tracing::warn!(
+        file = %seg.path.display(),
+        offset = c.offset,
+        dropped_bytes = dropped,
+        later_segments_deleted = later.len(),
+        reason = %c.reason,
+        "log: torn or corrupt tail; truncating the log after the last good record"
+    );
+    // Newest first, so that a crash half-way leaves a log that recovery
+    // cuts at the same place.
+    for (s, len) in later.iter().zip(&later_lens).rev() {
+        tracing::warn!(file = %s.path.display(), bytes = len, "log: deleting segment after the corrupt one");
+        fs::remove_file(&s.path).map_err(io_err("remove later segment", &s.path))?;
+    }
+    let kept = if c.offset == 0 {
+        fs::remove_file(&seg.path).map_err(io_err("remove corrupt segment", &seg.path))?;
+        c.segment
+    } else {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(io_err("open for truncation", &seg.path))?;
+        file.set_len(c.offset)
+            .map_err(io_err("truncate", &seg.path))?;
+        file.sync_all()
+            .map_err(io_err("fsync truncated segment", &seg.path))?;
+        c.segment + 1
+    };
+    segment::sync_dir(dir)?;
+    Ok((kept, dropped))
+}
+
+/// Replays one segment. Returns its length and, if it is torn or corrupt,
+/// the offset of the first bad byte and why.
+fn replay_segment(
+    seg: &segment::SegmentFile,
+    replay: &mut Replay,
+    payload: &mut Vec<u8>,
+    on_record: &mut impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
+) -> Result<(u64, Option<(u64, String)>), LogError> {
+    let path = &seg.path;
+    let file = File::open(path).map_err(io_err("open segment", path))?;
+    let len = file.metadata().map_err(io_err("stat", path))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let corrupt = |offset: u64, reason: String| Ok((len, Some((offset, reason))));
+
+    let mut sh = [0u8; SEGMENT_HEADER_LEN as usize];
+    if read_full(&mut reader, &mut sh).map_err(io_err("read", path))? < sh.len() {
+        return corrupt(0, "short segment header".into());
+    }
+    let (first_epoch, first_seq) = match segment::decode_segment_header(&sh) {
+        Ok(start) => start,
+        Err(reason) => return corrupt(0, reason.into()),
+    };
+    if first_epoch != seg.epoch {
+        return corrupt(
+            0,
+            format!(
+                "segment header says epoch {first_epoch}, file name says {}",
+                seg.epoch
+            ),
+        );
+    }
+    match replay.next {
+        Some(next) if next != (first_epoch, first_seq) => {
+            return corrupt(
+                0,
+                format!(
+                    "segment starts at epoch {first_epoch} seq {first_seq}, expected epoch {} seq {}",
+                    next.0, next.1
+                ),
+            );
+        }
+        _ => replay.next = Some((first_epoch, first_seq)),
+    }
+    replay.bytes += SEGMENT_HEADER_LEN;
+    let mut offset = SEGMENT_HEADER_LEN;
+
+    loop {
+        let mut rh = [0u8; RECORD_HEADER_LEN as usize];
+        let n = read_full(&mut reader, &mut rh).map_err(io_err("read", path))?;
+        if n == 0 {
+            return Ok((len, None));
+        }
+        if n < rh.len() {
+            return corrupt(
+                offset,
+                format!("short record header ({n} of {RECORD_HEADER_LEN} bytes)"),
+            );
+        }
+        let raw = segment::decode_record_header(&rh);
+        if raw.magic != RECORD_MAGIC {
+            return corrupt(offset, format!("bad record magic {:#010x}", raw.magic));
+        }
+        let available = len - offset - RECORD_HEADER_LEN;
+        if u64::from(raw.len) > available {
+            return corrupt(
+                offset,
+                format!("short payload ({available} of {} bytes)", raw.len),
+            );
+        }
+        payload.resize(raw.len as usize, 0);
+        if let Err(e) = reader.read_exact(payload) {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                return corrupt(offset, "short payload (file shrank while reading)".into());
+            }
+            return Err(io_err("read", path)(e));
+        }
+        if segment::record_crc(&rh, payload) != raw.crc {
+            return corrupt(offset, "record checksum mismatch".into());
+        }
+        let header = raw.header;
+        let (next_epoch, next_seq) = replay.next.expect("set from the segment header");
+        if header.epoch != next_epoch || header.first_seq != next_seq {
+            return corrupt(
+                offset,
+                format!(
+                    "record epoch {} first_seq {} does not follow (expected epoch {next_epoch} first_seq {next_seq})",
+                    header.epoch, header.first_seq
+                ),
+            );
+        }
+        let (Some(after_epoch), Some(after_seq)) = (
+            header.epoch.checked_add(1),
+            header.first_seq.checked_add(u64::from(header.count)),
+        ) else {
+            return corrupt(offset, "record overflows epoch or sequence numbers".into());
+        };
+        let record_len = RECORD_HEADER_LEN + u64::from(raw.len);
+        offset += record_len;
+        replay.bytes += record_len;
+        on_record(&header, payload, replay.bytes)?;
+        replay.next = Some((after_epoch, after_seq));
+        replay.records += 1;
+        replay.events += u64::from(header.count);
+        replay.last_epoch = Some(header.epoch);
+    }
+}

@@ -1,0 +1,703 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+type Rec = (RecordHeader, Vec<u8>);
+
+fn config(dir: &Path, segment_bytes: u64, fsync: FsyncPolicy) -> LogConfig {
+    LogConfig {
+        dir: dir.to_path_buf(),
+        segment_bytes,
+        fsync,
+        fsync_interval: Duration::from_millis(10),
+    }
+}
+
+/// Deterministic pseudo-random records: counts 0..5 (0 = clock tick), payloads of varied sizes.
+fn make_records(n: usize, max_payload: usize, seed: u64) -> Vec<Rec> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut seq = 1;
+    (0..n as u64)
+        .map(|epoch| {
+            let count = (next() % 5) as u32;
+            let len = (next() as usize) % (max_payload + 1);
+            let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let header = RecordHeader {
+                epoch,
+                first_seq: seq,
+                count,
+                clock_ms: 1_700_000_000_000 + epoch as i64 * 7 - 3,
+            };
+            seq += u64::from(count);
+            (header, payload)
+        })
+        .collect()
+}
+
+fn next_seq_after(records: &[Rec]) -> u64 {
+    records
+        .last()
+        .map_or(1, |(h, _)| h.first_seq + u64::from(h.count))
+}
+
+/// Writes `records` to a new log, committing every `commit_every` records.
+fn write_log(cfg: &LogConfig, records: &[Rec], commit_every: usize) {
+    let (mut writer, recovery) = open(cfg, |_, _, _| panic!("log should be empty")).unwrap();
+    assert_eq!(recovery.records, 0);
+    for (i, (header, payload)) in records.iter().enumerate() {
+        writer.append(header, payload).unwrap();
+        if (i + 1) % commit_every == 0 {
+            writer.commit().unwrap();
+        }
+    }
+    writer.commit().unwrap();
+    assert_eq!(writer.next_epoch(), records.len() as u64);
+    assert_eq!(writer.next_seq(), next_seq_after(records));
+    writer.close().unwrap();
+}
+
+/// Opens the log and collects every replayed record, checking the progress counter.
+fn read_log(cfg: &LogConfig) -> (Vec<Rec>, Recovery, LogWriter) {
+    let mut out = Vec::new();
+    let mut last_bytes = 0;
+    let (writer, recovery) = open(cfg, |h, p, bytes| {
+        assert!(bytes > last_bytes, "progress must increase");
+        last_bytes = bytes;
+        out.push((*h, p.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(recovery.records, out.len() as u64);
+    assert_eq!(
+        recovery.events,
+        out.iter().map(|(h, _)| u64::from(h.count)).sum::<u64>()
+    );
+    assert_eq!(recovery.last_epoch, out.last().map(|(h, _)| h.epoch));
+    assert_eq!(recovery.next_seq, next_seq_after(&out));
+    assert_eq!(recovery.bytes, size_on_disk(&cfg.dir).unwrap());
+    if !out.is_empty() {
+        assert!(last_bytes <= recovery.bytes);
+    }
+    assert_eq!(writer.next_epoch(), out.len() as u64);
+    assert_eq!(writer.next_seq(), recovery.next_seq);
+    (out, recovery, writer)
+}
+
+fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    segment::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.path)
+        .collect()
+}
+
+/// (offset, total length) of every record in a segment file.
+fn record_spans(path: &Path) -> Vec<(u64, u64)> {
+    let bytes = fs::read(path).unwrap();
+    let mut spans = Vec::new();
+    let mut at = SEGMENT_HEADER_LEN as usize;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let total = RECORD_HEADER_LEN as usize + len;
+        spans.push((at as u64, total as u64));
+        at += total;
+    }
+    assert_eq!(at, bytes.len());
+    spans
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Appends `extra` after a recovered log, reopens, and checks the whole content.
+fn append_and_verify(cfg: &LogConfig, mut writer: LogWriter, kept: &[Rec], extra: usize) {
+    let mut expected = kept.to_vec();
+    let mut seq = writer.next_seq();
+    for i in 0..extra {
+        let header = RecordHeader {
+            epoch: writer.next_epoch(),
+            first_seq: seq,
+            count: 2,
+            clock_ms: -5 - i as i64,
+        };
+        let payload = format!("appended after recovery {i}").into_bytes();
+        writer.append(&header, &payload).unwrap();
+        writer.commit().unwrap();
+        seq += 2;
+        expected.push((header, payload));
+    }
+    writer.close().unwrap();
+    let (again, recovery, _writer) = read_log(cfg);
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert_eq!(again, expected);
+}
+
+#[test]
+fn round_trip_across_rotations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 4096, FsyncPolicy::Always);
+    let records = make_records(1000, 300, 1);
+    write_log(&cfg, &records, 7);
+
+    let segments = segment_paths(tmp.path());
+    assert!(
+        segments.len() >= 5,
+        "expected several rotations, got {}",
+        segments.len()
+    );
+    // Names are the first epoch of each segment; no segment is much larger than the limit.
+    let mut epoch = 0;
+    for path in &segments {
+        let name_epoch: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        assert_eq!(name_epoch, epoch);
+        let spans = record_spans(path);
+        assert!(!spans.is_empty());
+        epoch += spans.len() as u64;
+        let len = fs::metadata(path).unwrap().len();
+        assert!(
+            len < 4096 + RECORD_HEADER_LEN + 300,
+            "segment of {len} bytes"
+        );
+    }
+    assert_eq!(segments[0].file_name().unwrap(), "00000000000000000000.log");
+
+    let (read, recovery, writer) = read_log(&cfg);
+    assert_eq!(read, records);
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert_eq!(writer.durable_next_seq(), next_seq_after(&records));
+    // Reopening keeps appending into the last segment, then rotates as usual.
+    append_and_verify(&cfg, writer, &records, 50);
+}
+
+#[test]
+fn many_records_in_one_commit_rotate_at_record_boundaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1000, FsyncPolicy::Never);
+    let records = make_records(500, 200, 2);
+    write_log(&cfg, &records, usize::MAX);
+    let segments = segment_paths(tmp.path());
+    assert!(segments.len() > 10);
+    let mut epoch = 0;
+    for path in &segments {
+        let name_epoch: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        assert_eq!(name_epoch, epoch);
+        epoch += record_spans(path).len() as u64;
+    }
+    let (read, _, _) = read_log(&cfg);
+    assert_eq!(read, records);
+}
+
+#[test]
+fn tiny_segment_limit_gives_one_record_per_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1, FsyncPolicy::Always);
+    let records = make_records(20, 10, 3);
+    write_log(&cfg, &records, 3);
+    assert_eq!(segment_paths(tmp.path()).len(), 20);
+    let (read, _, writer) = read_log(&cfg);
+    assert_eq!(read, records);
+    append_and_verify(&cfg, writer, &records, 3);
+}
+
+#[test]
+fn torn_last_record_at_every_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let records = make_records(60, 120, 4);
+    write_log(&config(&source, 1500, FsyncPolicy::Always), &records, 5);
+    let segments = segment_paths(&source);
+    assert!(segments.len() >= 3);
+    let last = segments.last().unwrap();
+    let last_name = last.file_name().unwrap().to_owned();
+    let (start, len) = *record_spans(last).last().unwrap();
+    assert!(
+        len > RECORD_HEADER_LEN + 10,
+        "the last record should have a payload"
+    );
+
+    for cut in start..start + len {
+        let dir = tmp.path().join(format!("cut-{cut}"));
+        copy_dir(&source, &dir);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(&last_name))
+            .unwrap();
+        file.set_len(cut).unwrap();
+        drop(file);
+
+        let cfg = config(&dir, 1500, FsyncPolicy::Always);
+        let (read, recovery, writer) = read_log(&cfg);
+        assert_eq!(read, records[..records.len() - 1], "cut at {cut}");
+        assert_eq!(recovery.truncated_bytes, cut - start, "cut at {cut}");
+        assert_eq!(fs::metadata(dir.join(&last_name)).unwrap().len(), start);
+        append_and_verify(&cfg, writer, &read, 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn torn_segment_header_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 800, FsyncPolicy::Always);
+    let records = make_records(40, 100, 5);
+    write_log(&cfg, &records, 4);
+    let next_epoch = records.len() as u64;
+    // A crash while creating the next segment leaves a partial header.
+    let header = segment::encode_segment_header(next_epoch, next_seq_after(&records));
+    let torn = tmp.path().join(segment::segment_file_name(next_epoch));
+    for cut in 0..SEGMENT_HEADER_LEN as usize {
+        fs::write(&torn, &header[..cut]).unwrap();
+        let (read, recovery, writer) = read_log(&cfg);
+        assert_eq!(read, records);
+        assert_eq!(recovery.truncated_bytes, cut as u64);
+        assert!(!torn.exists());
+        drop(writer);
+    }
+    // A complete but empty next segment is valid.
+    fs::write(&torn, header).unwrap();
+    let (read, recovery, writer) = read_log(&cfg);
+    assert_eq!(read, records);
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert_eq!(writer.current_segment(), torn);
+    append_and_verify(&cfg, writer, &records, 3);
+}
+
+#[test]
+fn flipped_byte_in_middle_record_of_last_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let records = make_records(80, 100, 6);
+    write_log(&config(&source, 2000, FsyncPolicy::Always), &records, 3);
+    let segments = segment_paths(&source);
+    let last = segments.last().unwrap();
+    let last_name = last.file_name().unwrap().to_owned();
+    let spans = record_spans(last);
+    assert!(
+        spans.len() >= 3,
+        "last segment holds {} records",
+        spans.len()
+    );
+    let middle = spans.len() / 2;
+    let (start, len) = spans[middle];
+    let first_dropped = records.len() - spans.len() + middle;
+    let file_len = fs::metadata(last).unwrap().len();
+
+    // Flip a byte in every part of the record: magic, length, checksum, fields, payload.
+    for at in [0, 5, 9, 13, 21, 29, 35, RECORD_HEADER_LEN, len - 1] {
+        let dir = tmp.path().join(format!("flip-{at}"));
+        copy_dir(&source, &dir);
+        let path = dir.join(&last_name);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[(start + at) as usize] ^= 0x40;
+        fs::write(&path, bytes).unwrap();
+
+        let cfg = config(&dir, 2000, FsyncPolicy::Always);
+        let (read, recovery, writer) = read_log(&cfg);
+        assert_eq!(read, records[..first_dropped], "flip at {at}");
+        assert_eq!(recovery.truncated_bytes, file_len - start, "flip at {at}");
+        append_and_verify(&cfg, writer, &read, 4);
+    }
+}
+
+#[test]
+fn corruption_in_earlier_segment_deletes_later_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
+    let records = make_records(100, 100, 7);
+    write_log(&cfg, &records, 2);
+    let segments = segment_paths(tmp.path());
+    assert!(segments.len() >= 4);
+    let victim = &segments[1];
+    let spans = record_spans(victim);
+    let kept = record_spans(&segments[0]).len() + 1;
+    let (start, _) = spans[1];
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[start as usize + 45] ^= 1;
+    fs::write(victim, &bytes).unwrap();
+    let total = size_on_disk(tmp.path()).unwrap();
+
+    let (read, recovery, writer) = read_log(&cfg);
+    assert_eq!(read, records[..kept]);
+    assert_eq!(recovery.truncated_bytes, total - recovery.bytes);
+    assert_eq!(segment_paths(tmp.path()), segments[..2]);
+    append_and_verify(&cfg, writer, &read, 3);
+}
+
+#[test]
+fn segment_that_does_not_continue_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
+    let records = make_records(30, 50, 8);
+    write_log(&cfg, &records, 2);
+    // A well-formed segment that leaves a gap of epochs.
+    let gap = tmp.path().join(segment::segment_file_name(100));
+    fs::write(&gap, segment::encode_segment_header(100, 1000)).unwrap();
+    // And a file that is not a segment at all, which is ignored.
+    fs::write(tmp.path().join("notes.txt"), b"hello").unwrap();
+    let (read, recovery, _writer) = read_log(&cfg);
+    assert_eq!(read, records);
+    assert_eq!(recovery.truncated_bytes, SEGMENT_HEADER_LEN);
+    assert!(!gap.exists());
+    assert!(tmp.path().join("notes.txt").exists());
+}
+
+#[test]
+fn zero_filled_tail_is_truncated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1 << 20, FsyncPolicy::Always);
+    let records = make_records(10, 100, 9);
+    write_log(&cfg, &records, 1);
+    let path = segment_paths(tmp.path()).pop().unwrap();
+    let len = fs::metadata(&path).unwrap().len();
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len + 4096).unwrap();
+    drop(file);
+    let (read, recovery, writer) = read_log(&cfg);
+    assert_eq!(read, records);
+    assert_eq!(recovery.truncated_bytes, 4096);
+    append_and_verify(&cfg, writer, &records, 1);
+}
+
+#[test]
+fn out_of_order_appends_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1 << 20, FsyncPolicy::Always);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    let h = |epoch, first_seq, count| RecordHeader {
+        epoch,
+        first_seq,
+        count,
+        clock_ms: 0,
+    };
+    // The first record is epoch 0 with first_seq 1.
+    assert!(matches!(
+        writer.append(&h(1, 1, 1), b"x"),
+        Err(LogError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        writer.append(&h(0, 0, 1), b"x"),
+        Err(LogError::OutOfOrder { .. })
+    ));
+    writer.append(&h(0, 1, 3), b"a").unwrap();
+    // Epoch repeated, epoch skipped, seq not following.
+    let err = writer.append(&h(0, 4, 1), b"b").unwrap_err();
+    assert!(matches!(
+        err,
+        LogError::OutOfOrder {
+            expected_epoch: 1,
+            expected_seq: 4,
+            epoch: 0,
+            first_seq: 4
+        }
+    ));
+    assert!(err.to_string().contains("expected epoch 1"));
+    assert!(matches!(
+        writer.append(&h(2, 4, 1), b"b"),
+        Err(LogError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        writer.append(&h(1, 3, 1), b"b"),
+        Err(LogError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        writer.append(&h(1, 5, 1), b"b"),
+        Err(LogError::OutOfOrder { .. })
+    ));
+    // Errors change nothing: the writer goes on.
+    assert_eq!((writer.next_epoch(), writer.next_seq()), (1, 4));
+    writer.append(&h(1, 4, 0), b"tick").unwrap();
+    writer.append(&h(2, 4, 2), b"c").unwrap();
+    writer.commit().unwrap();
+    assert!(matches!(
+        writer
+            .append(&h(3, 6, 1), &[])
+            .and(writer.append(&h(4, 6, 1), &[])),
+        Err(LogError::OutOfOrder { .. })
+    ));
+    assert!(matches!(writer.append(&h(4, 7, u32::MAX), b""), Ok(())));
+    drop(writer);
+    let (read, recovery, _) = read_log(&cfg);
+    assert_eq!(read.len(), 5);
+    assert_eq!(recovery.next_seq, 7 + u64::from(u32::MAX));
+}
+
+#[test]
+fn empty_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("does/not/exist/yet");
+    assert_eq!(size_on_disk(&dir).unwrap(), 0);
+    let cfg = config(&dir, 1 << 20, FsyncPolicy::Always);
+    let (read, recovery, mut writer) = read_log(&cfg);
+    assert!(read.is_empty());
+    assert_eq!(
+        recovery,
+        Recovery {
+            records: 0,
+            events: 0,
+            last_epoch: None,
+            next_seq: 1,
+            truncated_bytes: 0,
+            bytes: SEGMENT_HEADER_LEN,
+        }
+    );
+    assert_eq!((writer.next_epoch(), writer.next_seq()), (0, 1));
+    assert_eq!(writer.commit().unwrap(), Duration::ZERO, "nothing to sync");
+    drop(writer);
+    // Reopening the empty log is still empty.
+    let (read, recovery, writer) = read_log(&cfg);
+    assert!(read.is_empty());
+    assert_eq!(recovery.next_seq, 1);
+    append_and_verify(&cfg, writer, &[], 2);
+}
+
+#[test]
+fn size_on_disk_counts_all_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 600, FsyncPolicy::Never);
+    let records = make_records(50, 80, 10);
+    write_log(&cfg, &records, 5);
+    let expected: u64 = segment_paths(tmp.path())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    let payloads: u64 = records.iter().map(|(_, p)| p.len() as u64).sum();
+    let segments = segment_paths(tmp.path()).len() as u64;
+    assert_eq!(
+        expected,
+        payloads + 50 * RECORD_HEADER_LEN + segments * SEGMENT_HEADER_LEN
+    );
+    fs::write(tmp.path().join("other.bin"), vec![0u8; 1000]).unwrap();
+    assert_eq!(size_on_disk(tmp.path()).unwrap(), expected);
+    // The last progress value of the replay reaches the size on disk.
+    let mut last = 0;
+    open(&cfg, |_, _, bytes| {
+        last = bytes;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(last, expected);
+}
+
+#[test]
+fn callback_error_stops_replay_and_keeps_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 500, FsyncPolicy::Always);
+    let records = make_records(30, 50, 11);
+    write_log(&cfg, &records, 3);
+    let before = size_on_disk(tmp.path()).unwrap();
+    let mut seen = 0;
+    let err = open(&cfg, |_, _, _| {
+        seen += 1;
+        if seen == 10 {
+            Err(LogError::Callback("bad payload".into()))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_err();
+    assert!(matches!(err, LogError::Callback(ref m) if m == "bad payload"));
+    assert_eq!(seen, 10);
+    assert_eq!(size_on_disk(tmp.path()).unwrap(), before);
+    let (read, _, _) = read_log(&cfg);
+    assert_eq!(read, records);
+}
+
+#[test]
+fn fsync_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = |epoch| RecordHeader {
+        epoch,
+        first_seq: 1 + epoch,
+        count: 1,
+        clock_ms: 0,
+    };
+
+    let mut cfg = config(&tmp.path().join("never"), 1 << 20, FsyncPolicy::Never);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    writer.append(&h(0), b"x").unwrap();
+    assert_eq!(writer.commit().unwrap(), Duration::ZERO);
+    assert_eq!(writer.durable_next_seq(), 1);
+    writer.sync().unwrap();
+    assert_eq!(writer.durable_next_seq(), 2);
+
+    cfg = config(&tmp.path().join("interval"), 1 << 20, FsyncPolicy::Interval);
+    cfg.fsync_interval = Duration::from_secs(3600);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    writer.append(&h(0), b"x").unwrap();
+    assert_eq!(writer.commit().unwrap(), Duration::ZERO);
+    assert_eq!(
+        (writer.durable_next_epoch(), writer.durable_next_seq()),
+        (0, 1)
+    );
+    cfg.fsync_interval = Duration::ZERO;
+    let (mut writer, recovery) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    assert_eq!(recovery.records, 1, "written data survives the writer");
+    writer.append(&h(1), b"y").unwrap();
+    writer.commit().unwrap();
+    assert_eq!(
+        (writer.durable_next_epoch(), writer.durable_next_seq()),
+        (2, 3)
+    );
+
+    cfg = config(&tmp.path().join("always"), 1 << 20, FsyncPolicy::Always);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    writer.append(&h(0), b"x").unwrap();
+    writer.append(&h(1), b"y").unwrap();
+    assert_eq!(writer.durable_next_seq(), 1);
+    assert!(writer.commit().unwrap() > Duration::ZERO);
+    assert_eq!(writer.durable_next_seq(), 3);
+    assert_eq!(
+        writer.commit().unwrap(),
+        Duration::ZERO,
+        "nothing new to sync"
+    );
+}
+
+#[test]
+fn dropping_the_writer_keeps_appended_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1 << 20, FsyncPolicy::Never);
+    let records = make_records(10, 40, 12);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    for (h, p) in &records {
+        writer.append(h, p).unwrap();
+    }
+    drop(writer);
+    let (read, _, _) = read_log(&cfg);
+    assert_eq!(read, records);
+}
+
+#[test]
+fn large_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 16 << 20, FsyncPolicy::Never);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    let mut records = Vec::new();
+    let mut seq = 1;
+    for (epoch, len) in [(0u64, 9 << 20), (1, 3), (2, 12 << 20), (3, 0), (4, 1 << 20)] {
+        let header = RecordHeader {
+            epoch,
+            first_seq: seq,
+            count: 1000,
+            clock_ms: epoch as i64,
+        };
+        let payload: Vec<u8> = (0..len).map(|i| (i * 31 + epoch as usize) as u8).collect();
+        writer.append(&header, &payload).unwrap();
+        seq += 1000;
+        records.push((header, payload));
+    }
+    writer.commit().unwrap();
+    drop(writer);
+    let (read, _, _) = read_log(&cfg);
+    assert_eq!(read, records);
+    assert_eq!(segment_paths(tmp.path()).len(), 2);
+}
+
+proptest! {
+    // No failure persistence: it would write files outside the module.
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Cutting any segment file anywhere keeps exactly the records that lie
+    /// wholly before the cut, and the log stays appendable.
+    #[test]
+    fn truncation_anywhere_keeps_a_prefix(
+        n in 1usize..60,
+        max_payload in 0usize..150,
+        segment_bytes in 100u64..1500,
+        commit_every in 1usize..8,
+        seed in any::<u64>(),
+        file_pick in any::<prop::sample::Index>(),
+        cut_pick in any::<prop::sample::Index>(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), segment_bytes, FsyncPolicy::Never);
+        let records = make_records(n, max_payload, seed);
+        write_log(&cfg, &records, commit_every);
+        let segments = segment_paths(tmp.path());
+        let victim = file_pick.index(segments.len());
+        let len = fs::metadata(&segments[victim]).unwrap().len();
+        let cut = cut_pick.index(len as usize) as u64;
+        let before: usize = segments[..victim].iter().map(|p| record_spans(p).len()).sum();
+        let within = if cut < SEGMENT_HEADER_LEN {
+            0
+        } else {
+            record_spans(&segments[victim]).iter().filter(|(o, l)| o + l <= cut).count()
+        };
+        let total = size_on_disk(tmp.path()).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&segments[victim]).unwrap();
+        file.set_len(cut).unwrap();
+        drop(file);
+
+        let (read, recovery, writer) = read_log(&cfg);
+        prop_assert_eq!(&read[..], &records[..before + within]);
+        let kept_files = if cut < SEGMENT_HEADER_LEN { victim } else { victim + 1 };
+        prop_assert_eq!(segment_paths(tmp.path()).len(), kept_files.max(1));
+        let created = if kept_files == 0 { SEGMENT_HEADER_LEN } else { 0 };
+        prop_assert_eq!(
+            recovery.truncated_bytes + recovery.bytes,
+            total - (len - cut) + created
+        );
+        append_and_verify(&cfg, writer, &read, 2);
+    }
+}
+
+/// Throughput of commits under `Never`; run with
+/// `cargo test --release --lib log::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), DEFAULT_SEGMENT_BYTES, FsyncPolicy::Never);
+    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    let payload = vec![0xabu8; 64 << 10];
+    let total: u64 = 2 << 30;
+    let records = total / payload.len() as u64;
+    let mut fsync = Duration::ZERO;
+    let started = Instant::now();
+    for epoch in 0..records {
+        let header = RecordHeader {
+            epoch,
+            first_seq: 1 + epoch * 100,
+            count: 100,
+            clock_ms: 0,
+        };
+        writer.append(&header, &payload).unwrap();
+        if epoch % 4 == 3 {
+            fsync += writer.commit().unwrap();
+        }
+    }
+    fsync += writer.commit().unwrap();
+    let elapsed = started.elapsed();
+    let write_mbps = total as f64 / elapsed.as_secs_f64() / 1e6;
+    drop(writer);
+
+    let started = Instant::now();
+    let (_, recovery) = open(&cfg, |_, _, _| Ok(())).unwrap();
+    let read_mbps = total as f64 / started.elapsed().as_secs_f64() / 1e6;
+    assert_eq!(recovery.records, records);
+    println!(
+        "log throughput: write {write_mbps:.0} MB/s ({fsync:?} of it in fsync at segment \
+         rotations), replay {read_mbps:.0} MB/s of payload"
+    );
+}

@@ -1,0 +1,316 @@
+//! The appending side of the log: [`LogWriter`].
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::segment::{self, encode_record, io_err, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::{FsyncPolicy, LogConfig, LogError, RecordHeader};
+
+/// Initial capacity of the write buffer.
+const BUF_CAPACITY: usize = 1 << 20;
+/// `append` writes the buffer out (without syncing) once it holds this much.
+const FLUSH_AT: usize = 8 << 20;
+/// Above this capacity the buffer is given back to the allocator after a write.
+const MAX_RETAINED: usize = 4 * FLUSH_AT;
+
+/// A point in the write buffer where a new segment begins.
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    at: usize,
+    epoch: u64,
+    seq: u64,
+}
+
+/// Appends records to the log. Obtained from [`super::open`].
+///
+/// Records are encoded into an in-memory buffer by [`append`](Self::append)
+/// and written and synced by [`commit`](Self::commit) (one `fdatasync` per
+/// commit, however many records it holds). After an I/O error the writer
+/// refuses further work ([`LogError::Poisoned`]): after a failed write or
+/// fsync the state of the file is unknown, and reopening the log (which runs
+/// recovery) is the only safe way on.
+#[derive(Debug)]
+pub struct LogWriter {
+    dir: PathBuf,
+    segment_bytes: u64,
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+    /// The tail segment, opened for writing at its end.
+    file: File,
+    path: PathBuf,
+    /// Length of the tail segment counting records still in `buf`.
+    tail_len: u64,
+    /// Encoded records not yet written to a file.
+    buf: Vec<u8>,
+    /// Segment boundaries inside `buf`, in order.
+    splits: Vec<Split>,
+    next_epoch: u64,
+    next_seq: u64,
+    /// Every record before this (epoch, seq) has been written to a file.
+    written: (u64, u64),
+    /// Every record before this (epoch, seq) has been fsynced.
+    durable: (u64, u64),
+    /// The tail file holds written data that was not fsynced yet.
+    dirty: bool,
+    last_sync: Instant,
+    /// Fsync time accumulated since the last `commit`/`sync` returned.
+    fsync_time: Duration,
+    poisoned: bool,
+}
+
+impl LogWriter {
+    /// A writer continuing the tail segment `file` (of length `len`), whose
+    /// next record is (`next_epoch`, `next_seq`); everything before it is durable.
+    pub(crate) fn new(
+        cfg: &LogConfig,
+        file: File,
+        path: PathBuf,
+        len: u64,
+        next_epoch: u64,
+        next_seq: u64,
+    ) -> Self {
+        LogWriter {
+            dir: cfg.dir.clone(),
+            segment_bytes: cfg.segment_bytes,
+            fsync: cfg.fsync,
+            fsync_interval: cfg.fsync_interval,
+            file,
+            path,
+            tail_len: len,
+            buf: Vec::with_capacity(BUF_CAPACITY),
+            splits: Vec::new(),
+            next_epoch,
+            next_seq,
+            written: (next_epoch, next_seq),
+            durable: (next_epoch, next_seq),
+            dirty: false,
+            last_sync: Instant::now(),
+            fsync_time: Duration::ZERO,
+            poisoned: false,
+        }
+    }
+
+    /// Appends one record to the write buffer; no system call unless the
+    /// buffer has grown large (then it is written out, not synced).
+    ///
+    /// `header.epoch` must be [`next_epoch`](Self::next_epoch) and
+    /// `header.first_seq` [`next_seq`](Self::next_seq), else
+    /// [`LogError::OutOfOrder`] (and nothing changes).
+    pub fn append(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if header.epoch != self.next_epoch || header.first_seq != self.next_seq {
+            return Err(LogError::OutOfOrder {
+                expected_epoch: self.next_epoch,
+                expected_seq: self.next_seq,
+                epoch: header.epoch,
+                first_seq: header.first_seq,
+            });
+        }
+        let len = u32::try_from(payload.len())
+            .map_err(|_| LogError::RecordTooLarge { len: payload.len() })?;
+        let next_seq = self
+            .next_seq
+            .checked_add(u64::from(header.count))
+            .ok_or(LogError::Overflow)?;
+        let next_epoch = self.next_epoch.checked_add(1).ok_or(LogError::Overflow)?;
+
+        // Rotate at a record boundary: a segment that already reached its size
+        // (and holds at least one record) takes no more records.
+        if self.tail_len >= self.segment_bytes && self.tail_len > SEGMENT_HEADER_LEN {
+            self.splits.push(Split {
+                at: self.buf.len(),
+                epoch: header.epoch,
+                seq: header.first_seq,
+            });
+            self.tail_len = SEGMENT_HEADER_LEN;
+        }
+        encode_record(&mut self.buf, header, payload);
+        self.tail_len += RECORD_HEADER_LEN + u64::from(len);
+        self.next_epoch = next_epoch;
+        self.next_seq = next_seq;
+
+        if self.buf.len() >= FLUSH_AT {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered records to the segment files and makes them durable
+    /// according to the policy: `Always` fdatasyncs on every call, `Interval`
+    /// when `fsync_interval` has passed since the last fsync, `Never` only
+    /// writes. Returns the time spent in fsync (including that of segment
+    /// rotations since the last call), `Duration::ZERO` if none.
+    ///
+    /// A segment that reached `segment_bytes` is closed durably (its data
+    /// fsynced) and the next one is created durably (file and directory
+    /// fsynced) before the first record that goes into it is written.
+    pub fn commit(&mut self) -> Result<Duration, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        self.write_out()?;
+        let sync = match self.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval => self.last_sync.elapsed() >= self.fsync_interval,
+            FsyncPolicy::Never => false,
+        };
+        if sync {
+            self.sync_tail()?;
+        }
+        Ok(std::mem::take(&mut self.fsync_time))
+    }
+
+    /// Writes and fdatasyncs everything appended so far, whatever the policy
+    /// (for `Interval`/`Never` at shutdown, or from a timer). Returns the time
+    /// spent in fsync.
+    pub fn sync(&mut self) -> Result<Duration, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        self.write_out()?;
+        self.sync_tail()?;
+        Ok(std::mem::take(&mut self.fsync_time))
+    }
+
+    /// Syncs everything appended so far and closes the log, reporting errors
+    /// that dropping the writer would only log.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.sync().map(drop)
+    }
+
+    /// The sequence number the next record must start at.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The epoch the next record must have.
+    pub fn next_epoch(&self) -> u64 {
+        self.next_epoch
+    }
+
+    /// Every event with a sequence number below this is known to be on disk
+    /// (fsynced). Equals [`next_seq`](Self::next_seq) after a `commit` under
+    /// `Always`; may lag behind under `Interval` and `Never`.
+    pub fn durable_next_seq(&self) -> u64 {
+        self.durable.1
+    }
+
+    /// Every record with an epoch below this is known to be on disk (fsynced).
+    pub fn durable_next_epoch(&self) -> u64 {
+        self.durable.0
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The segment file records are currently written to.
+    pub fn current_segment(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the buffer out (rotating at its split points), without syncing
+    /// the tail. Poisons the writer on failure.
+    fn write_out(&mut self) -> Result<(), LogError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_out_inner();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn write_out_inner(&mut self) -> Result<(), LogError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let splits = std::mem::take(&mut self.splits);
+        let mut start = 0;
+        for split in splits {
+            self.write_file(&buf[start..split.at])?;
+            self.rotate(split.epoch, split.seq)?;
+            start = split.at;
+        }
+        self.write_file(&buf[start..])?;
+        self.written = (self.next_epoch, self.next_seq);
+        if buf.capacity() > MAX_RETAINED {
+            buf = Vec::with_capacity(BUF_CAPACITY);
+        } else {
+            buf.clear();
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    fn write_file(&mut self, data: &[u8]) -> Result<(), LogError> {
+        if !data.is_empty() {
+            self.file
+                .write_all(data)
+                .map_err(io_err("write", &self.path))?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Closes the tail segment durably and starts a new one at (`epoch`, `seq`).
+    fn rotate(&mut self, epoch: u64, seq: u64) -> Result<(), LogError> {
+        if self.dirty {
+            let started = Instant::now();
+            self.file
+                .sync_data()
+                .map_err(io_err("fsync segment", &self.path))?;
+            self.fsync_time += started.elapsed();
+            self.dirty = false;
+        }
+        self.durable = (epoch, seq);
+        let (file, path, fsync_time) = segment::create_segment(&self.dir, epoch, seq)?;
+        self.fsync_time += fsync_time;
+        tracing::debug!(closed = %self.path.display(), opened = %path.display(), "log: rotated segment");
+        self.file = file;
+        self.path = path;
+        Ok(())
+    }
+
+    /// Fdatasyncs the tail segment (everything written is then durable).
+    fn sync_tail(&mut self) -> Result<(), LogError> {
+        if self.dirty {
+            let started = Instant::now();
+            if let Err(source) = self.file.sync_data() {
+                self.poisoned = true;
+                return Err(LogError::Io {
+                    op: "fsync segment",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            self.fsync_time += started.elapsed();
+            self.last_sync = Instant::now();
+            self.dirty = false;
+        }
+        self.durable = self.written;
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    /// Best effort: writes out what was appended but not committed, and syncs
+    /// unless the policy is `Never`. Errors are logged; use
+    /// [`LogWriter::close`] to see them.
+    fn drop(&mut self) {
+        if self.poisoned || (self.buf.is_empty() && !self.dirty) {
+            return;
+        }
+        let result = match self.fsync {
+            FsyncPolicy::Never => self.write_out(),
+            FsyncPolicy::Always | FsyncPolicy::Interval => self.sync().map(drop),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "log: could not flush the log when closing it");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The `shopstream` binary: parse the CLI, load the configuration, start tracing,
+//! and hand over to the library.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use shopstream::client::{self, DemoWorkload};
+use shopstream::config::{ClockMode, Config, RawConfig};
+use shopstream::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "shopstream",
+    version,
+    about = "Real-time stream processing for online shops"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// TOML configuration file (every key optional; see config/default.toml).
+    #[arg(long, env = "SHOPSTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// TCP ingest address (NDJSON or binary frames).
+    #[arg(long, env = "SHOPSTREAM_INGEST_ADDR")]
+    ingest_addr: Option<String>,
+    /// HTTP address (queries, HTTP ingest, metrics).
+    #[arg(long, env = "SHOPSTREAM_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// Directory of the durable log.
+    #[arg(long, env = "SHOPSTREAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Timely worker threads.
+    #[arg(long, env = "SHOPSTREAM_WORKERS")]
+    workers: Option<usize>,
+    /// Engine clock for windows: event time or wall time.
+    #[arg(long, value_enum, env = "SHOPSTREAM_CLOCK")]
+    clock: Option<ClockMode>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run the server on embedded defaults with a demo workload streaming into it.
+    Demo {
+        /// Demo events per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Stop after this many seconds (0: run until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Stream an NDJSON (or binary-frame) file to a server and wait for the final ack.
+    Send {
+        file: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        addr: SocketAddr,
+        /// Convert NDJSON to bincode frames on the client.
+        #[arg(long)]
+        binary: bool,
+        /// Also wait until the views include the last event (needs the HTTP address).
+        #[arg(long)]
+        wait_visible: Option<SocketAddr>,
+    },
+    /// Query the server.
+    Query {
+        #[command(subcommand)]
+        what: Query,
+        #[arg(long, global = true, default_value = "127.0.0.1:7401")]
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum Query {
+    /// A user's profile.
+    User {
+        id: String,
+        #[arg(long)]
+        min_seq: Option<u64>,
+    },
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::embedded(),
+    };
+    if let Some(a) = &args.ingest_addr {
+        raw.ingest.tcp_addr = a.clone();
+    }
+    if let Some(a) = &args.http_addr {
+        raw.http.addr = a.clone();
+    }
+    if let Some(d) = &args.data_dir {
+        raw.log.data_dir = d.clone();
+    }
+    if let Some(w) = args.workers {
+        raw.engine.workers = w;
+    }
+    if let Some(c) = args.clock {
+        raw.engine.clock = c;
+    }
+    Ok(raw.validate()?)
+}
+
+async fn start(config: Config) -> anyhow::Result<Server> {
+    let bar = if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "replaying log {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("template"),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let b = bar.clone();
+    let dir = config.data_dir.clone();
+    let server = Server::start(config, move |read, total| {
+        b.set_length(total);
+        b.set_position(read);
+    })
+    .await
+    .with_context(|| format!("starting with data dir {}", dir.display()))?;
+    bar.finish_and_clear();
+    let r = server.engine.recovery();
+    tracing::info!(
+        records = r.records,
+        events = r.events,
+        truncated_bytes = r.truncated_bytes,
+        "log replayed"
+    );
+    // One machine-readable line, so scripts and tests can find ports chosen by the OS.
+    println!(
+        "shopstream listening ingest={} http={} as_of={}",
+        server.tcp_addr,
+        server.http_addr,
+        server.engine.readable().seq
+    );
+    std::io::stdout().flush().ok();
+    Ok(server)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    tokio::signal::ctrl_c().await.ok();
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
+    if config.data_dir == Config::defaults().data_dir {
+        config.data_dir =
+            std::env::temp_dir().join(format!("shopstream-demo-{}", std::process::id()));
+    }
+    let data_dir = config.data_dir.clone();
+    let server = start(config).await?;
+    let (tcp, http) = (server.tcp_addr, server.http_addr);
+    println!(
+        "demo: streaming ~{rate} events/s of a simulated shop into {tcp} (log in {})",
+        data_dir.display()
+    );
+    println!("try:  curl -s http://{http}/v1/users/u0/profile | python3 -m json.tool");
+    println!("      curl -s http://{http}/metrics | grep shopstream_");
+    println!("      shopstream query user u1 --addr {http}");
+    let stop =
+        Instant::now() + Duration::from_secs(if seconds == 0 { u64::MAX / 4 } else { seconds });
+    let feeder = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::{BufRead, BufReader};
+        let stream = std::net::TcpStream::connect(tcp)?;
+        let reader = BufReader::new(stream.try_clone()?);
+        std::thread::spawn(move || for _ in reader.lines() {});
+        let mut out = std::io::BufWriter::new(stream);
+        let mut work = DemoWorkload::new(7);
+        let mut sent = 0u64;
+        let started = Instant::now();
+        while Instant::now() < stop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            for line in work.session(now) {
+                writeln!(out, "{line}")?;
+                sent += 1;
+            }
+            let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                out.flush()?;
+                std::thread::sleep(wait);
+            }
+        }
+        out.flush()?;
+        Ok(())
+    });
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let r = server.engine.readable();
+                let read = server.engine.read_profile("u0", None).await;
+                let orders = read.ok().and_then(|p| p.profile.lifetime.map(|l| (l.events, l.orders, l.revenue)));
+                println!("as_of={} logged={} user u0 (events, orders, revenue cents)={:?}",
+                    r.seq, server.engine.logged_seq(), orders);
+                if feeder.is_finished() { break; }
+            }
+            _ = &mut ctrl_c => break,
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting tokio")
+    };
+    match cli.command {
+        Command::Serve(args) => runtime()?.block_on(serve(load(&args)?)),
+        Command::Demo {
+            rate,
+            seconds,
+            serve,
+        } => runtime()?.block_on(demo(load(&serve)?, rate, seconds)),
+        Command::Send {
+            file,
+            addr,
+            binary,
+            wait_visible,
+        } => {
+            let report = client::send(&file, addr, binary, std::io::stderr().is_terminal())?;
+            for e in &report.errors {
+                eprintln!("{e}");
+            }
+            let secs = report.elapsed.as_secs_f64();
+            let n = report.accepted + report.rejected;
+            println!(
+                "sent {} bytes: accepted {} rejected {} duplicates {} ack seq {} in {:.3} s = {:.0} events/s",
+                report.bytes, report.accepted, report.rejected, report.duplicates, report.ack_seq,
+                secs, n as f64 / secs.max(1e-9)
+            );
+            if let Some(http) = wait_visible {
+                let extra = client::wait_visible(http, report.ack_seq)?;
+                let total = secs + extra.as_secs_f64();
+                println!(
+                    "visible after {total:.3} s = {:.0} events/s end to end",
+                    n as f64 / total.max(1e-9)
+                );
+            }
+            Ok(())
+        }
+        Command::Query {
+            what: Query::User { id, min_seq },
+            addr,
+        } => {
+            let path = match min_seq {
+                Some(s) => format!("/v1/users/{id}/profile?min_seq={s}"),
+                None => format!("/v1/users/{id}/profile"),
+            };
+            let (status, body) = client::http_get(addr, &path)?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            if status != 200 {
+                bail!("HTTP {status}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The engine: one sequencer thread in front of the durable log, `N` timely worker
+//! threads hosting the views, and the bridge that lets async handlers read them.
+//!
+//! ```text
+//!  connections ──Submit──▶ sequencer ──append+fsync──▶ log
+//!        ▲                    │ ack (durable)            
+//!        └────────────────────┤
+//!                             └──Arc<Epoch>──▶ worker 0..N ──▶ arrangements
+//!  queries ──Request──▶ every worker (cursor reads at a pinned epoch) ──▶ merged answer
+//! ```
+//!
+//! ## Invariants
+//! * An epoch is one log record. Its events are acknowledged only after the record
+//!   is durable (per the fsync policy) and reach the workers only after that, so a
+//!   view never shows an event that a crash could take back.
+//! * Every worker receives every epoch, in log order, and feeds the events of the
+//!   users it owns (`user % workers`); the epoch's clock comes with it, so window
+//!   retractions happen at the same logical time everywhere, live or in replay.
+//! * A read picks one epoch `E` that is complete on every worker, pins it, and asks
+//!   every worker to read at `E`: the answer reflects exactly the events with
+//!   `seq ≤ as_of(E)`. Traces are compacted only up to the oldest pinned or readable
+//!   epoch, so a pinned read is never disturbed.
+//! * Bounded queues everywhere: submissions (`ingest.queue_depth`), epochs to
+//!   workers, and pending reads (`http.max_pending_reads`).
+
+mod sequencer;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::Duration;
+
+use shopstream_dataflows::profiles::UserProfile;
+use shopstream_dataflows::types::{intern, Millis, Time, UserId};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::log::{LogError, Recovery};
+use crate::symbols::Symbols;
+
+pub use sequencer::SubmitAck;
+
+/// One log record as the workers see it: a run of consecutive sequence numbers and
+/// the engine clock after them.
+#[derive(Debug)]
+pub struct Epoch {
+    pub epoch: Time,
+    pub first_seq: u64,
+    pub clock: Millis,
+    pub events: Vec<Event>,
+}
+
+/// What the views include: epochs `0..done`, events `1..=seq`, at clock `clock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Readable {
+    /// Number of complete epochs; `0` means nothing is readable yet.
+    pub done: u64,
+    /// Last sequence number included (`0`: none).
+    pub seq: u64,
+    /// Engine clock at that epoch (`Millis::MIN` before any event).
+    pub clock: Millis,
+}
+
+/// Errors the engine reports to handlers.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the durable log failed: {0}")]
+    Log(#[from] LogError),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("overloaded: {0} requests are already waiting")]
+    Overloaded(usize),
+    #[error(
+        "timed out after {waited_ms} ms waiting for seq {wanted}; the views include seq {reached}"
+    )]
+    Timeout {
+        wanted: u64,
+        reached: u64,
+        waited_ms: u64,
+    },
+    #[error("cannot start timely workers: {0}")]
+    Timely(String),
+    #[error("the log could not be replayed: {0}")]
+    Replay(String),
+}
+
+/// A read a worker serves between steps.
+pub(crate) enum Request {
+    User {
+        at: Time,
+        user: UserId,
+        reply: flume::Sender<UserProfile>,
+    },
+    RfmRanks {
+        at: Time,
+        buckets: [i64; 3],
+        reply: flume::Sender<[(i64, i64); 3]>,
+    },
+}
+
+/// Progress and read pins, shared by workers and readers under one lock so that a
+/// worker never compacts past an epoch a reader has just pinned.
+pub(crate) struct ReadState {
+    per_worker: Vec<Readable>,
+    pins: BTreeMap<Time, usize>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<ReadState>,
+    readable: watch::Sender<Readable>,
+    threads: Mutex<Vec<Option<Thread>>>,
+    /// Last sequence number written to the log.
+    pub(crate) logged_seq: AtomicU64,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) healthy: AtomicBool,
+}
+
+impl Shared {
+    fn unpark_all(&self) {
+        for t in self.threads.lock().expect("poisoned").iter().flatten() {
+            t.unpark();
+        }
+    }
+
+    /// Worker `w` reports what it has completed; publishes the minimum over workers.
+    pub(crate) fn complete(&self, w: usize, r: Readable) -> Time {
+        let mut s = self.state.lock().expect("poisoned");
+        s.per_worker[w] = r;
+        let min = *s.per_worker.iter().min_by_key(|r| r.done).expect("workers");
+        if min.done > self.readable.borrow().done {
+            self.readable.send_replace(min);
+            let lag = self
+                .logged_seq
+                .load(Ordering::Relaxed)
+                .saturating_sub(min.seq);
+            metrics::gauge!("shopstream_readable_seq").set(min.seq as f64);
+            metrics::gauge!("shopstream_frontier_lag_events").set(lag as f64);
+        }
+        Self::compaction_frontier(&s, min)
+    }
+
+    /// The epoch up to which traces may be compacted: every read is at or beyond it.
+    fn compaction_frontier(s: &ReadState, readable: Readable) -> Time {
+        let top = readable.done.saturating_sub(1);
+        s.pins.keys().next().map_or(top, |p| (*p).min(top))
+    }
+}
+
+/// Unpins an epoch when the read that pinned it ends, however it ends.
+struct Pin<'a> {
+    shared: &'a Shared,
+    at: Time,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        if let Some(n) = s.pins.get_mut(&self.at) {
+            *n -= 1;
+            if *n == 0 {
+                s.pins.remove(&self.at);
+            }
+        }
+    }
+}
+
+/// A user's profile parts, merged from every worker, at one epoch.
+#[derive(Clone, Debug)]
+pub struct ProfileRead {
+    pub as_of: Readable,
+    pub profile: UserProfile,
+    /// Per RFM dimension: users below this user's bucket, and users in total.
+    pub rfm_ranks: Option<[(i64, i64); 3]>,
+}
+
+/// The running engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    shared: Arc<Shared>,
+    submit: flume::Sender<sequencer::Submit>,
+    requests: Vec<flume::Sender<Request>>,
+    pub symbols: Arc<Symbols>,
+    read_permits: Arc<tokio::sync::Semaphore>,
+    max_pending_reads: usize,
+    pub config: Config,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
+    recovery: Recovery,
+}
+
+impl Engine {
+    /// Opens the log, replays it through the dataflows and returns once every view
+    /// includes the whole log. `progress` is told (bytes read, bytes total).
+    pub fn start(
+        config: Config,
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let workers = config.workers;
+        let (readable_tx, _) = watch::channel(Readable {
+            clock: Millis::MIN,
+            ..Readable::default()
+        });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ReadState {
+                per_worker: vec![Readable::default(); workers],
+                pins: BTreeMap::new(),
+            }),
+            readable: readable_tx,
+            threads: Mutex::new(vec![None; workers]),
+            logged_seq: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+        });
+        let symbols = Arc::new(Symbols::default());
+
+        let mut epoch_txs = Vec::new();
+        let mut epoch_rxs = Vec::new();
+        let mut request_txs = Vec::new();
+        let mut request_rxs = Vec::new();
+        for _ in 0..workers {
+            let (tx, rx) = flume::bounded::<Arc<Epoch>>(64);
+            epoch_txs.push(tx);
+            epoch_rxs.push(rx);
+            let (tx, rx) = flume::unbounded::<Request>();
+            request_txs.push(tx);
+            request_rxs.push(rx);
+        }
+        let inbox = Arc::new(Mutex::new(
+            epoch_rxs
+                .into_iter()
+                .zip(request_rxs)
+                .map(Some)
+                .collect::<Vec<_>>(),
+        ));
+        let guards = {
+            let shared = shared.clone();
+            let symbols = symbols.clone();
+            timely::execute(timely::Config::process(workers), move |w| {
+                let (epochs, requests) = inbox.lock().expect("poisoned")[w.index()]
+                    .take()
+                    .expect("each worker starts once");
+                worker::run(
+                    w,
+                    worker::Context {
+                        shared: shared.clone(),
+                        symbols: symbols.clone(),
+                        epochs,
+                        requests,
+                    },
+                )
+            })
+            .map_err(EngineError::Timely)?
+        };
+
+        let (submit_tx, submit_rx) = flume::bounded(config.queue_depth);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let seq_thread = {
+            let shared = shared.clone();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name("shopstream-sequencer".into())
+                .spawn(move || {
+                    sequencer::run(config, shared, submit_rx, epoch_txs, ready_tx, progress)
+                })
+                .expect("spawn sequencer")
+        };
+        let recovery = match ready_rx.recv() {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(EngineError::Replay("the sequencer stopped".into())),
+        };
+        let engine = Arc::new(Engine {
+            shared,
+            submit: submit_tx,
+            requests: request_txs,
+            symbols,
+            read_permits: Arc::new(tokio::sync::Semaphore::new(config.max_pending_reads)),
+            max_pending_reads: config.max_pending_reads,
+            config,
+            threads: Mutex::new(vec![seq_thread]),
+            guards: Mutex::new(Some(guards)),
+            recovery,
+        });
+        // Serve nothing until the views include the whole log.
+        let target = engine.recovery.last_epoch.map_or(0, |e| e + 1);
+        let mut rx = engine.shared.readable.subscribe();
+        while rx.borrow_and_update().done < target {
+            if rx.has_changed().is_err() {
+                return Err(EngineError::ShuttingDown);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(engine)
+    }
+
+    /// What the log held at start.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// What the views include now.
+    pub fn readable(&self) -> Readable {
+        *self.shared.readable.borrow()
+    }
+
+    /// Last sequence number in the log.
+    pub fn logged_seq(&self) -> u64 {
+        self.shared.logged_seq.load(Ordering::Relaxed)
+    }
+
+    /// Whether the log is still writable.
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Queues validated events for the log, waiting for room in the queue (the
+    /// caller is slowed down; memory stays bounded). The receiver resolves once they
+    /// are durable (or recognised as duplicates).
+    pub async fn enqueue(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<SubmitAck, EngineError>>, EngineError> {
+        if !self.healthy() {
+            return Err(EngineError::Unavailable(
+                "the log failed; see the server log".into(),
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit
+            .send_async(sequencer::Submit { events, reply: tx })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Submits validated events; resolves once they are durable.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<SubmitAck, EngineError> {
+        let rx = self.enqueue(events).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// As [`submit`](Self::submit), but answers `Overloaded` at once when the queue is full.
+    pub async fn try_submit(&self, events: Vec<Event>) -> Result<SubmitAck, EngineError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit
+            .try_send(sequencer::Submit { events, reply: tx })
+            .map_err(|e| match e {
+                flume::TrySendError::Full(_) => EngineError::Overloaded(self.submit.len()),
+                flume::TrySendError::Disconnected(_) => EngineError::ShuttingDown,
+            })?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Waits until the views include `seq` (read-your-writes), up to `timeout`.
+    pub async fn wait_for_seq(&self, seq: u64, timeout: Duration) -> Result<Readable, EngineError> {
+        let mut rx = self.shared.readable.subscribe();
+        let started = std::time::Instant::now();
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(|r| r.seq >= seq).await.map(|r| *r)
+        })
+        .await;
+        match waited {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(EngineError::ShuttingDown),
+            Err(_) => Err(EngineError::Timeout {
+                wanted: seq,
+                reached: self.readable().seq,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Reads a user's profile parts from every worker at one complete epoch.
+    pub async fn read_profile(
+        &self,
+        user: &str,
+        min_seq: Option<u64>,
+    ) -> Result<ProfileRead, EngineError> {
+        if let Some(seq) = min_seq {
+            self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
+        }
+        let _permit = self
+            .read_permits
+            .try_acquire()
+            .map_err(|_| EngineError::Overloaded(self.max_pending_reads))?;
+        let (as_of, pin) = self.pin();
+        let Some(pin) = pin else {
+            return Ok(ProfileRead {
+                as_of,
+                profile: UserProfile::default(),
+                rfm_ranks: None,
+            });
+        };
+        let at = pin.at;
+        let user = intern(user);
+        let parts = self
+            .ask_all(|reply| Request::User { at, user, reply })
+            .await?;
+        let mut profile = UserProfile::default();
+        for p in parts {
+            if p.lifetime.is_some() {
+                profile.lifetime = p.lifetime;
+            }
+            use differential_dataflow::difference::Semigroup;
+            profile.windows.plus_equals(&p.windows);
+            profile.facets.extend(p.facets);
+            profile.traits.extend(p.traits);
+        }
+        profile.facets.sort_unstable();
+        profile.traits.sort_unstable();
+        let buckets = profile
+            .lifetime
+            .as_ref()
+            .and_then(shopstream_dataflows::profiles::rfm_buckets);
+        let rfm_ranks = match buckets {
+            Some(buckets) => {
+                let ranks = self
+                    .ask_all(|reply| Request::RfmRanks { at, buckets, reply })
+                    .await?;
+                let mut sum = [(0, 0); 3];
+                for r in ranks {
+                    for d in 0..3 {
+                        sum[d].0 += r[d].0;
+                        sum[d].1 += r[d].1;
+                    }
+                }
+                Some(sum)
+            }
+            None => None,
+        };
+        drop(pin);
+        Ok(ProfileRead {
+            as_of,
+            profile,
+            rfm_ranks,
+        })
+    }
+
+    /// Pins the newest epoch that every worker has completed.
+    fn pin(&self) -> (Readable, Option<Pin<'_>>) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        let r = *self.shared.readable.borrow();
+        if r.done == 0 {
+            return (r, None);
+        }
+        let at = r.done - 1;
+        *s.pins.entry(at).or_insert(0) += 1;
+        drop(s);
+        (
+            r,
+            Some(Pin {
+                shared: &self.shared,
+                at,
+            }),
+        )
+    }
+
+    /// Sends one request to every worker and gathers the replies.
+    async fn ask_all<T: Send + 'static>(
+        &self,
+        make: impl Fn(flume::Sender<T>) -> Request,
+    ) -> Result<Vec<T>, EngineError> {
+        let (tx, rx) = flume::bounded(self.requests.len());
+        for r in &self.requests {
+            r.send(make(tx.clone()))
+                .map_err(|_| EngineError::ShuttingDown)?;
+        }
+        drop(tx);
+        self.shared.unpark_all();
+        let mut out = Vec::with_capacity(self.requests.len());
+        for _ in 0..self.requests.len() {
+            out.push(
+                rx.recv_async()
+                    .await
+                    .map_err(|_| EngineError::ShuttingDown)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stops accepting submissions, lets the sequencer drain, and joins every thread.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.unpark_all();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("poisoned"));
+        // The sequencer exits when every submitter is gone or on the shutdown flag.
+        for t in threads {
+            let _ = t.join();
+        }
+        self.shared.unpark_all();
+        if let Some(g) = self.guards.lock().expect("poisoned").take() {
+            drop(g);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The sequencer: the single writer of the log.
+//!
+//! It takes submissions from every connection in arrival order, drops duplicates
+//! (by `messageId`, over a bounded FIFO horizon), assigns sequence numbers, writes
+//! one log record per group of submissions (one epoch), makes it durable with a
+//! single sync (group commit: submissions that arrive during a sync form the next
+//! group), acknowledges, and only then hands the epoch to the workers.
+//!
+//! On start it replays the log through the same hand-off, rebuilding the
+//! deduplication horizon, so a restart reaches the same answers.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shopstream_dataflows::types::Millis;
+
+use super::{EngineError, Epoch, Shared};
+use crate::config::{ClockMode, Config};
+use crate::event::Event;
+use crate::log::{self, LogConfig, LogError, LogWriter, RecordHeader, Recovery};
+
+/// Events from one connection (or request), and where to acknowledge them.
+pub struct Submit {
+    pub events: Vec<Event>,
+    pub reply: tokio::sync::oneshot::Sender<Result<SubmitAck, EngineError>>,
+}
+
+/// The outcome of one submission.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubmitAck {
+    /// Highest sequence number given to an event of this submission (`0` if none).
+    pub last_seq: u64,
+    /// Events newly logged.
+    pub logged: usize,
+    /// Indexes (in the submission) of events dropped as duplicates of a logged `messageId`.
+    pub duplicates: Vec<usize>,
+}
+
+/// Remembers the last `horizon` message ids.
+struct Dedup {
+    horizon: usize,
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Dedup {
+    fn new(horizon: usize) -> Self {
+        Dedup {
+            horizon,
+            seen: HashSet::with_capacity(horizon.min(1 << 20)),
+            order: VecDeque::new(),
+        }
+    }
+    /// Records `id`; false if it is already within the horizon.
+    fn insert(&mut self, id: u64) -> bool {
+        if self.horizon == 0 {
+            return true;
+        }
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.horizon {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+struct Sequencer {
+    config: Config,
+    shared: Arc<Shared>,
+    writer: Option<LogWriter>,
+    workers: Vec<flume::Sender<Arc<Epoch>>>,
+    dedup: Dedup,
+    next_epoch: u64,
+    next_seq: u64,
+    clock: Millis,
+    last_record: Instant,
+}
+
+impl Sequencer {
+    /// Hands an epoch to every worker (blocking when a worker is behind: backpressure).
+    fn forward(&self, epoch: Epoch) {
+        let epoch = Arc::new(epoch);
+        for w in &self.workers {
+            // A worker only disconnects at shutdown.
+            let _ = w.send(epoch.clone());
+        }
+        self.shared.unpark_all();
+    }
+
+    fn advance_clock(&mut self, events: &[Event]) {
+        match self.config.clock {
+            ClockMode::Event => {
+                if let Some(max) = events.iter().map(|e| e.ts).max() {
+                    self.clock = self.clock.max(max);
+                }
+            }
+            ClockMode::Wall => self.clock = self.clock.max(now_ms()),
+        }
+    }
+
+    /// Logs, syncs, acknowledges and forwards one group of submissions.
+    fn commit(&mut self, group: Vec<Submit>) {
+        let mut events = Vec::with_capacity(group.iter().map(|s| s.events.len()).sum());
+        let mut acks = Vec::with_capacity(group.len());
+        for submit in group {
+            let mut ack = SubmitAck::default();
+            for (i, ev) in submit.events.into_iter().enumerate() {
+                if let Some(id) = ev.message_id {
+                    if !self.dedup.insert(id) {
+                        ack.duplicates.push(i);
+                        continue;
+                    }
+                }
+                events.push(ev);
+                ack.logged += 1;
+                ack.last_seq = self.next_seq + events.len() as u64 - 1;
+            }
+            acks.push((submit.reply, ack));
+        }
+        match self.write(events) {
+            Ok(epoch) => {
+                let dups: usize = acks.iter().map(|(_, a)| a.duplicates.len()).sum();
+                metrics::counter!("shopstream_events_duplicate_total").increment(dups as u64);
+                for (reply, ack) in acks {
+                    let _ = reply.send(Ok(ack));
+                }
+                if let Some(epoch) = epoch {
+                    self.forward(epoch);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log write failed; refusing further events");
+                self.shared.healthy.store(false, Ordering::SeqCst);
+                self.writer = None;
+                let msg = e.to_string();
+                for (reply, _) in acks {
+                    let _ = reply.send(Err(EngineError::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes one record (an epoch) unless there is nothing new: no events and no clock move.
+    fn write(&mut self, events: Vec<Event>) -> Result<Option<Epoch>, LogError> {
+        let before = self.clock;
+        self.advance_clock(&events);
+        if events.is_empty() && self.clock == before {
+            return Ok(None);
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(None);
+        };
+        let header = RecordHeader {
+            epoch: self.next_epoch,
+            first_seq: self.next_seq,
+            count: events.len() as u32,
+            clock_ms: self.clock,
+        };
+        let payload = bincode::serialize(&events).expect("events serialize");
+        writer.append(&header, &payload)?;
+        let synced = writer.commit()?;
+        if !synced.is_zero() {
+            metrics::histogram!("shopstream_log_fsync_seconds").record(synced.as_secs_f64());
+        }
+        metrics::counter!("shopstream_events_accepted_total").increment(events.len() as u64);
+        metrics::counter!("shopstream_log_bytes_total").increment(payload.len() as u64);
+        self.next_epoch += 1;
+        self.next_seq += events.len() as u64;
+        self.shared
+            .logged_seq
+            .store(self.next_seq - 1, Ordering::Relaxed);
+        self.last_record = Instant::now();
+        Ok(Some(Epoch {
+            epoch: header.epoch,
+            first_seq: header.first_seq,
+            clock: self.clock,
+            events,
+        }))
+    }
+}
+
+/// The sequencer thread: replay, report readiness, then serve submissions.
+pub(super) fn run(
+    config: Config,
+    shared: Arc<Shared>,
+    submissions: flume::Receiver<Submit>,
+    workers: Vec<flume::Sender<Arc<Epoch>>>,
+    ready: std::sync::mpsc::Sender<Result<Recovery, EngineError>>,
+    mut progress: impl FnMut(u64, u64),
+) {
+    let log_config = LogConfig {
+        dir: config.data_dir.clone(),
+        segment_bytes: config.segment_bytes,
+        fsync: config.fsync,
+        fsync_interval: config.fsync_interval,
+    };
+    let mut seq = Sequencer {
+        dedup: Dedup::new(config.dedup_horizon),
+        config,
+        shared,
+        writer: None,
+        workers,
+        next_epoch: 0,
+        next_seq: 1,
+        clock: Millis::MIN,
+        last_record: Instant::now(),
+    };
+    let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
+    let opened = log::open(&log_config, |header, payload, read| {
+        let events: Vec<Event> = bincode::deserialize(payload).map_err(|e| {
+            LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
+        })?;
+        for ev in &events {
+            if let Some(id) = ev.message_id {
+                seq.dedup.insert(id);
+            }
+        }
+        seq.clock = header.clock_ms;
+        seq.next_epoch = header.epoch + 1;
+        seq.next_seq = header.first_seq + u64::from(header.count);
+        seq.forward(Epoch {
+            epoch: header.epoch,
+            first_seq: header.first_seq,
+            clock: header.clock_ms,
+            events,
+        });
+        progress(read, total);
+        Ok(())
+    });
+    match opened {
+        Ok((writer, recovery)) => {
+            seq.shared
+                .logged_seq
+                .store(recovery.next_seq.saturating_sub(1), Ordering::Relaxed);
+            seq.writer = Some(writer);
+            if ready.send(Ok(recovery)).is_err() {
+                return;
+            }
+        }
+        Err(e) => {
+            let _ = ready.send(Err(EngineError::Log(e)));
+            return;
+        }
+    }
+
+    let tick = match seq.config.clock {
+        ClockMode::Wall => seq.config.clock_tick,
+        ClockMode::Event => Duration::from_millis(100),
+    };
+    let max_events = seq.config.max_record_events;
+    loop {
+        if seq.shared.shutdown.load(Ordering::SeqCst) && submissions.is_empty() {
+            break;
+        }
+        let first = match submissions.recv_timeout(tick) {
+            Ok(s) => s,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                if seq.config.clock == ClockMode::Wall
+                    && seq.writer.is_some()
+                    && seq.last_record.elapsed() >= tick
+                {
+                    seq.commit(Vec::new());
+                }
+                continue;
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut n = first.events.len();
+        let mut group = vec![first];
+        while n < max_events {
+            match submissions.try_recv() {
+                Ok(s) => {
+                    n += s.events.len();
+                    group.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        if seq.writer.is_none() {
+            for s in group {
+                let _ = s.reply.send(Err(EngineError::Unavailable(
+                    "the log is not writable after an earlier failure".into(),
+                )));
+            }
+            continue;
+        }
+        seq.commit(group);
+    }
+}

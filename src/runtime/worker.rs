@@ -1,0 +1,196 @@
+//! A timely worker: feeds the epochs of the users it owns into the views, steps
+//! the dataflow, reports completed epochs, compacts its traces behind the readers,
+//! and serves cursor reads between steps.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shopstream_dataflows::profiles::{self, ProfileFeeder, ProfileInputs, ProfileTraces};
+use shopstream_dataflows::types::{intern, EventKind, Line, ShopEvent, Time};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::worker::Worker;
+
+use super::{Epoch, Readable, Request, Shared};
+use crate::event::{Event, Kind};
+use crate::symbols::Symbols;
+
+pub(super) struct Context {
+    pub shared: Arc<Shared>,
+    pub symbols: Arc<Symbols>,
+    pub epochs: flume::Receiver<Arc<Epoch>>,
+    pub requests: flume::Receiver<Request>,
+}
+
+/// Epochs fed in one turn before the worker steps and serves reads again, so that
+/// reads are not starved during a replay or a burst.
+const FEED_PER_TURN: usize = 8;
+
+pub(super) fn run(worker: &mut Worker, ctx: Context) {
+    let index = worker.index();
+    let peers = worker.peers() as u64;
+    let probe = ProbeHandle::new();
+    let (mut inputs, mut traces) =
+        worker.dataflow::<Time, _, _>(|scope| profiles::build(scope, &probe));
+    ctx.shared.threads.lock().expect("poisoned")[index] = Some(std::thread::current());
+
+    let mut feeder = ProfileFeeder::default();
+    let mut in_flight: VecDeque<Readable> = VecDeque::new();
+    let mut done = Readable {
+        clock: i64::MIN,
+        ..Readable::default()
+    };
+    let mut compacted: Option<Time> = None;
+    let mut closed = false;
+
+    loop {
+        let mut fed = 0;
+        while fed < FEED_PER_TURN {
+            match ctx.epochs.try_recv() {
+                Ok(epoch) => {
+                    feed(
+                        &epoch,
+                        index as u64,
+                        peers,
+                        &ctx.symbols,
+                        &mut feeder,
+                        &mut inputs,
+                    );
+                    in_flight.push_back(Readable {
+                        done: epoch.epoch + 1,
+                        seq: epoch.first_seq + epoch.events.len() as u64 - 1,
+                        clock: epoch.clock,
+                    });
+                    fed += 1;
+                }
+                Err(flume::TryRecvError::Empty) => break,
+                Err(flume::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+
+        let idle = fed == 0 && ctx.requests.is_empty();
+        if closed && in_flight.is_empty() {
+            break;
+        }
+        worker.step_or_park(if idle {
+            Some(Duration::from_millis(50))
+        } else {
+            Some(Duration::ZERO)
+        });
+
+        let mut advanced = false;
+        while let Some(front) = in_flight.front() {
+            if probe.less_equal(&(front.done - 1)) {
+                break;
+            }
+            done = *front;
+            in_flight.pop_front();
+            advanced = true;
+        }
+        if advanced {
+            let frontier = ctx.shared.complete(index, done);
+            if compacted.is_none_or(|c| frontier > c) {
+                traces.compact_to(frontier);
+                compacted = Some(frontier);
+            }
+        }
+
+        while let Ok(request) = ctx.requests.try_recv() {
+            serve(request, &mut traces);
+        }
+    }
+    // Drain reads that raced with shutdown so no reader hangs.
+    while let Ok(request) = ctx.requests.try_recv() {
+        serve(request, &mut traces);
+    }
+}
+
+/// Feeds the events of the users this worker owns, then the window retractions the
+/// epoch's clock triggers, and closes the epoch.
+fn feed(
+    epoch: &Epoch,
+    index: u64,
+    peers: u64,
+    symbols: &Symbols,
+    feeder: &mut ProfileFeeder,
+    inputs: &mut ProfileInputs,
+) {
+    for (i, ev) in epoch.events.iter().enumerate() {
+        let user = intern(&ev.user);
+        if user % peers != index {
+            continue;
+        }
+        let shop = shop_event(ev, user, epoch.first_seq + i as u64, symbols);
+        feeder.event(&shop, epoch.clock, inputs);
+    }
+    feeder.expire(epoch.clock, inputs);
+    inputs.advance_to(epoch.epoch + 1);
+    inputs.flush();
+}
+
+/// Reads are always at an epoch every worker has completed (the reader pinned it).
+fn serve(request: Request, traces: &mut ProfileTraces) {
+    match request {
+        Request::User { at, user, reply } => {
+            let _ = reply.send(traces.read_user(user, at));
+        }
+        Request::RfmRanks { at, buckets, reply } => {
+            let _ = reply.send(traces.read_rfm_ranks(buckets, at));
+        }
+    }
+}
+
+/// Interns an event's strings (remembering their text for answers) into what the
+/// views consume.
+pub(crate) fn shop_event(ev: &Event, user: u64, seq: u64, symbols: &Symbols) -> ShopEvent {
+    ShopEvent {
+        seq,
+        user,
+        ts: ev.ts,
+        kind: kind(ev.kind),
+        name: symbols.intern(&ev.name),
+        lines: ev
+            .products
+            .iter()
+            .map(|p| Line {
+                item: symbols.intern(&p.id),
+                category: symbols.intern_opt(p.category.as_deref()),
+                brand: symbols.intern_opt(p.brand.as_deref()),
+                price: p.price,
+                quantity: p.quantity,
+            })
+            .collect(),
+        revenue: ev.revenue,
+        order: ev.order_id.as_deref().map_or(0, intern),
+        traits: ev
+            .traits
+            .iter()
+            .map(|(k, v)| (symbols.intern(k), symbols.intern(v)))
+            .collect(),
+    }
+}
+
+pub(crate) fn kind(k: Kind) -> EventKind {
+    match k {
+        Kind::ProductsSearched => EventKind::ProductsSearched,
+        Kind::ProductListViewed => EventKind::ProductListViewed,
+        Kind::ProductClicked => EventKind::ProductClicked,
+        Kind::ProductViewed => EventKind::ProductViewed,
+        Kind::ProductAdded => EventKind::ProductAdded,
+        Kind::ProductRemoved => EventKind::ProductRemoved,
+        Kind::ProductAddedToWishlist => EventKind::ProductAddedToWishlist,
+        Kind::CartViewed => EventKind::CartViewed,
+        Kind::CheckoutStarted => EventKind::CheckoutStarted,
+        Kind::OrderCompleted => EventKind::OrderCompleted,
+        Kind::OrderRefunded => EventKind::OrderRefunded,
+        Kind::OrderCancelled => EventKind::OrderCancelled,
+        Kind::PromotionViewed => EventKind::PromotionViewed,
+        Kind::PromotionClicked => EventKind::PromotionClicked,
+        Kind::ExperimentViewed => EventKind::ExperimentViewed,
+        Kind::Identify => EventKind::Identify,
+        Kind::Custom => EventKind::Custom,
+    }
+}

@@ -1,0 +1,122 @@
+//! Queries over HTTP: one module per query kind, plus health and metrics.
+//!
+//! Every answer is read from the arrangements at one complete epoch and says which
+//! (`as_of`: the last sequence number it includes). Unknown ids are 404, bad
+//! parameters 400, a `min_seq` the views do not reach in time 504, overload 503;
+//! every error is a JSON object `{"error": "..."}`.
+
+pub mod profile;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+
+use crate::ingest;
+use crate::runtime::{Engine, EngineError};
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Maps engine errors to HTTP answers.
+pub fn engine_error(e: EngineError) -> Response {
+    let status = match &e {
+        EngineError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        EngineError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = json!({"error": e.to_string()});
+    if let EngineError::Timeout { reached, .. } = e {
+        body["as_of"] = json!(reached);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Parses `min_seq` from a query string, with a clear 400 when it is not a number.
+pub fn min_seq(params: &HashMap<String, String>) -> Result<Option<u64>, Response> {
+    match params.get("min_seq") {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("min_seq: expected a non-negative integer, got {v:?}"),
+            )
+        }),
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; tests start many servers).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0,
+                ])
+                .expect("buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist when embedded; then ours just stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+async fn metrics_text(State(_engine): State<Arc<Engine>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
+    let r = engine.readable();
+    let healthy = engine.healthy();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if healthy { "ok" } else { "log_failed" },
+            "as_of": r.seq,
+            "logged_seq": engine.logged_seq(),
+            "clock": profile::rfc3339(r.clock),
+            "workers": engine.config.workers,
+        })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// The HTTP API: ingest, queries, health and metrics.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/batch", post(ingest::http::batch))
+        .route("/v1/track", post(ingest::http::track))
+        .route("/v1/identify", post(ingest::http::identify))
+        .route("/v1/users/{id}/profile", get(profile::get_profile))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        // Bodies are limited by the ingest handlers themselves, with a JSON 413.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(engine)
+}

@@ -1,0 +1,161 @@
+//! `GET /v1/users/{id}/profile[?min_seq=N]`: the user's profile, read by cursor from
+//! the profile arrangements at one epoch, rendered with names and major units.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use shopstream_dataflows::profiles::{
+    quintile, Lifetime, WindowCounts, FACET_BRAND, FACET_CART, FACET_CATEGORY, FACET_EVENT,
+};
+use shopstream_dataflows::types::{Millis, DAY_MS};
+
+use super::{engine_error, error, min_seq};
+use crate::runtime::{Engine, ProfileRead};
+use crate::symbols::Symbols;
+
+/// How many categories and brands a profile lists.
+pub const TOP_K: usize = 5;
+
+pub async fn get_profile(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let started = Instant::now();
+    let min_seq = match min_seq(&params) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let read = match engine.read_profile(&id, min_seq).await {
+        Ok(r) => r,
+        Err(e) => return engine_error(e),
+    };
+    let response = match render(
+        &read,
+        &engine.symbols,
+        crate::event::minor_unit_decimals(&engine.config.reporting_currency),
+    ) {
+        Some(profile) => Json(json!({
+            "user_id": id,
+            "as_of": read.as_of.seq,
+            "clock": rfc3339(read.as_of.clock),
+            "profile": profile,
+        }))
+        .into_response(),
+        None => {
+            let mut r = error(StatusCode::NOT_FOUND, format!("unknown user {id:?}"));
+            if let Ok(v) = read.as_of.seq.to_string().parse() {
+                r.headers_mut().insert("x-shopstream-as-of", v);
+            }
+            r
+        }
+    };
+    metrics::histogram!("shopstream_query_seconds", "kind" => "profile")
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Minor units as a JSON number in major units, exact: the shortest decimal that
+/// round-trips an `f64` of `minor / 10^digits` is that decimal itself.
+pub fn money(minor: i64, digits: u32) -> Value {
+    let scale = 10f64.powi(digits as i32);
+    json!((minor as f64) / scale)
+}
+
+/// RFC 3339 text of a millisecond timestamp; `null` for "never".
+pub fn rfc3339(ms: Millis) -> Value {
+    if ms == Millis::MIN || ms == Millis::MAX {
+        return Value::Null;
+    }
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_or(Value::Null, Value::String),
+        Err(_) => Value::Null,
+    }
+}
+
+fn window(w: &WindowCounts, digits: u32) -> Value {
+    json!({"views": w.views, "cart_adds": w.cart_adds, "orders": w.orders, "revenue": money(w.revenue, digits)})
+}
+
+fn name(symbols: &Symbols, id: u64) -> String {
+    symbols.resolve(id).unwrap_or_else(|| format!("#{id:016x}"))
+}
+
+/// The profile document; `None` when the user has no events at this epoch.
+pub fn render(read: &ProfileRead, symbols: &Symbols, digits: u32) -> Option<Value> {
+    let p = &read.profile;
+    let l: &Lifetime = p.lifetime.as_ref()?;
+    let mut events = Map::new();
+    let mut cart = Vec::new();
+    let mut categories = Vec::new();
+    let mut brands = Vec::new();
+    for ((kind, id), n) in &p.facets {
+        match *kind {
+            FACET_EVENT => {
+                events.insert(name(symbols, *id), json!(n));
+            }
+            FACET_CART if *n > 0 => cart.push((name(symbols, *id), *n)),
+            FACET_CATEGORY if *n > 0 => categories.push((*n, name(symbols, *id))),
+            FACET_BRAND if *n > 0 => brands.push((*n, name(symbols, *id))),
+            _ => {}
+        }
+    }
+    let top = |mut v: Vec<(i64, String)>, field: &str| {
+        v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        v.into_iter()
+            .take(TOP_K)
+            .map(|(score, n)| json!({field: n, "score": score}))
+            .collect::<Vec<_>>()
+    };
+    let mut traits = Map::new();
+    for (key, latest) in &p.traits {
+        let text = name(symbols, latest.value);
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        traits.insert(name(symbols, *key), value);
+    }
+    let avg = if l.orders > 0 {
+        money((l.revenue as f64 / l.orders as f64).round() as i64, digits)
+    } else {
+        Value::Null
+    };
+    let rfm = match read.rfm_ranks {
+        Some([r, f, m]) => json!({
+            "recency_days": (read.as_of.clock - l.last_order_at).max(0) / DAY_MS,
+            "frequency": l.orders,
+            "monetary": money(l.revenue, digits),
+            "r_score": quintile(r.0, r.1),
+            "f_score": quintile(f.0, f.1),
+            "m_score": quintile(m.0, m.1),
+        }),
+        None => Value::Null,
+    };
+    Some(json!({
+        "events": events,
+        "events_total": l.events,
+        "first_seen": rfc3339(l.first_seen),
+        "last_seen": rfc3339(l.last_seen),
+        "orders": l.orders,
+        "items_purchased": l.items,
+        "revenue": money(l.revenue, digits),
+        "refunds": l.refunds,
+        "refunded": money(l.refunded, digits),
+        "cancellations": l.cancellations,
+        "avg_order_value": avg,
+        "last_order_at": rfc3339(l.last_order_at),
+        "windows": {"7d": window(&p.windows.d7, digits), "30d": window(&p.windows.d30, digits)},
+        "cart": cart.into_iter().map(|(id, q)| json!({"product_id": id, "quantity": q})).collect::<Vec<_>>(),
+        "top_categories": top(categories, "category"),
+        "top_brands": top(brands, "brand"),
+        "rfm": rfm,
+        "traits": traits,
+    }))
+}

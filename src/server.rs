@@ -1,0 +1,90 @@
+//! Starting and stopping the whole server: engine (log replay first), the TCP
+//! ingest listener and the HTTP listener, with one shutdown signal for all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::runtime::{Engine, EngineError};
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub engine: Arc<Engine>,
+    pub tcp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Replays the log, then binds the listeners (port 0 picks a free port) and
+    /// starts serving. `progress` sees (bytes replayed, bytes total).
+    pub async fn start(
+        config: Config,
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<Server, ServerError> {
+        crate::serve::metrics_handle();
+        let engine = tokio::task::spawn_blocking(move || Engine::start(config, progress))
+            .await
+            .map_err(|e| EngineError::Replay(e.to_string()))??;
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        let tcp = bind(engine.config.tcp_addr).await?;
+        let http = bind(engine.config.http_addr).await?;
+        let tcp_addr = tcp.local_addr().expect("bound");
+        let http_addr = http.local_addr().expect("bound");
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::ingest::tcp::serve(
+            tcp,
+            engine.clone(),
+            rx.clone(),
+        )));
+        let app = crate::serve::router(engine.clone());
+        let mut http_rx = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = http_rx.changed().await;
+            };
+            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }));
+        tracing::info!(%tcp_addr, %http_addr, "shopstream is serving");
+        Ok(Server {
+            engine,
+            tcp_addr,
+            http_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops the listeners, then the engine (which drains the log queue).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let engine = self.engine;
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+}

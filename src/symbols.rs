@@ -1,0 +1,66 @@
+//! The reverse map of interned strings, for rendering answers.
+//!
+//! Views only ever see 64-bit ids ([`shopstream_dataflows::types::intern`]); the
+//! strings behind category, brand, item, event-name and trait ids live here, beside
+//! the views. Workers register the strings of the events they feed (replay
+//! included), so the map is rebuilt from the log on restart. User ids are not
+//! stored: a query arrives with the user's string and hashes it.
+//!
+//! Sharded `RwLock`s: nearly every lookup finds the string already present and
+//! takes only a read lock.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use shopstream_dataflows::types::{intern, Sym};
+
+const SHARDS: usize = 16;
+
+#[derive(Default)]
+pub struct Symbols {
+    shards: [RwLock<HashMap<Sym, Box<str>>>; SHARDS],
+}
+
+impl Symbols {
+    /// Interns `s`, remembering its text; returns its id (never 0).
+    pub fn intern(&self, s: &str) -> Sym {
+        let id = intern(s);
+        let shard = &self.shards[(id as usize) % SHARDS];
+        if shard.read().expect("poisoned").contains_key(&id) {
+            return id;
+        }
+        shard
+            .write()
+            .expect("poisoned")
+            .entry(id)
+            .or_insert_with(|| s.into());
+        id
+    }
+
+    /// Interns an optional string; absent is 0.
+    pub fn intern_opt(&self, s: Option<&str>) -> Sym {
+        s.map_or(0, |s| self.intern(s))
+    }
+
+    /// The text behind `id`, if it was ever interned here.
+    pub fn resolve(&self, id: Sym) -> Option<String> {
+        let shard = &self.shards[(id as usize) % SHARDS];
+        shard
+            .read()
+            .expect("poisoned")
+            .get(&id)
+            .map(|s| s.to_string())
+    }
+
+    /// Number of strings held (for metrics).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().expect("poisoned").len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
