@@ -651,9 +651,11 @@ impl ProfileTraces {
     /// Reads what this worker holds for `user` at `as_of`, by seeking cursors.
     /// The caller ensures every trace is complete through `as_of`.
     pub fn read_user(&mut self, user: UserId, as_of: Time) -> UserProfile {
-        let mut p = UserProfile::default();
-        p.lifetime = read_key(&mut self.lifetime, &user, as_of);
-        p.windows = read_key(&mut self.windows, &user, as_of).unwrap_or_default();
+        let mut p = UserProfile {
+            lifetime: read_key(&mut self.lifetime, &user, as_of),
+            windows: read_key(&mut self.windows, &user, as_of).unwrap_or_default(),
+            ..UserProfile::default()
+        };
         read_vals(&mut self.facets, &user, as_of, |f, d| {
             p.facets.push((*f, d))
         });
