@@ -1,6 +1,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -660,44 +660,4 @@ proptest! {
         );
         append_and_verify(&cfg, writer, &read, 2);
     }
-}
-
-/// Throughput of commits under `Never`; run with
-/// `cargo test --release --lib log::tests::throughput -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn throughput() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), DEFAULT_SEGMENT_BYTES, FsyncPolicy::Never);
-    let (mut writer, _) = open(&cfg, |_, _, _| Ok(())).unwrap();
-    let payload = vec![0xabu8; 64 << 10];
-    let total: u64 = 2 << 30;
-    let records = total / payload.len() as u64;
-    let mut fsync = Duration::ZERO;
-    let started = Instant::now();
-    for epoch in 0..records {
-        let header = RecordHeader {
-            epoch,
-            first_seq: 1 + epoch * 100,
-            count: 100,
-            clock_ms: 0,
-        };
-        writer.append(&header, &payload).unwrap();
-        if epoch % 4 == 3 {
-            fsync += writer.commit().unwrap();
-        }
-    }
-    fsync += writer.commit().unwrap();
-    let elapsed = started.elapsed();
-    let write_mbps = total as f64 / elapsed.as_secs_f64() / 1e6;
-    drop(writer);
-
-    let started = Instant::now();
-    let (_, recovery) = open(&cfg, |_, _, _| Ok(())).unwrap();
-    let read_mbps = total as f64 / started.elapsed().as_secs_f64() / 1e6;
-    assert_eq!(recovery.records, records);
-    println!(
-        "log throughput: write {write_mbps:.0} MB/s ({fsync:?} of it in fsync at segment \
-         rotations), replay {read_mbps:.0} MB/s of payload"
-    );
 }
