@@ -31,20 +31,17 @@ use crate::runtime::{Engine, EngineError, SubmitAck};
 pub const IN_FLIGHT: usize = 16;
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Accepts connections until `shutdown` fires; at most `max_connections` at once
-/// (the rest wait in the kernel's accept queue).
+/// Accepts connections until `shutdown` fires. Beyond `ingest.max_connections` open
+/// at once, a new connection is answered with one error line and closed.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(engine.config.max_connections));
+    let max = engine.config.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("never closed"),
-            _ = shutdown.changed() => return,
-        };
-        let (socket, peer) = tokio::select! {
+        let (mut socket, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -53,6 +50,18 @@ pub async fn serve(
                 }
             },
             _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("shopstream_connections_refused_total").increment(1);
+            tokio::spawn(async move {
+                let line = format!(
+                    "{}\n",
+                    serde_json::json!({"error": format!("too many connections (ingest.max_connections = {max})"), "fatal": true})
+                );
+                let _ = socket.write_all(line.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+            continue;
         };
         let engine = engine.clone();
         tokio::spawn(async move {
