@@ -92,7 +92,11 @@ fn wall_clock_closes_windows_without_new_events_and_replays_the_same() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(after, (seq, 1, 2, 2), "(as_of, 7d, 30d, total) after the clock passed");
+    assert_eq!(
+        after,
+        (seq, 1, 2, 2),
+        "(as_of, 7d, 30d, total) after the clock passed"
+    );
     rt.block_on(server.shutdown());
 
     // A replay reaches the same answer: the clock ticks are in the log.

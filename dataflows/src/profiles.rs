@@ -420,13 +420,30 @@ struct OrderState {
     cancelled: bool,
 }
 
-/// A scheduled retraction: at clock `at`, `counts` leaves window `window` of `user`.
+/// A scheduled retraction: at clock `at`, the contribution leaves window `window`
+/// (7 or 30) of `user`. An event in both windows has one entry at a time: the 7-day
+/// exit re-schedules the 30-day one. Packed to 32 bytes: the schedule holds one
+/// entry per windowed event, so it is the largest per-event state of the view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Expiry {
     at: Millis,
     user: UserId,
+    revenue: Minor,
+    views: i8,
+    cart_adds: i8,
+    orders: i8,
     window: u8,
-    counts: WindowCounts,
+}
+
+impl Expiry {
+    fn counts(&self) -> WindowCounts {
+        WindowCounts {
+            views: self.views.into(),
+            cart_adds: self.cart_adds.into(),
+            orders: self.orders.into(),
+            revenue: self.revenue,
+        }
+    }
 }
 
 /// Turns events into updates of the profile inputs, for the users one worker owns.
@@ -579,26 +596,28 @@ impl ProfileFeeder {
         clock: Millis,
         sink: &mut impl ProfileSink,
     ) {
-        let mut d = Windowed::default();
-        for (window, width) in [(7u8, WINDOW_7D), (30u8, WINDOW_30D)] {
-            let at = ts.saturating_add(width);
-            if at > clock {
-                if window == 7 {
-                    d.d7 = win;
-                } else {
-                    d.d30 = win;
-                }
-                self.schedule.push(Reverse(Expiry {
-                    at,
-                    user,
-                    window,
-                    counts: win,
-                }));
-            }
+        let in_7d = ts.saturating_add(WINDOW_7D) > clock;
+        let in_30d = ts.saturating_add(WINDOW_30D) > clock;
+        if !in_30d {
+            return;
         }
-        if !d.is_zero() {
-            sink.window(user, d);
-        }
+        let window = if in_7d { 7 } else { 30 };
+        let d = Windowed {
+            d7: if in_7d { win } else { WindowCounts::default() },
+            d30: win,
+        };
+        // One event moves each count by at most one (an order, a cancellation).
+        let small = |n: i64| n.clamp(-1, 1) as i8;
+        self.schedule.push(Reverse(Expiry {
+            at: ts.saturating_add(if in_7d { WINDOW_7D } else { WINDOW_30D }),
+            user,
+            revenue: win.revenue,
+            views: small(win.views),
+            cart_adds: small(win.cart_adds),
+            orders: small(win.orders),
+            window,
+        }));
+        sink.window(user, d);
     }
 
     /// Retracts every window contribution whose exit time the clock has reached.
@@ -608,11 +627,23 @@ impl ProfileFeeder {
                 break;
             }
             let Reverse(e) = self.schedule.pop().expect("peeked");
+            let counts = e.counts();
             let mut d = Windowed::default();
             if e.window == 7 {
-                d.d7 = e.counts.negated();
+                d.d7 = counts.negated();
+                // Still inside the 30-day window: schedule that exit too.
+                let at_30d = e.at - WINDOW_7D + WINDOW_30D;
+                if at_30d > clock {
+                    self.schedule.push(Reverse(Expiry {
+                        at: at_30d,
+                        window: 30,
+                        ..e
+                    }));
+                } else {
+                    d.d30 = counts.negated();
+                }
             } else {
-                d.d30 = e.counts.negated();
+                d.d30 = counts.negated();
             }
             sink.window(e.user, d);
         }
