@@ -19,7 +19,7 @@ use shopstream_dataflows::profiles::{
     rfm_buckets, weight, Latest, Lifetime, WindowCounts, Windowed, FACET_BRAND, FACET_CART,
     FACET_CATEGORY, FACET_EVENT, WINDOW_30D, WINDOW_7D,
 };
-use shopstream_dataflows::types::{intern, EventKind};
+use shopstream_dataflows::types::intern;
 
 const T0: i64 = 1_700_000_000_000;
 const USERS: u64 = 6;
@@ -168,7 +168,7 @@ fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> 
             life.first_seen = life.first_seen.min(e.ts);
             life.last_seen = life.last_seen.max(e.ts);
             *facets.entry((FACET_EVENT, intern(&e.name))).or_default() += 1;
-            let kind = shopstream_kind(e.kind);
+            let kind = e.kind;
             for p in &e.products {
                 let w = weight(kind);
                 if w != 0 {
@@ -315,17 +315,6 @@ fn add(a: &mut WindowCounts, b: &WindowCounts) {
     a.cart_adds += b.cart_adds;
     a.orders += b.orders;
     a.revenue += b.revenue;
-}
-
-fn shopstream_kind(k: Kind) -> EventKind {
-    match k {
-        Kind::ProductViewed => EventKind::ProductViewed,
-        Kind::ProductAdded => EventKind::ProductAdded,
-        Kind::ProductRemoved => EventKind::ProductRemoved,
-        Kind::ProductAddedToWishlist => EventKind::ProductAddedToWishlist,
-        Kind::OrderCompleted => EventKind::OrderCompleted,
-        _ => EventKind::Custom,
-    }
 }
 
 /// Runs one workload through a real engine with `workers` workers and compares every

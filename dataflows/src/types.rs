@@ -69,7 +69,8 @@ pub struct Line {
     pub quantity: i64,
 }
 
-/// The event kinds that carry meaning for the views; everything else is `Custom`.
+/// The event kinds that carry meaning for the views (Segment Spec names, GA4
+/// aliases); every other name is `Custom`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum EventKind {
     ProductsSearched,
@@ -89,6 +90,106 @@ pub enum EventKind {
     ExperimentViewed,
     Identify,
     Custom,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 17] = [
+        EventKind::ProductsSearched,
+        EventKind::ProductListViewed,
+        EventKind::ProductClicked,
+        EventKind::ProductViewed,
+        EventKind::ProductAdded,
+        EventKind::ProductRemoved,
+        EventKind::ProductAddedToWishlist,
+        EventKind::CartViewed,
+        EventKind::CheckoutStarted,
+        EventKind::OrderCompleted,
+        EventKind::OrderRefunded,
+        EventKind::OrderCancelled,
+        EventKind::PromotionViewed,
+        EventKind::PromotionClicked,
+        EventKind::ExperimentViewed,
+        EventKind::Identify,
+        EventKind::Custom,
+    ];
+
+    /// The Segment Spec name; `"identify"` for [`EventKind::Identify`] and
+    /// `"custom"` for [`EventKind::Custom`] (whose events keep their own name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::ProductsSearched => "Products Searched",
+            EventKind::ProductListViewed => "Product List Viewed",
+            EventKind::ProductClicked => "Product Clicked",
+            EventKind::ProductViewed => "Product Viewed",
+            EventKind::ProductAdded => "Product Added",
+            EventKind::ProductRemoved => "Product Removed",
+            EventKind::ProductAddedToWishlist => "Product Added to Wishlist",
+            EventKind::CartViewed => "Cart Viewed",
+            EventKind::CheckoutStarted => "Checkout Started",
+            EventKind::OrderCompleted => "Order Completed",
+            EventKind::OrderRefunded => "Order Refunded",
+            EventKind::OrderCancelled => "Order Cancelled",
+            EventKind::PromotionViewed => "Promotion Viewed",
+            EventKind::PromotionClicked => "Promotion Clicked",
+            EventKind::ExperimentViewed => "Experiment Viewed",
+            EventKind::Identify => "identify",
+            EventKind::Custom => "custom",
+        }
+    }
+
+    /// The kind of a track event name: a Segment Spec name or a GA4 alias
+    /// (exact, case-sensitive match), else [`EventKind::Custom`].
+    pub fn from_event_name(name: &str) -> EventKind {
+        match name {
+            "Products Searched" | "search" => EventKind::ProductsSearched,
+            "Product List Viewed" | "view_item_list" => EventKind::ProductListViewed,
+            "Product Clicked" | "select_item" => EventKind::ProductClicked,
+            "Product Viewed" | "view_item" => EventKind::ProductViewed,
+            "Product Added" | "add_to_cart" => EventKind::ProductAdded,
+            "Product Removed" | "remove_from_cart" => EventKind::ProductRemoved,
+            "Product Added to Wishlist" | "add_to_wishlist" => EventKind::ProductAddedToWishlist,
+            "Cart Viewed" | "view_cart" => EventKind::CartViewed,
+            "Checkout Started" | "begin_checkout" => EventKind::CheckoutStarted,
+            "Order Completed" | "purchase" => EventKind::OrderCompleted,
+            "Order Refunded" | "refund" => EventKind::OrderRefunded,
+            "Order Cancelled" => EventKind::OrderCancelled,
+            "Promotion Viewed" | "view_promotion" => EventKind::PromotionViewed,
+            "Promotion Clicked" | "select_promotion" => EventKind::PromotionClicked,
+            "Experiment Viewed" => EventKind::ExperimentViewed,
+            _ => EventKind::Custom,
+        }
+    }
+
+    /// Events about one product (a single line built from the properties).
+    pub const fn is_product_event(self) -> bool {
+        matches!(
+            self,
+            EventKind::ProductViewed
+                | EventKind::ProductClicked
+                | EventKind::ProductAdded
+                | EventKind::ProductRemoved
+                | EventKind::ProductAddedToWishlist
+        )
+    }
+
+    /// Order Completed, Refunded or Cancelled: the events with revenue.
+    pub const fn is_order(self) -> bool {
+        matches!(
+            self,
+            EventKind::OrderCompleted | EventKind::OrderRefunded | EventKind::OrderCancelled
+        )
+    }
+
+    /// Kinds whose properties carry prices (and so a currency).
+    pub const fn carries_money(self) -> bool {
+        self.is_product_event()
+            || self.is_order()
+            || matches!(
+                self,
+                EventKind::ProductListViewed | EventKind::CartViewed | EventKind::CheckoutStarted
+            )
+    }
 }
 
 /// A trace keyed by user with no value, whose difference carries the data.

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopstream_dataflows::profiles::{self, ProfileFeeder, ProfileInputs, ProfileTraces};
-use shopstream_dataflows::types::{intern, EventKind, Line, ShopEvent, Time};
+use shopstream_dataflows::types::{intern, Line, ShopEvent, Time};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
 use super::{Epoch, Readable, Request, Shared};
-use crate::event::{Event, Kind};
+use crate::event::Event;
 use crate::symbols::Symbols;
 
 pub(super) struct Context {
@@ -150,7 +150,7 @@ pub(crate) fn shop_event(ev: &Event, user: u64, seq: u64, symbols: &Symbols) -> 
         seq,
         user,
         ts: ev.ts,
-        kind: kind(ev.kind),
+        kind: ev.kind,
         name: symbols.intern(&ev.name),
         lines: ev
             .products
@@ -170,27 +170,5 @@ pub(crate) fn shop_event(ev: &Event, user: u64, seq: u64, symbols: &Symbols) -> 
             .iter()
             .map(|(k, v)| (symbols.intern(k), symbols.intern(v)))
             .collect(),
-    }
-}
-
-pub(crate) fn kind(k: Kind) -> EventKind {
-    match k {
-        Kind::ProductsSearched => EventKind::ProductsSearched,
-        Kind::ProductListViewed => EventKind::ProductListViewed,
-        Kind::ProductClicked => EventKind::ProductClicked,
-        Kind::ProductViewed => EventKind::ProductViewed,
-        Kind::ProductAdded => EventKind::ProductAdded,
-        Kind::ProductRemoved => EventKind::ProductRemoved,
-        Kind::ProductAddedToWishlist => EventKind::ProductAddedToWishlist,
-        Kind::CartViewed => EventKind::CartViewed,
-        Kind::CheckoutStarted => EventKind::CheckoutStarted,
-        Kind::OrderCompleted => EventKind::OrderCompleted,
-        Kind::OrderRefunded => EventKind::OrderRefunded,
-        Kind::OrderCancelled => EventKind::OrderCancelled,
-        Kind::PromotionViewed => EventKind::PromotionViewed,
-        Kind::PromotionClicked => EventKind::PromotionClicked,
-        Kind::ExperimentViewed => EventKind::ExperimentViewed,
-        Kind::Identify => EventKind::Identify,
-        Kind::Custom => EventKind::Custom,
     }
 }
