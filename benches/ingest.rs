@@ -12,12 +12,14 @@
 //!    `accepted + rejected` covers the chunk's lines. Resident memory of the whole
 //!    process before the server starts and once the last event is visible.
 //! 2. **Query latency while ingesting.** A fresh server; a paced sender streams the
-//!    file at `SHOPSTREAM_BENCH_RATE` events/s (64 KiB chunks) while two threads ask
-//!    for user profiles over keep-alive HTTP at `SHOPSTREAM_BENCH_QPS` in total,
-//!    open loop: each query has an intended send time on a fixed schedule and its
+//!    file at `SHOPSTREAM_BENCH_RATE` events/s (64 KiB chunks) while two threads
+//!    (`SHOPSTREAM_BENCH_QUERY_THREADS`), one keep-alive HTTP connection each, ask for
+//!    user profiles at `SHOPSTREAM_BENCH_QPS` in total, open loop: each query has an intended send time on a fixed schedule and its
 //!    latency counts from that time, so a stall of the server shows up as latency
 //!    of the queries it delayed (no coordinated omission). Service time (from the
-//!    actual send) is recorded too. Users are drawn with `gen.py`'s skew.
+//!    actual send) is recorded too. Users are drawn with `gen.py`'s skew. A thread
+//!    has one query in flight: when the service time nears its share of the
+//!    schedule, queries wait in the client, and that wait is counted.
 //! 3. **Durable replay.** The server of phase 1 is shut down gracefully and a new
 //!    one is started on the same data directory; `Server::start` replays the whole
 //!    log before it returns. It runs right after phase 1, on its log.
@@ -142,6 +144,7 @@ struct Settings {
     workers: usize,
     rate: u64,
     qps: u64,
+    query_threads: u64,
     dir: Option<PathBuf>,
 }
 
@@ -165,6 +168,7 @@ impl Settings {
             workers: env_num("SHOPSTREAM_BENCH_WORKERS", 2usize),
             rate: env_num("SHOPSTREAM_BENCH_RATE", 200_000u64).max(1),
             qps: env_num("SHOPSTREAM_BENCH_QPS", 2_000u64),
+            query_threads: env_num("SHOPSTREAM_BENCH_QUERY_THREADS", 2u64).max(1),
             dir: std::env::var_os("SHOPSTREAM_BENCH_DIR").map(PathBuf::from),
         };
         settings.ensure_input();
@@ -624,18 +628,18 @@ fn query_loop(
 }
 
 fn queries_while_ingesting(server: &Server, settings: &Settings, input: &Prepared) -> Queries {
-    const THREADS: u64 = 2;
+    let threads = settings.query_threads;
     let stop = Arc::new(AtomicBool::new(false));
     let http = server.http_addr;
-    let per_thread = (settings.qps as f64 / THREADS as f64).max(1e-3);
+    let per_thread = (settings.qps as f64 / threads as f64).max(1e-3);
     let interval = Duration::from_secs_f64(1.0 / per_thread);
     let start = Instant::now();
-    let query_threads: Vec<_> = (0..THREADS)
+    let query_threads: Vec<_> = (0..threads)
         .filter(|_| settings.qps > 0)
         .map(|k| {
             let stop = stop.clone();
-            // Offset the second thread by half an interval: an even schedule overall.
-            let start = start + interval * (k as u32) / THREADS as u32;
+            // Offset the threads' schedules: an even schedule overall.
+            let start = start + interval * (k as u32) / threads as u32;
             std::thread::spawn(move || query_loop(http, 0x9e37_79b9 + k, interval, start, &stop))
         })
         .collect();
@@ -825,7 +829,10 @@ impl Report<'_> {
         );
         println!("   log on disk           {:.1} MiB", mib(self.log_bytes));
         println!();
-        println!("2. profile queries while ingesting (open loop, 2 threads, keep-alive HTTP)");
+        println!(
+            "2. profile queries while ingesting (open loop, {} threads, keep-alive HTTP)",
+            s.query_threads
+        );
         println!(
             "   ingest: target {} ev/s, achieved {:.0} ev/s to ack ({} events in {:.3} s; visible at {:.3} s)",
             s.rate,
@@ -928,6 +935,7 @@ impl Report<'_> {
                 "ingest_events": ingest_events,
                 "ingest_s": q.ingest_time.as_secs_f64(),
                 "target_qps": s.qps,
+                "query_threads": s.query_threads,
                 "achieved_qps": per_sec(q.done, q.query_window),
                 "queries": q.done,
                 "ok_200": q.ok_200,

@@ -157,10 +157,31 @@ async fn start(config: Config) -> anyhow::Result<Server> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = start(config).await?;
-    tokio::signal::ctrl_c().await.ok();
+    stop_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: both stop gracefully, draining the log queue.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                tokio::signal::ctrl_c().await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.ok();
 }
 
 async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
@@ -207,7 +228,7 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
         Ok(())
     });
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = stop_signal();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
