@@ -228,16 +228,29 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
         Ok(())
     });
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    let (mut last_seq, mut last_tick) = (0u64, Instant::now());
     let ctrl_c = stop_signal();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let r = server.engine.readable();
-                let read = server.engine.read_profile("u0", None).await;
-                let orders = read.ok().and_then(|p| p.profile.lifetime.map(|l| (l.events, l.orders, l.revenue)));
-                println!("as_of={} logged={} user u0 (events, orders, revenue cents)={:?}",
-                    r.seq, server.engine.logged_seq(), orders);
+                let rate = (r.seq - last_seq) as f64 / last_tick.elapsed().as_secs_f64();
+                (last_seq, last_tick) = (r.seq, Instant::now());
+                let digits = shopstream::event::minor_unit_decimals(&server.engine.config.reporting_currency);
+                let summary = match server.engine.read_profile("u0", None).await {
+                    Ok(read) => match shopstream::serve::profile::render(&read, &server.engine.symbols, digits) {
+                        Some(p) => format!(
+                            "u0: {} events, {} orders, revenue {}, 7d views {}, top category {}, rfm {}",
+                            p["events_total"], p["orders"], p["revenue"], p["windows"]["7d"]["views"],
+                            p["top_categories"][0]["category"], p["rfm"]
+                        ),
+                        None => "u0: not seen yet".into(),
+                    },
+                    Err(e) => format!("read failed: {e}"),
+                };
+                println!("as_of={} ({rate:.0} events/s, {} behind the log)  {summary}",
+                    r.seq, server.engine.logged_seq().saturating_sub(r.seq));
                 if feeder.is_finished() { break; }
             }
             _ = &mut ctrl_c => break,

@@ -16,7 +16,7 @@ use shopstream::config::Config;
 use shopstream::event::{Event, Kind, Product, Str};
 use shopstream::runtime::{Engine, ProfileRead};
 use shopstream_dataflows::profiles::{
-    rfm_buckets, weight, Latest, Lifetime, WindowCounts, Windowed, FACET_BRAND, FACET_CART,
+    rfm_buckets, weight, Latest, Lifetime, Rank, WindowCounts, Windowed, FACET_BRAND, FACET_CART,
     FACET_CATEGORY, FACET_EVENT, WINDOW_30D, WINDOW_7D,
 };
 use shopstream_dataflows::types::intern;
@@ -299,10 +299,11 @@ fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> 
         .collect();
     for read in out.values_mut() {
         if let Some(mine) = rfm_buckets(read.profile.lifetime.as_ref().expect("set")) {
-            let mut ranks = [(0, 0); 3];
+            let mut ranks = [Rank::default(); 3];
             for (d, rank) in ranks.iter_mut().enumerate() {
-                rank.0 = buckets.iter().filter(|b| b[d] < mine[d]).count() as i64;
-                rank.1 = buckets.len() as i64;
+                rank.below = buckets.iter().filter(|b| b[d] < mine[d]).count() as i64;
+                rank.equal = buckets.iter().filter(|b| b[d] == mine[d]).count() as i64;
+                rank.total = buckets.len() as i64;
             }
             read.rfm_ranks = Some(ranks);
         }

@@ -260,12 +260,32 @@ pub fn rfm_buckets(l: &Lifetime) -> Option<[i64; 3]> {
     Some([recency, frequency, monetary])
 }
 
-/// Quintile score 1–5 from the number of users strictly below and the total.
-pub fn quintile(below: i64, total: i64) -> u8 {
-    if total <= 0 {
-        return 0;
+/// Where a user's bucket stands in one RFM dimension: users below it, in it, and
+/// in all (summed over workers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rank {
+    pub below: i64,
+    pub equal: i64,
+    pub total: i64,
+}
+
+impl Rank {
+    pub fn add(&mut self, other: &Rank) {
+        self.below += other.below;
+        self.equal += other.equal;
+        self.total += other.total;
     }
-    (1 + (5 * below) / total).clamp(1, 5) as u8
+
+    /// Quintile score 1–5 at the user's mid-rank percentile: users tied in one
+    /// bucket share the score of the middle of the tie (so when every user is in one
+    /// bucket, every score is 3, not 1). 0 when nobody is ranked.
+    pub fn score(&self) -> u8 {
+        if self.total <= 0 {
+            return 0;
+        }
+        let twice_rank = 2 * self.below + self.equal;
+        (1 + (5 * twice_rank) / (2 * self.total)).clamp(1, 5) as u8
+    }
 }
 
 /// The inputs of the profile view, one per difference type.
@@ -696,10 +716,10 @@ impl ProfileTraces {
         p
     }
 
-    /// For each dimension `d` and bucket `b` in `buckets`, the number of users this
-    /// worker counts in dimension `d` below `b`, and in total: `[(below, total); 3]`.
-    pub fn read_rfm_ranks(&mut self, buckets: [i64; 3], as_of: Time) -> [(i64, i64); 3] {
-        let mut out = [(0, 0); 3];
+    /// For each dimension `d` and bucket `b` in `buckets`, how the users this worker
+    /// counts in dimension `d` stand against `b`.
+    pub fn read_rfm_ranks(&mut self, buckets: [i64; 3], as_of: Time) -> [Rank; 3] {
+        let mut out = [Rank::default(); 3];
         let (mut cursor, storage) = cursor_at(&mut self.rfm);
         for (dim, bucket) in buckets.iter().enumerate() {
             let dim = dim as u8;
@@ -715,9 +735,12 @@ impl ProfileTraces {
                         n += *d;
                     }
                 });
-                out[dim as usize].1 += n;
-                if key.1 < *bucket {
-                    out[dim as usize].0 += n;
+                let rank = &mut out[dim as usize];
+                rank.total += n;
+                match key.1.cmp(bucket) {
+                    std::cmp::Ordering::Less => rank.below += n,
+                    std::cmp::Ordering::Equal => rank.equal += n,
+                    std::cmp::Ordering::Greater => {}
                 }
                 cursor.step_key(&storage);
             }
@@ -796,4 +819,49 @@ where
     let mut each = |_: (), r: R| out = Some(r);
     read_key_impl!(cursor, storage, key, as_of, each, _val => ());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(below: i64, equal: i64, total: i64) -> u8 {
+        Rank {
+            below,
+            equal,
+            total,
+        }
+        .score()
+    }
+
+    #[test]
+    fn quintiles_use_the_mid_rank_of_ties() {
+        // Five users in five buckets: one per quintile.
+        let scores: Vec<u8> = (0..5).map(|i| rank(i, 1, 5)).collect();
+        assert_eq!(scores, [1, 2, 3, 4, 5]);
+        // Everyone tied: the middle, not the bottom.
+        assert_eq!(rank(0, 100, 100), 3);
+        assert_eq!(rank(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn rfm_buckets_are_monotone_in_money() {
+        let bucket = |revenue| {
+            rfm_buckets(&Lifetime {
+                orders: 1,
+                revenue,
+                last_order_at: 0,
+                ..Lifetime::default()
+            })
+            .expect("has orders")[2]
+        };
+        let mut last = bucket(1);
+        for revenue in [2, 3, 15, 16, 17, 100, 1_000, 99_999, 100_000, i64::MAX / 2] {
+            let b = bucket(revenue);
+            assert!(b >= last, "{revenue}: {b} < {last}");
+            last = b;
+        }
+        assert!(bucket(100) < bucket(107), "steps are finer than 7%");
+        assert_eq!(rfm_buckets(&Lifetime::default()), None);
+    }
 }

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Duration;
 
-use shopstream_dataflows::profiles::UserProfile;
+use shopstream_dataflows::profiles::{Rank, UserProfile};
 use shopstream_dataflows::types::{intern, Millis, Time, UserId};
 use tokio::sync::watch;
 
@@ -99,7 +99,7 @@ pub(crate) enum Request {
     RfmRanks {
         at: Time,
         buckets: [i64; 3],
-        reply: flume::Sender<[(i64, i64); 3]>,
+        reply: flume::Sender<[Rank; 3]>,
     },
 }
 
@@ -174,8 +174,8 @@ impl Drop for Pin<'_> {
 pub struct ProfileRead {
     pub as_of: Readable,
     pub profile: UserProfile,
-    /// Per RFM dimension: users below this user's bucket, and users in total.
-    pub rfm_ranks: Option<[(i64, i64); 3]>,
+    /// Per RFM dimension (recency, frequency, monetary): this user's standing.
+    pub rfm_ranks: Option<[Rank; 3]>,
 }
 
 /// The running engine. Cheap to share behind an `Arc`.
@@ -421,11 +421,10 @@ impl Engine {
                 let ranks = self
                     .ask_all(|reply| Request::RfmRanks { at, buckets, reply })
                     .await?;
-                let mut sum = [(0, 0); 3];
+                let mut sum = [Rank::default(); 3];
                 for r in ranks {
-                    for d in 0..3 {
-                        sum[d].0 += r[d].0;
-                        sum[d].1 += r[d].1;
+                    for (s, r) in sum.iter_mut().zip(&r) {
+                        s.add(r);
                     }
                 }
                 Some(sum)

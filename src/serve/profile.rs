@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use shopstream_dataflows::profiles::{
-    quintile, Lifetime, WindowCounts, FACET_BRAND, FACET_CART, FACET_CATEGORY, FACET_EVENT,
+    Lifetime, WindowCounts, FACET_BRAND, FACET_CART, FACET_CATEGORY, FACET_EVENT,
 };
 use shopstream_dataflows::types::{Millis, DAY_MS};
 
@@ -132,9 +132,9 @@ pub fn render(read: &ProfileRead, symbols: &Symbols, digits: u32) -> Option<Valu
             "recency_days": (read.as_of.clock - l.last_order_at).max(0) / DAY_MS,
             "frequency": l.orders,
             "monetary": money(l.revenue, digits),
-            "r_score": quintile(r.0, r.1),
-            "f_score": quintile(f.0, f.1),
-            "m_score": quintile(m.0, m.1),
+            "r_score": r.score(),
+            "f_score": f.score(),
+            "m_score": m.score(),
         }),
         None => Value::Null,
     };
