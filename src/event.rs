@@ -233,7 +233,7 @@ pub enum Reject {
     },
     /// Every price and quantity fits, but the order total computed from the
     /// lines (the sum of price × quantity) does not.
-    #[error("{path}: price × quantity does not fit in 64-bit minor units")]
+    #[error("{path}: the order total (sum of price × quantity) is over 10^15 minor units")]
     TotalOverflow { path: String },
     #[error("currency {currency} has no rate to the reporting currency {reporting}")]
     UnknownCurrency { currency: String, reporting: String },
@@ -487,7 +487,7 @@ fn product_lines(
             Section::Object(f) => {
                 let (line, total) = product_line(&f.s, &loc, money)?;
                 sum = match (sum, total) {
-                    (Some(a), Some(b)) => a.checked_add(b),
+                    (Some(a), Some(b)) => a.checked_add(b).filter(|t| *t <= MAX_AMOUNT_MINOR),
                     _ => None,
                 };
                 out.extend(line);
@@ -567,6 +567,13 @@ struct Money {
 
 const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
 
+/// Largest amount one message may carry, in minor units (10^15: ten trillion
+/// dollars). Views sum amounts per user; the cap keeps those sums far from the
+/// ends of `i64` (and the views wrap rather than panic if a user still gets there).
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+/// Largest quantity of one product line.
+pub const MAX_QUANTITY: i64 = 1_000_000;
+
 impl Money {
     fn resolve(p: &PropFields<'_>, ctx: &ParseContext) -> Result<Money, Reject> {
         let decimals = minor_unit_decimals(&ctx.reporting_currency);
@@ -608,7 +615,7 @@ impl Money {
     /// minor units of the reporting currency.
     fn amount(&self, s: &Scalar<'_>, loc: &Loc, key: &str) -> Result<i64, Reject> {
         const EXPECTED: &str = "a non-negative number";
-        const TOO_BIG: &str = "an amount that fits in 64-bit minor units";
+        const TOO_BIG: &str = "an amount of at most 10^15 minor units";
         let bad = |expected| Reject::BadNumber {
             path: loc.path(Some(key)),
             expected,
@@ -620,6 +627,7 @@ impl Money {
                 return i64::try_from(v)
                     .ok()
                     .and_then(|v| v.checked_mul(scale))
+                    .filter(|v| *v <= MAX_AMOUNT_MINOR)
                     .ok_or_else(|| bad(TOO_BIG));
             }
             Scalar::U64(v) => v as f64,
@@ -628,7 +636,7 @@ impl Money {
             _ => return Err(bad(EXPECTED)),
         };
         let minor = major * self.rate * scale as f64;
-        if !(minor.is_finite() && minor < TWO_POW_63) {
+        if !(minor.is_finite() && minor.round() <= MAX_AMOUNT_MINOR as f64) {
             return Err(bad(TOO_BIG));
         }
         if self.exact && ((minor - minor.floor()) - 0.5).abs() < 1e-6 {
@@ -709,11 +717,14 @@ fn quantity(s: &Scalar<'_>, loc: &Loc) -> Result<i64, Reject> {
         got: describe(s),
     };
     const EXPECTED: &str = "a non-negative integer";
-    const TOO_BIG: &str = "a non-negative integer that fits in 64 bits";
+    const TOO_BIG: &str = "a non-negative integer of at most 1000000";
     match *s {
-        Scalar::U64(v) => i64::try_from(v).map_err(|_| bad(TOO_BIG)),
+        Scalar::U64(v) => i64::try_from(v)
+            .ok()
+            .filter(|v| *v <= MAX_QUANTITY)
+            .ok_or_else(|| bad(TOO_BIG)),
         Scalar::F64(v) if v >= 0.0 && v.fract() == 0.0 => {
-            if v < TWO_POW_63 {
+            if v <= MAX_QUANTITY as f64 {
                 Ok(v as i64)
             } else {
                 Err(bad(TOO_BIG))
@@ -1560,30 +1571,30 @@ mod tests {
         rejects(
             &track("Product Viewed", r#"{"product_id":"p","price":1e300}"#),
             "bad_number",
-            "properties.price: expected an amount that fits in 64-bit minor units, got number 1e300",
+            "properties.price: expected an amount of at most 10^15 minor units, got number 1e300",
         );
         rejects(
             &track("Order Completed", r#"{"total":92233720368547759}"#),
             "bad_number",
-            "properties.total: expected an amount that fits in 64-bit minor units, got number 92233720368547759",
+            "properties.total: expected an amount of at most 10^15 minor units, got number 92233720368547759",
         );
         rejects(
             &track("Product Viewed", r#"{"product_id":"p","quantity":18446744073709551615}"#),
             "bad_number",
-            "properties.quantity: expected a non-negative integer that fits in 64 bits, got number 18446744073709551615",
+            "properties.quantity: expected a non-negative integer of at most 1000000, got number 18446744073709551615",
         );
         rejects(
             &track(
                 "Order Completed",
-                r#"{"products":[{"product_id":"a","price":90000000000000000},{"product_id":"b","price":90000000000000000}]}"#,
+                r#"{"products":[{"product_id":"a","price":9000000000000,"quantity":1000},{"product_id":"b","price":9000000000000}]}"#,
             ),
             "bad_number",
-            "properties.products: price × quantity does not fit in 64-bit minor units",
+            "properties.products: the order total (sum of price × quantity) is over 10^15 minor units",
         );
         // The same lines are fine when the order states its revenue.
         let ev = ok(&track(
             "Order Completed",
-            r#"{"revenue":1,"products":[{"product_id":"a","price":90000000000000000},{"product_id":"b","price":90000000000000000}]}"#,
+            r#"{"revenue":1,"products":[{"product_id":"a","price":9000000000000,"quantity":1000},{"product_id":"b","price":9000000000000}]}"#,
         ));
         assert_eq!(ev.revenue, 100);
     }
@@ -1832,7 +1843,8 @@ mod tests {
         assert_eq!(usd("1e2"), 10_000);
         assert_eq!(usd("0"), 0);
         assert_eq!(usd("-0.0"), 0);
-        assert_eq!(usd("92233720368547758"), 9_223_372_036_854_775_800);
+        assert_eq!(usd("10000000000000"), MAX_AMOUNT_MINOR);
+        assert!(price_in("USD", &[], r#"{"revenue":10000000000000.01}"#).is_err());
     }
 
     #[test]

@@ -91,7 +91,10 @@ fn event(op: &Op, n: usize, ts: i64, ids: &[u64]) -> Event {
     let line = Product {
         id: Str::from(format!("i{}", op.item)),
         category: Some(Str::from(format!("c{}", op.item % 3))),
-        brand: (op.item % 2 == 0).then(|| Str::from(format!("b{}", op.item % 4))),
+        brand: op
+            .item
+            .is_multiple_of(2)
+            .then(|| Str::from(format!("b{}", op.item % 4))),
         price: op.price,
         quantity: op.quantity,
     };

@@ -103,13 +103,13 @@ impl IsZero for Lifetime {
 
 impl Semigroup for Lifetime {
     fn plus_equals(&mut self, rhs: &Self) {
-        self.events += rhs.events;
-        self.orders += rhs.orders;
-        self.items += rhs.items;
-        self.revenue += rhs.revenue;
-        self.refunds += rhs.refunds;
-        self.refunded += rhs.refunded;
-        self.cancellations += rhs.cancellations;
+        self.events = self.events.wrapping_add(rhs.events);
+        self.orders = self.orders.wrapping_add(rhs.orders);
+        self.items = self.items.wrapping_add(rhs.items);
+        self.revenue = self.revenue.wrapping_add(rhs.revenue);
+        self.refunds = self.refunds.wrapping_add(rhs.refunds);
+        self.refunded = self.refunded.wrapping_add(rhs.refunded);
+        self.cancellations = self.cancellations.wrapping_add(rhs.cancellations);
         self.first_seen = self.first_seen.min(rhs.first_seen);
         self.last_seen = self.last_seen.max(rhs.last_seen);
         self.last_order_at = self.last_order_at.max(rhs.last_order_at);
@@ -134,17 +134,20 @@ pub struct WindowCounts {
 }
 
 impl WindowCounts {
+    // Wrapping: sums of client-supplied amounts must never panic a worker, and
+    // wrapping addition is still a group, so retractions stay exact. Ingest caps
+    // amounts so far below `i64` that real totals never wrap.
     fn add(&mut self, o: &Self) {
-        self.views += o.views;
-        self.cart_adds += o.cart_adds;
-        self.orders += o.orders;
-        self.revenue += o.revenue;
+        self.views = self.views.wrapping_add(o.views);
+        self.cart_adds = self.cart_adds.wrapping_add(o.cart_adds);
+        self.orders = self.orders.wrapping_add(o.orders);
+        self.revenue = self.revenue.wrapping_add(o.revenue);
     }
     fn negated(mut self) -> Self {
-        self.views = -self.views;
-        self.cart_adds = -self.cart_adds;
-        self.orders = -self.orders;
-        self.revenue = -self.revenue;
+        self.views = self.views.wrapping_neg();
+        self.cart_adds = self.cart_adds.wrapping_neg();
+        self.orders = self.orders.wrapping_neg();
+        self.revenue = self.revenue.wrapping_neg();
         self
     }
     fn is_empty(&self) -> bool {
@@ -523,7 +526,10 @@ impl ProfileFeeder {
                 }
             }
             EventKind::OrderCompleted => {
-                let items: i64 = ev.lines.iter().map(|l| l.quantity).sum();
+                let items = ev
+                    .lines
+                    .iter()
+                    .fold(0i64, |a, l| a.wrapping_add(l.quantity));
                 for line in &ev.lines {
                     sink.facet(user, (FACET_CART, line.item), -line.quantity);
                 }
@@ -556,7 +562,7 @@ impl ProfileFeeder {
                         } else {
                             (o.amount - o.refunded).max(0)
                         };
-                        o.refunded += a;
+                        o.refunded = o.refunded.saturating_add(a);
                         a
                     }
                     None => ev.revenue,
@@ -577,7 +583,7 @@ impl ProfileFeeder {
                         o.cancelled = true;
                         let remaining = (o.amount - o.refunded).max(0);
                         life.orders = -1;
-                        life.items = -o.items;
+                        life.items = o.items.wrapping_neg();
                         life.revenue = -remaining;
                         win.orders = -1;
                         win.revenue = -remaining;
@@ -863,5 +869,39 @@ mod tests {
         }
         assert!(bucket(100) < bucket(107), "steps are finer than 7%");
         assert_eq!(rfm_buckets(&Lifetime::default()), None);
+    }
+}
+
+#[cfg(test)]
+mod overflow {
+    use super::*;
+
+    /// Regression: sums of client amounts panicked a worker in debug builds.
+    #[test]
+    fn sums_wrap_instead_of_panicking() {
+        let big = Lifetime {
+            revenue: i64::MAX,
+            items: i64::MAX,
+            ..Lifetime::default()
+        };
+        let mut sum = big;
+        sum.plus_equals(&big);
+        assert_eq!(sum.revenue, -2);
+        let mut w = Windowed {
+            d7: WindowCounts {
+                revenue: i64::MAX,
+                ..WindowCounts::default()
+            },
+            ..Windowed::default()
+        };
+        let copy = w;
+        w.plus_equals(&copy);
+        w.negate();
+        w.plus_equals(&copy);
+        w.plus_equals(&copy);
+        assert!(
+            w.d7.revenue == copy.d7.revenue,
+            "a group: retraction stays exact"
+        );
     }
 }

@@ -10,7 +10,7 @@
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::tcp::{submit, Pending};
+use super::tcp::{submit, Origin, Pending};
 use super::{Refusal, Validator};
 use crate::event::Event;
 use crate::runtime::Engine;
@@ -63,8 +63,7 @@ pub(crate) async fn read_frames(
             if len > max {
                 frame_no += 1;
                 rejects.push((
-                    frame_no,
-                    None,
+                    Origin::Frame(frame_no),
                     Refusal {
                         reason: format!(
                             "frame {frame_no} is {len} bytes, over the {max}-byte limit"
@@ -87,13 +86,12 @@ pub(crate) async fn read_frames(
                     for (i, ev) in batch.into_iter().enumerate() {
                         match validator.check(&ev) {
                             Ok(()) => events.push(ev),
-                            Err(r) => rejects.push((frame_no, Some(i), r)),
+                            Err(r) => rejects.push((Origin::FrameEvent(frame_no, i), r)),
                         }
                     }
                 }
                 Err(e) => rejects.push((
-                    frame_no,
-                    None,
+                    Origin::Frame(frame_no),
                     Refusal {
                         reason: format!("frame {frame_no} is not a bincode Vec<Event>: {e}"),
                         code: "bad_frame",
@@ -105,8 +103,7 @@ pub(crate) async fn read_frames(
         if eof && !buf.is_empty() && skip == 0 {
             frame_no += 1;
             rejects.push((
-                frame_no,
-                None,
+                Origin::Frame(frame_no),
                 Refusal {
                     reason: format!("connection closed inside frame {frame_no}"),
                     code: "truncated_frame",

@@ -12,7 +12,9 @@ pub mod tcp;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::event::{parse_message, Event, MessageType, ParseContext, Reject};
+use crate::event::{
+    parse_message, Event, MessageType, ParseContext, Reject, MAX_AMOUNT_MINOR, MAX_QUANTITY,
+};
 
 /// Validation settings shared by every ingest path.
 #[derive(Clone)]
@@ -90,14 +92,25 @@ impl Validator {
         if ev.name.is_empty() {
             return refuse("missing_event", "event: required for track".into());
         }
-        if ev.revenue < 0 {
-            return refuse("bad_number", "revenue: must not be negative".into());
+        if !(0..=MAX_AMOUNT_MINOR).contains(&ev.revenue) {
+            return refuse(
+                "bad_number",
+                format!(
+                    "revenue: {} is not between 0 and {MAX_AMOUNT_MINOR}",
+                    ev.revenue
+                ),
+            );
         }
         for (i, p) in ev.products.iter().enumerate() {
-            if p.price < 0 || p.quantity < 0 {
+            if !(0..=MAX_AMOUNT_MINOR).contains(&p.price)
+                || !(0..=MAX_QUANTITY).contains(&p.quantity)
+            {
                 return refuse(
                     "bad_number",
-                    format!("products[{i}]: price and quantity must not be negative"),
+                    format!(
+                        "products[{i}]: price must be between 0 and {MAX_AMOUNT_MINOR}, \
+                         quantity between 0 and {MAX_QUANTITY}"
+                    ),
                 );
             }
         }

@@ -74,10 +74,17 @@ pub async fn serve(
     }
 }
 
+/// Where a refused message was on the connection (numbers are 1-based).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin {
+    Line(u64),
+    Frame(u64),
+    FrameEvent(u64, usize),
+}
+
 /// One batch's answer, in the order the batches were read.
 pub(crate) struct Pending {
-    /// `(line or frame number, index within frame, refusal)`.
-    pub rejects: Vec<(u64, Option<usize>, Refusal)>,
+    pub rejects: Vec<(Origin, Refusal)>,
     pub ack: Option<oneshot::Receiver<Result<SubmitAck, EngineError>>>,
 }
 
@@ -145,8 +152,7 @@ async fn read_lines(
             // No newline within the limit: refuse the line now, drop bytes until its end.
             line_no += 1;
             rejects.push((
-                line_no,
-                None,
+                Origin::Line(line_no),
                 Refusal {
                     reason: format!("line is over the {max_line}-byte limit"),
                     code: "line_too_long",
@@ -173,7 +179,7 @@ fn take_line(
     line_no: &mut u64,
     validator: &Validator,
     events: &mut Vec<crate::event::Event>,
-    rejects: &mut Vec<(u64, Option<usize>, Refusal)>,
+    rejects: &mut Vec<(Origin, Refusal)>,
 ) {
     *line_no += 1;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -182,7 +188,7 @@ fn take_line(
     }
     match validator.parse(line, None) {
         Ok(ev) => events.push(ev),
-        Err(r) => rejects.push((*line_no, None, r)),
+        Err(r) => rejects.push((Origin::Line(*line_no), r)),
     }
 }
 
@@ -195,12 +201,12 @@ pub(crate) async fn submit(
     engine: &Engine,
     tx: &mpsc::Sender<Pending>,
     events: Vec<crate::event::Event>,
-    rejects: Vec<(u64, Option<usize>, Refusal)>,
+    rejects: Vec<(Origin, Refusal)>,
 ) -> std::io::Result<()> {
     if events.is_empty() && rejects.is_empty() {
         return Ok(());
     }
-    for (_, _, r) in &rejects {
+    for (_, r) in &rejects {
         count_refusal(r);
     }
     let ack = if events.is_empty() {
@@ -225,11 +231,14 @@ async fn write_answers(
     let (mut seq, mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
     let mut line = Vec::with_capacity(256);
     while let Some(p) = rx.recv().await {
-        for (no, index, r) in &p.rejects {
+        for (origin, r) in &p.rejects {
             line.clear();
-            let v = match index {
-                None => serde_json::json!({"error": r.reason, "line": no}),
-                Some(i) => serde_json::json!({"error": r.reason, "frame": no, "index": i}),
+            let v = match origin {
+                Origin::Line(n) => serde_json::json!({"error": r.reason, "line": n}),
+                Origin::Frame(n) => serde_json::json!({"error": r.reason, "frame": n}),
+                Origin::FrameEvent(n, i) => {
+                    serde_json::json!({"error": r.reason, "frame": n, "index": i})
+                }
             };
             serde_json::to_writer(&mut line, &v).expect("json");
             line.push(b'\n');

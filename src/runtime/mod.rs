@@ -117,7 +117,12 @@ pub(crate) struct Shared {
     /// Last sequence number written to the log.
     pub(crate) logged_seq: AtomicU64,
     pub(crate) shutdown: AtomicBool,
+    /// False once the log failed: no more events are accepted.
     pub(crate) healthy: AtomicBool,
+    /// Set when a worker thread panicked: the views stop advancing, so no more
+    /// events are accepted, reads of completed epochs still work, and shutdown does
+    /// not wait for epochs that can no longer complete.
+    pub(crate) worker_failed: AtomicBool,
 }
 
 impl Shared {
@@ -214,6 +219,7 @@ impl Engine {
             logged_seq: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
+            worker_failed: AtomicBool::new(false),
         });
         let symbols = Arc::new(Symbols::default());
 
@@ -292,6 +298,12 @@ impl Engine {
             if rx.has_changed().is_err() {
                 return Err(EngineError::ShuttingDown);
             }
+            if engine.shared.worker_failed.load(Ordering::SeqCst) {
+                engine.shutdown();
+                return Err(EngineError::Replay(
+                    "a dataflow worker failed while replaying the log; see the server log".into(),
+                ));
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(engine)
@@ -312,9 +324,14 @@ impl Engine {
         self.shared.logged_seq.load(Ordering::Relaxed)
     }
 
-    /// Whether the log is still writable.
+    /// Whether events are still accepted: the log is writable and every worker runs.
     pub fn healthy(&self) -> bool {
-        self.shared.healthy.load(Ordering::Relaxed)
+        self.shared.healthy.load(Ordering::Relaxed) && !self.worker_failed()
+    }
+
+    /// Whether a dataflow worker has failed.
+    pub fn worker_failed(&self) -> bool {
+        self.shared.worker_failed.load(Ordering::Relaxed)
     }
 
     /// Queues validated events for the log, waiting for room in the queue (the
@@ -492,7 +509,11 @@ impl Engine {
         }
         self.shared.unpark_all();
         if let Some(g) = self.guards.lock().expect("poisoned").take() {
-            drop(g);
+            for (i, r) in g.join().into_iter().enumerate() {
+                if let Err(e) = r {
+                    tracing::error!(worker = i, error = %e, "worker had failed");
+                }
+            }
         }
     }
 }

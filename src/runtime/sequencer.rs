@@ -9,7 +9,8 @@
 //! On start it replays the log through the same hand-off, rebuilding the
 //! deduplication horizon, so a restart reaches the same answers.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +31,8 @@ pub struct Submit {
 /// The outcome of one submission.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubmitAck {
-    /// Highest sequence number given to an event of this submission (`0` if none).
+    /// Highest sequence number of an event of this submission: given now, or, for a
+    /// duplicate, given to its first copy (`0` if none).
     pub last_seq: u64,
     /// Events newly logged.
     pub logged: usize,
@@ -38,10 +40,11 @@ pub struct SubmitAck {
     pub duplicates: Vec<usize>,
 }
 
-/// Remembers the last `horizon` message ids.
+/// Remembers the last `horizon` message ids, with the sequence number each was
+/// logged at (a duplicate is acknowledged as that event).
 struct Dedup {
     horizon: usize,
-    seen: HashSet<u64>,
+    seen: HashMap<u64, u64>,
     order: VecDeque<u64>,
 }
 
@@ -49,17 +52,21 @@ impl Dedup {
     fn new(horizon: usize) -> Self {
         Dedup {
             horizon,
-            seen: HashSet::with_capacity(horizon.min(1 << 20)),
+            seen: HashMap::with_capacity(horizon.min(1 << 20)),
             order: VecDeque::new(),
         }
     }
-    /// Records `id`; false if it is already within the horizon.
-    fn insert(&mut self, id: u64) -> bool {
+    /// Records `id` as logged at `seq`; if it is already within the horizon, the
+    /// sequence number of the first copy instead.
+    fn insert(&mut self, id: u64, seq: u64) -> Result<(), u64> {
         if self.horizon == 0 {
-            return true;
+            return Ok(());
         }
-        if !self.seen.insert(id) {
-            return false;
+        match self.seen.entry(id) {
+            Entry::Occupied(first) => return Err(*first.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(seq);
+            }
         }
         self.order.push_back(id);
         if self.order.len() > self.horizon {
@@ -67,7 +74,7 @@ impl Dedup {
                 self.seen.remove(&old);
             }
         }
-        true
+        Ok(())
     }
 }
 
@@ -94,8 +101,21 @@ impl Sequencer {
     fn forward(&self, epoch: Epoch) {
         let epoch = Arc::new(epoch);
         for w in &self.workers {
-            // A worker only disconnects at shutdown.
-            let _ = w.send(epoch.clone());
+            let mut next = epoch.clone();
+            loop {
+                match w.send_timeout(next, Duration::from_millis(100)) {
+                    Ok(()) | Err(flume::SendTimeoutError::Disconnected(_)) => break,
+                    Err(flume::SendTimeoutError::Timeout(e)) => {
+                        // A failed worker may stall the others: do not wait forever.
+                        if self.shared.worker_failed.load(Ordering::Relaxed)
+                            || self.shared.shutdown.load(Ordering::Relaxed)
+                        {
+                            break;
+                        }
+                        next = e;
+                    }
+                }
+            }
         }
         self.shared.unpark_all();
     }
@@ -119,8 +139,10 @@ impl Sequencer {
             let mut ack = SubmitAck::default();
             for (i, ev) in submit.events.into_iter().enumerate() {
                 if let Some(id) = ev.message_id {
-                    if !self.dedup.insert(id) {
+                    let seq = self.next_seq + events.len() as u64;
+                    if let Err(first) = self.dedup.insert(id, seq) {
                         ack.duplicates.push(i);
+                        ack.last_seq = ack.last_seq.max(first);
                         continue;
                     }
                 }
@@ -223,9 +245,9 @@ pub(super) fn run(
         let events: Vec<Event> = bincode::deserialize(payload).map_err(|e| {
             LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
         })?;
-        for ev in &events {
+        for (i, ev) in events.iter().enumerate() {
             if let Some(id) = ev.message_id {
-                seq.dedup.insert(id);
+                let _ = seq.dedup.insert(id, header.first_seq + i as u64);
             }
         }
         seq.clock = header.clock_ms;

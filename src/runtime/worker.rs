@@ -26,7 +26,24 @@ pub(super) struct Context {
 /// reads are not starved during a replay or a burst.
 const FEED_PER_TURN: usize = 8;
 
+/// Marks the engine failed if the worker thread unwinds, so that nothing waits on
+/// it forever.
+struct FailGuard(Arc<Shared>);
+
+impl Drop for FailGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("a dataflow worker panicked; the engine stops accepting events");
+            self.0
+                .worker_failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.0.unpark_all();
+        }
+    }
+}
+
 pub(super) fn run(worker: &mut Worker, ctx: Context) {
+    let _guard = FailGuard(ctx.shared.clone());
     let index = worker.index();
     let peers = worker.peers() as u64;
     let probe = ProbeHandle::new();
@@ -72,7 +89,11 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         }
 
         let idle = fed == 0 && ctx.requests.is_empty();
-        if closed && in_flight.is_empty() {
+        let failed = ctx
+            .shared
+            .worker_failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if closed && (in_flight.is_empty() || failed) {
             break;
         }
         worker.step_or_park(if idle {

@@ -92,7 +92,7 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
     (
         status,
         Json(json!({
-            "status": if healthy { "ok" } else { "log_failed" },
+            "status": if healthy { "ok" } else if engine.worker_failed() { "worker_failed" } else { "log_failed" },
             "as_of": r.seq,
             "logged_seq": engine.logged_seq(),
             "clock": profile::rfc3339(r.clock),

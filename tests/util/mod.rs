@@ -1,0 +1,629 @@
+//! Helpers shared by the integration tests: in-process and out-of-process servers,
+//! TCP (NDJSON and binary) and HTTP clients that return the server's answers, message
+//! builders, and a deterministic shop workload.
+//!
+//! Everything here is blocking: a test is a plain `#[test]`, and each
+//! [`TestServer`] owns the tokio runtime it runs on.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shopstream::config::Config;
+use shopstream::event::{parse_message, Event, ParseContext};
+use shopstream::server::Server;
+
+/// 2023-11-14T22:13:20Z: a base time safely in the past (the server refuses
+/// timestamps more than a day ahead of its clock).
+pub const T0: i64 = 1_700_000_000_000;
+pub const SECOND: i64 = 1_000;
+pub const MINUTE: i64 = 60 * SECOND;
+pub const DAY: i64 = 86_400_000;
+
+/// How long any single network wait may take before the test fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The embedded defaults with OS-chosen ports, 2 workers, and the log in `data_dir`.
+pub fn config(data_dir: &Path) -> Config {
+    let mut cfg = Config::defaults();
+    cfg.tcp_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
+    cfg.data_dir = data_dir.to_path_buf();
+    cfg.workers = 2;
+    cfg
+}
+
+/// A server running in this process, on its own tokio runtime.
+pub struct TestServer {
+    rt: Option<tokio::runtime::Runtime>,
+    server: Option<Server>,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Set when the server made its own temporary data directory.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Defaults, in a fresh temporary data directory.
+    pub fn start() -> TestServer {
+        TestServer::start_with(|_| {})
+    }
+
+    /// Defaults changed by `tweak`, in a fresh temporary data directory.
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut s = TestServer::start_in(temp.path(), tweak);
+        s._temp = Some(temp);
+        s
+    }
+
+    /// Defaults changed by `tweak`, with the log in `data_dir` (which the caller
+    /// keeps, e.g. to restart on it).
+    pub fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = config(data_dir);
+        tweak(&mut cfg);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let server = rt
+            .block_on(Server::start(cfg, |_, _| {}))
+            .expect("server starts");
+        TestServer {
+            tcp: server.tcp_addr,
+            http: server.http_addr,
+            data_dir: data_dir.to_path_buf(),
+            server: Some(server),
+            rt: Some(rt),
+            _temp: None,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Graceful shutdown: listeners, then the engine (which drains the log queue).
+    /// Fails the test if it does not finish within [`SHUTDOWN_TIMEOUT`].
+    pub fn shutdown(mut self) {
+        assert!(
+            self.stop(),
+            "graceful shutdown did not finish within {SHUTDOWN_TIMEOUT:?}"
+        );
+    }
+
+    /// Leaves the server running in the background without waiting for it (for a
+    /// test that found the engine wedged and is about to fail).
+    pub fn abandon(mut self) {
+        self.server.take();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Shuts down with a time limit; false (and the server leaked) if it hung.
+    fn stop(&mut self) -> bool {
+        let (Some(server), Some(rt)) = (self.server.take(), self.rt.take()) else {
+            return true;
+        };
+        let done = rt.block_on(async {
+            tokio::time::timeout(SHUTDOWN_TIMEOUT, server.shutdown())
+                .await
+                .is_ok()
+        });
+        if done {
+            drop(rt);
+        } else {
+            rt.shutdown_background();
+        }
+        done
+    }
+}
+
+/// How long a graceful shutdown may take before the test gives up on it.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if !self.stop() {
+            eprintln!("warning: server shutdown hung; left it running in the background");
+        }
+    }
+}
+
+/// A `shopstream serve` child process (for crash tests: it can be SIGKILLed).
+pub struct ServerProcess {
+    child: Child,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+    /// `as_of` from the ready line: what the replayed log holds.
+    pub as_of: u64,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    drains: Vec<JoinHandle<()>>,
+    killed: bool,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `data_dir` with OS-chosen ports and waits for its ready
+    /// line `shopstream listening ingest=ADDR http=ADDR as_of=SEQ`.
+    pub fn spawn(data_dir: &Path) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shopstream"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--workers", "2"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SHOPSTREAM_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn shopstream serve");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut drains = Vec::new();
+        {
+            let mut pipe = child.stderr.take().expect("stderr");
+            let sink = stderr.clone();
+            drains.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().expect("poisoned").extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        let (tx, rx) = mpsc::channel();
+        {
+            let pipe = child.stdout.take().expect("stdout");
+            drains.push(std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if line.starts_with("shopstream listening") {
+                        let _ = tx.send(line);
+                    }
+                }
+            }));
+        }
+        let mut p = ServerProcess {
+            child,
+            tcp: "0.0.0.0:0".parse().expect("addr"),
+            http: "0.0.0.0:0".parse().expect("addr"),
+            as_of: 0,
+            stderr,
+            drains,
+            killed: false,
+        };
+        let line = match rx.recv_timeout(IO_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                p.kill();
+                panic!(
+                    "no ready line from shopstream serve ({e}); stderr:\n{}",
+                    p.stderr()
+                );
+            }
+        };
+        for word in line.split_whitespace() {
+            if let Some(a) = word.strip_prefix("ingest=") {
+                p.tcp = a.parse().expect("ingest address");
+            } else if let Some(a) = word.strip_prefix("http=") {
+                p.http = a.parse().expect("http address");
+            } else if let Some(s) = word.strip_prefix("as_of=") {
+                p.as_of = s.parse().expect("as_of");
+            }
+        }
+        assert_ne!(p.tcp.port(), 0, "ready line without ingest address: {line}");
+        assert_ne!(p.http.port(), 0, "ready line without http address: {line}");
+        p
+    }
+
+    /// SIGKILL, then wait for the process and for its output to be drained.
+    pub fn kill(&mut self) {
+        if self.killed {
+            return;
+        }
+        self.killed = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
+    }
+
+    /// What the process wrote to stderr so far (complete after [`kill`](Self::kill)),
+    /// without terminal colour codes.
+    pub fn stderr(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(
+            &self.stderr.lock().expect("poisoned"),
+        ))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes `ESC [ ... letter` sequences.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The values of every `key=N` field in log text.
+pub fn log_field_values(log: &str, key: &str) -> Vec<u64> {
+    let pat = format!("{key}=");
+    log.match_indices(&pat)
+        .filter_map(|(i, _)| {
+            let rest = &log[i + pat.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// The segment files (`*.log`) of a data directory, in name (epoch) order.
+pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .expect("read data dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+// --- TCP ingest --------------------------------------------------------------
+
+/// Every answer line of one TCP ingest connection, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Answers {
+    pub lines: Vec<Value>,
+}
+
+impl Answers {
+    /// The `{"error": ...}` lines.
+    pub fn errors(&self) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|v| v.get("error").is_some())
+            .collect()
+    }
+    /// The `{"ack": ...}` lines.
+    pub fn acks(&self) -> Vec<&Value> {
+        self.lines
+            .iter()
+            .filter(|v| v.get("ack").is_some())
+            .collect()
+    }
+    /// The final acknowledgement (its counts are cumulative for the connection).
+    pub fn last_ack(&self) -> &Value {
+        self.acks()
+            .last()
+            .copied()
+            .unwrap_or_else(|| panic!("no ack line; answers: {:?}", self.lines))
+    }
+    pub fn seq(&self) -> u64 {
+        self.last_ack()["ack"].as_u64().expect("ack is a number")
+    }
+    pub fn accepted(&self) -> u64 {
+        self.last_ack()["accepted"].as_u64().expect("accepted")
+    }
+    pub fn rejected(&self) -> u64 {
+        self.last_ack()["rejected"].as_u64().expect("rejected")
+    }
+    pub fn duplicates(&self) -> u64 {
+        self.last_ack()["duplicates"].as_u64().expect("duplicates")
+    }
+    /// The error line for input line `line`, if any.
+    pub fn error_for_line(&self, line: u64) -> Option<&Value> {
+        self.lines
+            .iter()
+            .find(|v| v.get("error").is_some() && v["line"].as_u64() == Some(line))
+    }
+}
+
+/// Sends `bytes` on one TCP ingest connection, shuts the write half, and reads
+/// every answer until the server closes. Reading runs beside writing, so large
+/// inputs cannot deadlock on full socket buffers.
+pub fn send_tcp(addr: SocketAddr, bytes: &[u8]) -> Answers {
+    let stream = TcpStream::connect(addr).expect("connect to ingest");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let reader = stream.try_clone().expect("clone socket");
+    let answers = std::thread::spawn(move || read_answers(reader));
+    (&stream).write_all(bytes).expect("send");
+    stream
+        .shutdown(Shutdown::Write)
+        .expect("shutdown write half");
+    answers.join().expect("answer reader")
+}
+
+/// Reads answer lines until EOF.
+pub fn read_answers(stream: TcpStream) -> Answers {
+    let mut answers = Answers::default();
+    for line in BufReader::new(stream).lines() {
+        let line = line.expect("read answer line");
+        let v = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("answer line is not JSON ({e}): {line}"));
+        answers.lines.push(v);
+    }
+    answers
+}
+
+/// NDJSON: one compact JSON message per line.
+pub fn ndjson(messages: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        serde_json::to_writer(&mut out, m).expect("json");
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Sends messages as NDJSON on one connection.
+pub fn send_messages(addr: SocketAddr, messages: &[Value]) -> Answers {
+    send_tcp(addr, &ndjson(messages))
+}
+
+/// Sends the binary magic and then `frames` (already length-prefixed) on one connection.
+pub fn send_binary(addr: SocketAddr, frames: &[Vec<u8>]) -> Answers {
+    let mut bytes = shopstream::ingest::binary::MAGIC.to_vec();
+    for f in frames {
+        bytes.extend_from_slice(f);
+    }
+    send_tcp(addr, &bytes)
+}
+
+/// A message turned into the engine's event model (for binary frames).
+pub fn event(message: &Value) -> Event {
+    let bytes = serde_json::to_vec(message).expect("json");
+    parse_message(&bytes, &ParseContext::new("USD"), None)
+        .unwrap_or_else(|e| panic!("{message} does not parse: {e}"))
+}
+
+// --- HTTP ----------------------------------------------------------------------
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(IO_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// GET returning (status, JSON body); panics if the body is not JSON.
+pub fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, text) = get_text(addr, path);
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {path}: {status} body is not JSON ({e}): {text}"));
+    (status, v)
+}
+
+/// GET returning (status, body text).
+pub fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
+    let mut resp = agent()
+        .get(&url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}"));
+    (status, text)
+}
+
+/// POST `body` as JSON, returning (status, JSON body).
+pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {
+    let url = format!("http://{addr}{path}");
+    let mut resp = agent()
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("POST {url}: reading the body: {e}"));
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("POST {path}: {status} body is not JSON ({e}): {text}"));
+    (status, v)
+}
+
+/// Sends raw bytes as one HTTP/1.1 exchange (`Connection: close` expected) and
+/// returns the status and the body of a non-chunked answer.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to http");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    // The server may answer (and close) before reading everything: ignore write errors.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// `POST /v1/batch` of `messages`.
+pub fn post_batch(addr: SocketAddr, messages: &[Value]) -> (u16, Value) {
+    let body = serde_json::to_vec(&json!({ "batch": messages })).expect("json");
+    post(addr, "/v1/batch", &body)
+}
+
+/// `GET /v1/users/{user}/profile?min_seq={min_seq}`: (status, body).
+pub fn get_profile(addr: SocketAddr, user: &str, min_seq: u64) -> (u16, Value) {
+    get_json(addr, &format!("/v1/users/{user}/profile?min_seq={min_seq}"))
+}
+
+/// The whole profile answer (`user_id`, `as_of`, `clock`, `profile`); must be 200.
+pub fn profile(addr: SocketAddr, user: &str, min_seq: u64) -> Value {
+    let (status, body) = get_profile(addr, user, min_seq);
+    assert_eq!(status, 200, "profile of {user:?}: {body}");
+    body
+}
+
+/// Asserts that a money field equals `expected` major units exactly (compared as
+/// the `f64` JSON numbers they are).
+#[track_caller]
+pub fn assert_money(v: &Value, expected: f64) {
+    let got = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("money is not a number: {v}"));
+    assert!(got == expected, "money: got {got}, expected {expected}");
+}
+
+// --- messages ----------------------------------------------------------------
+
+/// A Segment `track` message.
+pub fn track(user: &str, event: &str, ts: i64, properties: Value) -> Value {
+    json!({"type": "track", "userId": user, "event": event, "timestamp": ts, "properties": properties})
+}
+
+/// A Segment `identify` message.
+pub fn identify(user: &str, ts: i64, traits: Value) -> Value {
+    json!({"type": "identify", "userId": user, "timestamp": ts, "traits": traits})
+}
+
+/// `message` with `messageId` set.
+pub fn with_id(mut message: Value, id: &str) -> Value {
+    message["messageId"] = json!(id);
+    message
+}
+
+/// A deterministic shop workload of `n` messages over `users` users
+/// (`{prefix}-u{k}`), one every `step_ms` from [`T0`] (every 13th one is late by
+/// 10 days), with messageIds `{prefix}-{i}`. Mixes views, cart adds and removes,
+/// orders (with lines, categories and brands), refunds with and without amounts,
+/// cancellations, identifies and custom events.
+pub fn workload(n: usize, users: usize, step_ms: i64, prefix: &str) -> Vec<Value> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |m: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % m
+    };
+    let mut last_order: std::collections::HashMap<usize, String> = Default::default();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let u = next(users as u64) as usize;
+        let user = format!("{prefix}-u{u}");
+        let mut ts = T0 + i as i64 * step_ms;
+        if i % 13 == 12 {
+            ts -= 10 * DAY;
+        }
+        let item = next(20);
+        let product = json!({"product_id": format!("p{item}"), "category": format!("c{}", item % 5),
+            "brand": format!("b{}", item % 3), "price": (item * 137 % 5000) as f64 / 100.0,
+            "quantity": 1 + next(3)});
+        let msg = match next(20) {
+            0..=6 => track(&user, "Product Viewed", ts, product),
+            7..=9 => track(&user, "Product Added", ts, product),
+            10 => track(&user, "Product Removed", ts, product),
+            11..=13 => {
+                let order = format!("{prefix}-o{i}");
+                last_order.insert(u, order.clone());
+                track(
+                    &user,
+                    "Order Completed",
+                    ts,
+                    json!({"order_id": order, "products": [product]}),
+                )
+            }
+            14 => match last_order.get(&u) {
+                Some(o) => track(&user, "Order Refunded", ts, json!({"order_id": o})),
+                None => track(&user, "Order Refunded", ts, json!({"revenue": 1.5})),
+            },
+            15 => match last_order.get(&u) {
+                Some(o) => track(
+                    &user,
+                    "Order Refunded",
+                    ts,
+                    json!({"order_id": o, "revenue": 0.25}),
+                ),
+                None => track(&user, "Coupon Applied", ts, json!({})),
+            },
+            16 => match last_order.get(&u) {
+                Some(o) => track(&user, "Order Cancelled", ts, json!({"order_id": o})),
+                None => track(&user, "Coupon Applied", ts, json!({})),
+            },
+            17 => {
+                let plan = ["free", "pro", "team"][next(3) as usize];
+                identify(&user, ts, json!({"plan": plan, "n": i}))
+            }
+            18 => track(&user, "Coupon Applied", ts, json!({"coupon": "X"})),
+            _ => track(
+                &user,
+                "view_item",
+                ts,
+                json!({"item_id": format!("p{item}"),
+                "item_category": format!("c{}", item % 5), "price": 3}),
+            ),
+        };
+        out.push(with_id(msg, &format!("{prefix}-{i}")));
+    }
+    out
+}
+
+/// The distinct users of a workload, in first-seen order.
+pub fn users_of(messages: &[Value]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for m in messages {
+        let u = m["userId"].as_str().expect("userId").to_owned();
+        if seen.insert(u.clone()) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+/// Every user's profile answer (status and body) at `min_seq`, keyed by user.
+pub fn all_profiles(addr: SocketAddr, users: &[String], min_seq: u64) -> Vec<(String, u16, Value)> {
+    users
+        .iter()
+        .map(|u| {
+            let (status, body) = get_profile(addr, u, min_seq);
+            (u.clone(), status, body)
+        })
+        .collect()
+}
