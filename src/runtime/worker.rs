@@ -63,6 +63,11 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
     loop {
         let mut fed = 0;
         while fed < FEED_PER_TURN {
+            // Reads are at epochs already complete, so they can be answered at any
+            // point of the loop: answer them between epochs rather than after a burst.
+            while let Ok(request) = ctx.requests.try_recv() {
+                serve(request, &mut traces);
+            }
             match ctx.epochs.try_recv() {
                 Ok(epoch) => {
                     feed(
