@@ -48,11 +48,12 @@ pub struct SendReport {
 
 /// Streams `path` to the TCP ingest at `addr`: an NDJSON file as is, a file that
 /// starts with the binary magic as is, or (with `binary`) NDJSON converted to
-/// bincode frames on the client. Waits for the server's final acknowledgement.
+/// bincode frames on the client, validated with that context (its reporting
+/// currency and rates must be the server's). Waits for the final acknowledgement.
 pub fn send(
     path: &Path,
     addr: SocketAddr,
-    binary: bool,
+    binary: Option<&ParseContext>,
     progress: bool,
 ) -> Result<SendReport, ClientError> {
     let file = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
@@ -81,9 +82,8 @@ pub fn send(
         .fill_buf()
         .map(|b| b.starts_with(MAGIC))
         .unwrap_or(false);
-    if binary && !starts_binary {
+    if let Some(ctx) = binary.filter(|_| !starts_binary) {
         out.write_all(MAGIC).map_err(io("send"))?;
-        let ctx = ParseContext::new("USD");
         let mut batch = Vec::with_capacity(1024);
         let mut line = Vec::new();
         loop {
@@ -98,7 +98,7 @@ pub fn send(
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             // Lines the client cannot parse are sent as-is by the text protocol
             // only; in binary mode they are reported here and skipped.
-            match parse_message(text, &ctx, None) {
+            match parse_message(text, ctx, None) {
                 Ok(ev) => batch.push(ev),
                 Err(e) => eprintln!("skipped a line: {e}"),
             }

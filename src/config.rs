@@ -53,6 +53,7 @@ pub struct RawIngest {
     pub max_connections: usize,
     pub queue_depth: usize,
     pub max_future_skew_s: u64,
+    pub idle_timeout_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -61,6 +62,7 @@ pub struct RawHttp {
     pub addr: String,
     pub min_seq_timeout_ms: u64,
     pub max_pending_reads: usize,
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -103,6 +105,7 @@ impl Default for RawIngest {
             max_connections: 1024,
             queue_depth: 256,
             max_future_skew_s: 86_400,
+            idle_timeout_s: 300,
         }
     }
 }
@@ -112,6 +115,7 @@ impl Default for RawHttp {
             addr: "127.0.0.1:7401".into(),
             min_seq_timeout_ms: 5_000,
             max_pending_reads: 4_096,
+            max_concurrent_requests: 1_024,
         }
     }
 }
@@ -149,8 +153,10 @@ pub struct Config {
     pub max_connections: usize,
     pub queue_depth: usize,
     pub max_future_skew: Duration,
+    pub idle_timeout: Duration,
     pub min_seq_timeout: Duration,
     pub max_pending_reads: usize,
+    pub max_concurrent_requests: usize,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
@@ -205,6 +211,11 @@ impl RawConfig {
         positive("ingest.max_connections", i.max_connections as u64)?;
         positive("ingest.queue_depth", i.queue_depth as u64)?;
         positive("http.max_pending_reads", h.max_pending_reads as u64)?;
+        positive(
+            "http.max_concurrent_requests",
+            h.max_concurrent_requests as u64,
+        )?;
+        positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
         positive("log.segment_mb", l.segment_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
         positive("engine.clock_tick_ms", e.clock_tick_ms)?;
@@ -238,8 +249,10 @@ impl RawConfig {
             max_connections: i.max_connections,
             queue_depth: i.queue_depth,
             max_future_skew: Duration::from_secs(i.max_future_skew_s),
+            idle_timeout: Duration::from_secs(i.idle_timeout_s),
             min_seq_timeout: Duration::from_millis(h.min_seq_timeout_ms),
             max_pending_reads: h.max_pending_reads,
+            max_concurrent_requests: h.max_concurrent_requests,
             data_dir: l.data_dir,
             fsync: l.fsync,
             fsync_interval: Duration::from_millis(l.fsync_interval_ms),

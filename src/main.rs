@@ -69,6 +69,9 @@ enum Command {
         /// Convert NDJSON to bincode frames on the client.
         #[arg(long)]
         binary: bool,
+        /// With --binary: the server's reporting currency (amounts are converted on the client).
+        #[arg(long, default_value = "USD")]
+        currency: String,
         /// Also wait until the views include the last event (needs the HTTP address).
         #[arg(long)]
         wait_visible: Option<SocketAddr>,
@@ -285,9 +288,16 @@ fn main() -> anyhow::Result<()> {
             file,
             addr,
             binary,
+            currency,
             wait_visible,
         } => {
-            let report = client::send(&file, addr, binary, std::io::stderr().is_terminal())?;
+            let ctx = shopstream::event::ParseContext::new(&currency);
+            let report = client::send(
+                &file,
+                addr,
+                binary.then_some(&ctx),
+                std::io::stderr().is_terminal(),
+            )?;
             for e in &report.errors {
                 eprintln!("{e}");
             }

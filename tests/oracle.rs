@@ -153,6 +153,7 @@ fn event(op: &Op, n: usize, ts: i64, ids: &[u64]) -> Event {
 fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> {
     #[derive(Default)]
     struct Order {
+        ts: i64,
         amount: i64,
         items: i64,
         refunded: i64,
@@ -184,6 +185,7 @@ fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> 
                 }
             }
             let mut w = WindowCounts::default();
+            let mut window_ts = e.ts;
             match e.kind {
                 Kind::ProductViewed => w.views = 1,
                 Kind::ProductAdded => {
@@ -212,6 +214,7 @@ fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> 
                     orders.insert(
                         id,
                         Order {
+                            ts: e.ts,
                             amount: e.revenue,
                             items,
                             ..Order::default()
@@ -244,6 +247,8 @@ fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> 
                         Some(o) if !o.cancelled => {
                             o.cancelled = true;
                             let remaining = (o.amount - o.refunded).max(0);
+                            o.refunded = o.amount;
+                            window_ts = o.ts;
                             life.orders -= 1;
                             life.items -= o.items;
                             life.revenue -= remaining;
@@ -272,10 +277,10 @@ fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRead> 
                 }
                 _ => {}
             }
-            if e.ts + WINDOW_7D > clock {
+            if window_ts + WINDOW_7D > clock {
                 add(&mut windows.d7, &w);
             }
-            if e.ts + WINDOW_30D > clock {
+            if window_ts + WINDOW_30D > clock {
                 add(&mut windows.d30, &w);
             }
         }

@@ -1430,3 +1430,164 @@ fn regression_quantity_sum_overflow_in_one_order_killed_a_worker() {
         json!({"order_id": "o", "products": [{"product_id": "a", "quantity": q}, {"product_id": "b", "quantity": q}]}),
     )]);
 }
+
+// --- regressions from review ------------------------------------------------------
+
+/// Regression: a partial line longer than the reader's 256 KiB chunk (allowed by a
+/// larger `max_line_bytes`) made the connection task spin without reading, hanging
+/// the server.
+#[test]
+fn regression_line_longer_than_the_read_chunk_spun_forever() {
+    let server = TestServer::start_with(|c| c.max_line_bytes = 1 << 20);
+    let big = "x".repeat(300 * 1024);
+    let line = ndjson(&[track("long", "Custom Thing", T0, json!({ "blob": big }))]);
+    let mut stream = TcpStream::connect(server.tcp).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let (head, tail) = line.split_at(line.len() / 2);
+    stream.write_all(head).expect("first half");
+    stream.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stream.write_all(tail).expect("second half");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let answers = read_answers(stream);
+    assert_eq!(
+        (answers.accepted(), answers.rejected()),
+        (1, 0),
+        "{:?}",
+        answers.lines
+    );
+    let (status, _) = get_json(server.http, "/healthz");
+    assert_eq!(status, 200);
+    server.shutdown();
+}
+
+/// Regression: a line of exactly `max_line_bytes` ending in CRLF was refused when
+/// the `\r` and the `\n` arrived in different reads.
+#[test]
+fn regression_crlf_line_at_the_limit_split_across_reads_was_refused() {
+    let message = ndjson(&[track("crlf", "Custom Thing", T0, json!({}))]);
+    let body = &message[..message.len() - 1];
+    let limit = body.len();
+    let server = TestServer::start_with(|c| c.max_line_bytes = limit);
+    let mut stream = TcpStream::connect(server.tcp).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    stream.write_all(body).expect("line");
+    stream.write_all(b"\r").expect("cr");
+    stream.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    stream.write_all(b"\n").expect("lf");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let answers = read_answers(stream);
+    assert_eq!(
+        (answers.accepted(), answers.rejected()),
+        (1, 0),
+        "{:?}",
+        answers.lines
+    );
+    server.shutdown();
+}
+
+/// Regression: a timestamp near `i64::MIN` was accepted and made every read of the
+/// user panic on `clock - last_order_at`.
+#[test]
+fn regression_ancient_timestamp_overflowed_recency() {
+    let server = TestServer::start();
+    let messages = [
+        json!({"type": "track", "userId": "old", "event": "Order Completed",
+               "timestamp": -9_223_372_036_854_775_000i64, "properties": {"revenue": 1}}),
+        track(
+            "old",
+            "Order Completed",
+            T0,
+            json!({"order_id": "o1", "revenue": 5}),
+        ),
+    ];
+    let answers = send_messages(server.tcp, &messages);
+    assert_eq!(
+        (answers.accepted(), answers.rejected()),
+        (1, 1),
+        "{:?}",
+        answers.lines
+    );
+    let reason = answers.error_for_line(1).expect("line 1 refused")["error"].to_string();
+    assert!(reason.contains("before 1970"), "{reason}");
+    let p = profile(server.http, "old", answers.seq());
+    assert_eq!(p["profile"]["orders"], 1);
+    server.shutdown();
+}
+
+/// Regression: cancelling an order and then refunding it without an amount took
+/// the order's money back twice.
+#[test]
+fn regression_refund_after_cancel_took_the_money_back_twice() {
+    let server = TestServer::start();
+    let messages = [
+        track(
+            "c",
+            "Order Completed",
+            T0,
+            json!({"order_id": "o1", "revenue": 100}),
+        ),
+        track(
+            "c",
+            "Order Cancelled",
+            T0 + SECOND,
+            json!({"order_id": "o1"}),
+        ),
+        track(
+            "c",
+            "Order Refunded",
+            T0 + 2 * SECOND,
+            json!({"order_id": "o1"}),
+        ),
+    ];
+    let answers = send_messages(server.tcp, &messages);
+    let p = &profile(server.http, "c", answers.seq())["profile"];
+    assert_money(&p["revenue"], 0.0);
+    assert_eq!(p["orders"], 0);
+    assert_eq!(p["windows"]["7d"]["orders"], 0);
+    assert_money(&p["windows"]["7d"]["revenue"], 0.0);
+    server.shutdown();
+}
+
+/// Over `max_connections`, a connection gets one fatal error line and is closed;
+/// an idle connection is told why and closed after `idle_timeout`.
+#[test]
+fn connection_limit_and_idle_timeout_answer_with_a_reason() {
+    let server = TestServer::start_with(|c| {
+        c.max_connections = 1;
+        c.idle_timeout = std::time::Duration::from_secs(1);
+    });
+    let first = TcpStream::connect(server.tcp).expect("first");
+    first.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let second = TcpStream::connect(server.tcp).expect("second");
+    second.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let refused = read_answers(second);
+    assert_eq!(refused.lines.len(), 1, "{:?}", refused.lines);
+    assert_eq!(refused.lines[0]["fatal"], true);
+    assert!(refused.lines[0]["error"]
+        .to_string()
+        .contains("max_connections"));
+    // The first one sends nothing: after the idle timeout it is told and closed.
+    let idle = read_answers(first);
+    assert_eq!(idle.lines.len(), 1, "{:?}", idle.lines);
+    assert!(idle.lines[0]["error"].to_string().contains("idle_timeout"));
+    // And its slot is free again.
+    let ok = send_messages(server.tcp, &[track("after", "Custom Thing", T0, json!({}))]);
+    assert_eq!(ok.accepted(), 1);
+    server.shutdown();
+}
+
+/// Every HTTP error is JSON, wrong methods included.
+#[test]
+fn wrong_method_is_a_json_405() {
+    let server = TestServer::start();
+    let (status, body) = post(server.http, "/v1/users/x/profile", b"{}");
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    server.shutdown();
+}

@@ -76,6 +76,12 @@ impl Validator {
     /// JSON parser enforces, plus the clock-skew limit.
     pub fn check(&self, ev: &Event) -> Result<(), Refusal> {
         let refuse = |code, reason: String| Err(Refusal { reason, code });
+        if ev.ts < 0 {
+            return refuse(
+                "bad_timestamp",
+                format!("timestamp: {} ms is before 1970-01-01", ev.ts),
+            );
+        }
         if ev.ts > self.ctx.now_ms.saturating_add(self.max_future_ms) {
             return refuse(
                 "future_timestamp",

@@ -27,8 +27,12 @@ use super::binary;
 use super::{count_refusal, Refusal, Validator};
 use crate::runtime::{Engine, EngineError, SubmitAck};
 
-/// Batches a connection may have waiting for the log.
+/// Batches a connection may have waiting for the log (or for the client to read
+/// their answers).
 pub const IN_FLIGHT: usize = 16;
+/// Most refusals one batch carries: with [`IN_FLIGHT`], bounds the answers a
+/// connection holds for a client that sends bad lines and never reads.
+pub const MAX_REJECTS_PER_BATCH: usize = 256;
 const READ_CHUNK: usize = 256 * 1024;
 
 /// Accepts connections until `shutdown` fires. Beyond `ingest.max_connections` open
@@ -85,6 +89,8 @@ pub(crate) enum Origin {
 /// One batch's answer, in the order the batches were read.
 pub(crate) struct Pending {
     pub rejects: Vec<(Origin, Refusal)>,
+    /// Set when the connection must end: the reason, written as the last line.
+    pub fatal: Option<String>,
     pub ack: Option<oneshot::Receiver<Result<SubmitAck, EngineError>>>,
 }
 
@@ -94,8 +100,21 @@ async fn handle(socket: TcpStream, engine: Arc<Engine>) -> std::io::Result<()> {
     let writer = tokio::spawn(write_answers(wr, rx));
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // Sniff the framing from the first bytes.
+    let idle = engine.config.idle_timeout;
     while buf.len() < binary::MAGIC.len() {
-        let n = rd.read_buf(&mut buf).await?;
+        let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+            Ok(n) => n?,
+            Err(_) => {
+                fail(
+                    &tx,
+                    format!("no data for {} s (ingest.idle_timeout_s)", idle.as_secs()),
+                )
+                .await;
+                drop(tx);
+                let _ = writer.await;
+                return Ok(());
+            }
+        };
         if n == 0 {
             break;
         }
@@ -123,15 +142,26 @@ async fn read_lines(
 ) -> std::io::Result<()> {
     let mut validator = Validator::new(&engine.config);
     let max_line = validator.max_line_bytes();
+    let idle = engine.config.idle_timeout;
     let mut line_no: u64 = 0;
     // Set while discarding the rest of an over-long line.
     let mut skipping = false;
     let mut eof = false;
     loop {
-        if !eof && buf.len() < READ_CHUNK {
+        // After the lines are taken, the buffer holds at most one partial line
+        // (at most `max_line` bytes), so it always needs more input.
+        if !eof {
             buf.reserve(READ_CHUNK);
-            if rd.read_buf(&mut buf).await? == 0 {
-                eof = true;
+            match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => eof = true,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let reason =
+                        format!("no data for {} s (ingest.idle_timeout_s)", idle.as_secs());
+                    fail(tx, reason.clone()).await;
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason));
+                }
             }
         }
         validator.tick();
@@ -146,9 +176,22 @@ async fn read_lines(
                 continue;
             }
             take_line(line, &mut line_no, &validator, &mut events, &mut rejects);
+            if rejects.len() >= MAX_REJECTS_PER_BATCH {
+                // Answers wait in memory until the client reads them: bound them,
+                // and stop reading while the client does not.
+                submit(
+                    engine,
+                    tx,
+                    std::mem::take(&mut events),
+                    std::mem::take(&mut rejects),
+                )
+                .await?;
+            }
         }
         buf.drain(..start);
-        if !skipping && buf.len() > max_line {
+        // A trailing `\r` belongs to the line ending, not to the line.
+        let partial = buf.len() - usize::from(buf.last() == Some(&b'\r'));
+        if !skipping && partial > max_line {
             // No newline within the limit: refuse the line now, drop bytes until its end.
             line_no += 1;
             rejects.push((
@@ -172,6 +215,17 @@ async fn read_lines(
             return Ok(());
         }
     }
+}
+
+/// Tells the client why the connection ends, as the last answer line.
+pub(crate) async fn fail(tx: &mpsc::Sender<Pending>, reason: String) {
+    let _ = tx
+        .send(Pending {
+            rejects: Vec::new(),
+            ack: None,
+            fatal: Some(reason),
+        })
+        .await;
 }
 
 fn take_line(
@@ -209,17 +263,30 @@ pub(crate) async fn submit(
     for (_, r) in &rejects {
         count_refusal(r);
     }
+    let mut fatal = None;
     let ack = if events.is_empty() {
         None
     } else {
         match engine.enqueue(events).await {
             Ok(rx) => Some(rx),
-            Err(e) => return Err(std::io::Error::other(e.to_string())),
+            Err(e) => {
+                fatal = Some(e.to_string());
+                None
+            }
         }
     };
-    tx.send(Pending { rejects, ack })
-        .await
-        .map_err(|_| std::io::Error::other("connection writer stopped"))
+    let stop = fatal.clone();
+    tx.send(Pending {
+        rejects,
+        ack,
+        fatal,
+    })
+    .await
+    .map_err(|_| std::io::Error::other("connection writer stopped"))?;
+    match stop {
+        Some(reason) => Err(std::io::Error::other(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Writes error and ack lines in batch order.
@@ -245,7 +312,15 @@ async fn write_answers(
             out.write_all(&line).await?;
         }
         rejected += p.rejects.len() as u64;
+        if let Some(reason) = p.fatal {
+            let v = serde_json::json!({"error": reason, "fatal": true});
+            out.write_all(format!("{v}\n").as_bytes()).await?;
+            out.flush().await?;
+            return Err(std::io::Error::other(reason));
+        }
         if let Some(ack) = p.ack {
+            // Earlier answers go out before waiting on this batch's sync.
+            out.flush().await?;
             match ack.await {
                 Ok(Ok(a)) => {
                     seq = seq.max(a.last_seq);
@@ -266,9 +341,7 @@ async fn write_answers(
         serde_json::to_writer(&mut line, &v).expect("json");
         line.push(b'\n');
         out.write_all(&line).await?;
-        if rx.is_empty() {
-            out.flush().await?;
-        }
+        out.flush().await?;
     }
     out.flush().await?;
     out.into_inner().shutdown().await

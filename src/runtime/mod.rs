@@ -120,8 +120,8 @@ pub(crate) struct Shared {
     /// False once the log failed: no more events are accepted.
     pub(crate) healthy: AtomicBool,
     /// Set when a worker thread panicked: the views stop advancing, so no more
-    /// events are accepted, reads of completed epochs still work, and shutdown does
-    /// not wait for epochs that can no longer complete.
+    /// events are accepted, reads answer "unavailable", and shutdown does not wait
+    /// for epochs that can no longer complete.
     pub(crate) worker_failed: AtomicBool,
 }
 
@@ -362,6 +362,11 @@ impl Engine {
 
     /// As [`submit`](Self::submit), but answers `Overloaded` at once when the queue is full.
     pub async fn try_submit(&self, events: Vec<Event>) -> Result<SubmitAck, EngineError> {
+        if !self.healthy() {
+            return Err(EngineError::Unavailable(
+                "the engine stopped accepting events after a failure; see the server log".into(),
+            ));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit
             .try_send(sequencer::Submit { events, reply: tx })
@@ -397,13 +402,14 @@ impl Engine {
         user: &str,
         min_seq: Option<u64>,
     ) -> Result<ProfileRead, EngineError> {
-        if let Some(seq) = min_seq {
-            self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
-        }
+        // Reads waiting on `min_seq` count against the limit too.
         let _permit = self
             .read_permits
             .try_acquire()
             .map_err(|_| EngineError::Overloaded(self.max_pending_reads))?;
+        if let Some(seq) = min_seq {
+            self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
+        }
         let (as_of, pin) = self.pin();
         let Some(pin) = pin else {
             return Ok(ProfileRead {

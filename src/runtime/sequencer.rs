@@ -107,9 +107,9 @@ impl Sequencer {
                     Ok(()) | Err(flume::SendTimeoutError::Disconnected(_)) => break,
                     Err(flume::SendTimeoutError::Timeout(e)) => {
                         // A failed worker may stall the others: do not wait forever.
-                        if self.shared.worker_failed.load(Ordering::Relaxed)
-                            || self.shared.shutdown.load(Ordering::Relaxed)
-                        {
+                        // (A live worker always drains its queue, even at shutdown,
+                        // so it never misses an epoch.)
+                        if self.shared.worker_failed.load(Ordering::Relaxed) {
                             break;
                         }
                         next = e;
@@ -175,6 +175,28 @@ impl Sequencer {
         }
     }
 
+    /// With `fsync = "interval"`, syncs what was written and not yet synced once the
+    /// interval has passed, even when no new record comes to trigger it.
+    fn sync_idle(&mut self) {
+        if self.config.fsync != log::FsyncPolicy::Interval {
+            return;
+        }
+        if let Some(w) = self.writer.as_mut() {
+            if w.durable_next_seq() < w.next_seq() || w.durable_next_epoch() < w.next_epoch() {
+                match w.sync() {
+                    Ok(d) => {
+                        metrics::histogram!("shopstream_log_fsync_seconds").record(d.as_secs_f64())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "log sync failed; refusing further events");
+                        self.shared.healthy.store(false, Ordering::SeqCst);
+                        self.writer = None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes one record (an epoch) unless there is nothing new: no events and no clock move.
     fn write(&mut self, events: Vec<Event>) -> Result<Option<Epoch>, LogError> {
         let before = self.clock;
@@ -182,9 +204,7 @@ impl Sequencer {
         if events.is_empty() && self.clock == before {
             return Ok(None);
         }
-        let Some(writer) = self.writer.as_mut() else {
-            return Ok(None);
-        };
+        let writer = self.writer.as_mut().ok_or(LogError::Poisoned)?;
         let header = RecordHeader {
             epoch: self.next_epoch,
             first_seq: self.next_seq,
@@ -278,10 +298,13 @@ pub(super) fn run(
         }
     }
 
-    let tick = match seq.config.clock {
+    let mut tick = match seq.config.clock {
         ClockMode::Wall => seq.config.clock_tick,
         ClockMode::Event => Duration::from_millis(100),
     };
+    if seq.config.fsync == log::FsyncPolicy::Interval {
+        tick = tick.min(seq.config.fsync_interval.max(Duration::from_millis(1)));
+    }
     let max_events = seq.config.max_record_events;
     loop {
         if seq.shared.shutdown.load(Ordering::SeqCst) && submissions.is_empty() {
@@ -290,6 +313,7 @@ pub(super) fn run(
         let first = match submissions.recv_timeout(tick) {
             Ok(s) => s,
             Err(flume::RecvTimeoutError::Timeout) => {
+                seq.sync_idle();
                 if seq.config.clock == ClockMode::Wall
                     && seq.writer.is_some()
                     && seq.last_record.elapsed() >= tick

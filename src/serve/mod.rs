@@ -106,8 +106,41 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// Caps requests in flight (`http.max_concurrent_requests`); beyond it, 503 at
+/// once, so a flood of slow requests cannot hold unbounded bodies in memory.
+async fn limit_concurrency(
+    State(permits): State<Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded: too many HTTP requests in flight (http.max_concurrent_requests)",
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
 /// The HTTP API: ingest, queries, health and metrics.
 pub fn router(engine: Arc<Engine>) -> Router {
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        engine.config.max_concurrent_requests,
+    ));
     Router::new()
         .route("/v1/batch", post(ingest::http::batch))
         .route("/v1/track", post(ingest::http::track))
@@ -116,7 +149,12 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Bodies are limited by the ingest handlers themselves, with a JSON 413.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            permits,
+            limit_concurrency,
+        ))
         .with_state(engine)
 }

@@ -129,7 +129,7 @@ pub fn render(read: &ProfileRead, symbols: &Symbols, digits: u32) -> Option<Valu
     };
     let rfm = match read.rfm_ranks {
         Some([r, f, m]) => json!({
-            "recency_days": (read.as_of.clock - l.last_order_at).max(0) / DAY_MS,
+            "recency_days": read.as_of.clock.saturating_sub(l.last_order_at).max(0) / DAY_MS,
             "frequency": l.orders,
             "monetary": money(l.revenue, digits),
             "r_score": r.score(),
