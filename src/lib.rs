@@ -17,10 +17,12 @@
 //! * [`server`]: start and stop everything with one signal.
 //! * [`symbols`]: the reverse map of interned ids, for answers.
 //! * [`client`]: the `send` and `query` commands, and the demo workload.
+//! * [`gen`]: the deterministic workload generator (`shopstream gen`).
 
 pub mod client;
 pub mod config;
 pub mod event;
+pub mod gen;
 pub mod ingest;
 pub mod log;
 pub mod runtime;

@@ -76,6 +76,21 @@ enum Command {
         #[arg(long)]
         wait_visible: Option<SocketAddr>,
     },
+    /// Write a deterministic, seeded shop workload (NDJSON or binary frames) to a
+    /// file, to stdout, or straight to a server.
+    Gen {
+        #[command(flatten)]
+        options: shopstream::gen::GenOptions,
+        /// Output file; `-` is stdout.
+        #[arg(long, short = 'o', default_value = "-")]
+        out: PathBuf,
+        /// Bincode frames instead of NDJSON.
+        #[arg(long)]
+        binary: bool,
+        /// Stream to this TCP ingest address instead, and wait for the final ack.
+        #[arg(long)]
+        to: Option<SocketAddr>,
+    },
     /// Query the server.
     Query {
         #[command(subcommand)]
@@ -263,6 +278,53 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
     Ok(())
 }
 
+fn gen(
+    options: &shopstream::gen::GenOptions,
+    out: &std::path::Path,
+    binary: bool,
+    to: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let n = match to {
+        Some(addr) => {
+            let stream = std::net::TcpStream::connect(addr)
+                .with_context(|| format!("connecting to {addr}"))?;
+            let reader = stream.try_clone()?;
+            let acks = std::thread::spawn(move || {
+                use std::io::BufRead;
+                std::io::BufReader::new(reader)
+                    .lines()
+                    .map_while(Result::ok)
+                    .last()
+            });
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &stream);
+            let n = shopstream::gen::write_all(options, binary, &mut w)?;
+            drop(w);
+            stream.shutdown(std::net::Shutdown::Write)?;
+            let last = acks.join().ok().flatten().unwrap_or_default();
+            eprintln!("final answer: {last}");
+            n
+        }
+        None if out.as_os_str() == "-" => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            shopstream::gen::write_all(options, binary, &mut w)?
+        }
+        None => {
+            let file = std::fs::File::create(out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            shopstream::gen::write_all(options, binary, &mut w)?
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "generated {n} events in {secs:.3} s = {:.0} events/s",
+        n as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -318,6 +380,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Gen {
+            options,
+            out,
+            binary,
+            to,
+        } => gen(&options, &out, binary, to),
         Command::Query {
             what: Query::User { id, min_seq },
             addr,
