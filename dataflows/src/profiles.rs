@@ -46,12 +46,15 @@ use std::collections::{BinaryHeap, HashMap};
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use differential_dataflow::input::InputSession;
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::{KeyBatcher, ValBatcher, ValBuilder};
 use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 use timely::progress::frontier::{Antichain, AntichainRef};
@@ -237,8 +240,8 @@ pub const RFM_RECENCY: u8 = 0;
 pub const RFM_FREQUENCY: u8 = 1;
 pub const RFM_MONETARY: u8 = 2;
 
-/// A key of the RFM histogram: `(dimension, bucket)`.
-pub type RfmKey = (u8, i64);
+/// A key of the RFM histogram: `(worker holding this copy, dimension, bucket)`.
+pub type RfmKey = (u32, u8, i64);
 
 /// The RFM buckets of a user with orders, `None` without.
 ///
@@ -314,31 +317,108 @@ pub struct ProfileArrangements<'scope> {
 
 /// The profile view: arrange each input where its differences accumulate, and
 /// derive the RFM histogram from order totals.
+///
+/// Every input is keyed by user and arrives at the worker that owns the user
+/// ([`owner`]), because the feeder is per user (its order book and window schedule
+/// are). So the per-user arrangements are built where the data already is, with no
+/// exchange at all, and a user's whole profile lives on one worker: a read asks that
+/// worker only. The RFM histogram is the one piece that spans users; its (small,
+/// order-driven) changes are replicated to every worker, so that the owner can rank
+/// a user without asking the others.
 pub fn profiles<'scope>(c: ProfileCollections<'scope>) -> ProfileArrangements<'scope> {
     ProfileArrangements {
-        lifetime: c.lifetime.arrange_by_self_named("Profiles: lifetime"),
-        windows: c.windows.arrange_by_self_named("Profiles: windows"),
-        facets: c.facets.arrange_by_key_named("Profiles: facets"),
-        traits: c.traits.arrange_by_key_named("Profiles: traits"),
+        lifetime: arrange_local_by_self(c.lifetime, "Profiles: lifetime"),
+        windows: arrange_local_by_self(c.windows, "Profiles: windows"),
+        facets: arrange_local_by_key(c.facets, "Profiles: facets"),
+        traits: arrange_local_by_key(c.traits, "Profiles: traits"),
         rfm: rfm_histogram(c.orders),
     }
 }
 
-/// Counts users per `(dimension, bucket)`: a user's buckets move when they order,
-/// so the old ones are retracted by a per-user reduction.
+/// The worker that owns `user` out of `peers`: the feeder sends a user's events
+/// there, and its arrangements hold the user's profile.
+pub fn owner(user: UserId, peers: usize) -> usize {
+    (user % peers as u64) as usize
+}
+
+/// Arranges a user-keyed collection on the worker it is on (see [`profiles`]).
+fn arrange_local_by_self<'scope, R>(
+    c: VecCollection<'scope, Time, UserId, R>,
+    name: &str,
+) -> Arranged<'scope, UserKeyTrace<R>>
+where
+    R: differential_dataflow::ExchangeData + Semigroup,
+{
+    arrange_core::<_, _, KeyBatcher<UserId, Time, R>, KeySpine<UserId, Time, R>>(
+        c.map(|k| (k, ())).inner,
+        Pipeline,
+        name,
+        KeyBatcher::new,
+    )
+}
+
+/// Arranges a `(user, value)` collection by user on the worker it is on.
+fn arrange_local_by_key<'scope, V, R>(
+    c: VecCollection<'scope, Time, (UserId, V), R>,
+    name: &str,
+) -> Arranged<'scope, UserValTrace<V, R>>
+where
+    V: differential_dataflow::ExchangeData,
+    R: differential_dataflow::ExchangeData + Semigroup,
+{
+    arrange_core::<_, _, ValBatcher<UserId, V, Time, R>, ValSpine<UserId, V, Time, R>>(
+        c.inner,
+        Pipeline,
+        name,
+        ValBatcher::new,
+    )
+}
+
+/// Counts users per `(dimension, bucket)`, replicated on every worker as keys
+/// `(worker, dimension, bucket)`: a user's buckets move when they order, so the old
+/// ones are retracted by a per-user reduction, and each change goes to every worker.
 fn rfm_histogram<'scope>(
     orders: VecCollection<'scope, Time, UserId, Lifetime>,
 ) -> Arranged<'scope, KeyTrace<RfmKey>> {
-    orders
-        .map(|user| (user, ()))
-        .reduce_named("Profiles: RFM buckets", |_user, input, output| {
-            if let Some(b) = rfm_buckets(&input[0].1) {
-                output.push((b, 1i64));
-            }
+    let peers = orders.inner.scope().peers() as u32;
+    arrange_local_by_self(orders, "Profiles: order totals")
+        .reduce_abelian::<_, ValBuilder<UserId, [i64; 3], Time, Diff>, ValSpine<UserId, [i64; 3], Time, Diff>, _, _>(
+            "Profiles: RFM buckets",
+            |_user, input, output| {
+                if let Some(b) = rfm_buckets(&input[0].1) {
+                    output.push((b, 1));
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        )
+        .as_collection(|_user, b| *b)
+        .flat_map(move |[r, f, m]| {
+            (0..peers).flat_map(move |w| {
+                [(w, RFM_RECENCY, r), (w, RFM_FREQUENCY, f), (w, RFM_MONETARY, m)]
+            })
         })
-        .flat_map(|(_user, [r, f, m])| [(RFM_RECENCY, r), (RFM_FREQUENCY, f), (RFM_MONETARY, m)])
-        .arrange_by_self_named("Profiles: RFM histogram")
+        .map(|k| (k, ()))
+        .inner
+        .pipe(|stream| {
+            arrange_core::<_, _, KeyBatcher<RfmKey, Time, Diff>, KeySpine<RfmKey, Time, Diff>>(
+                stream,
+                Exchange::new(|update: &((RfmKey, ()), Time, Diff)| u64::from((update.0).0 .0)),
+                "Profiles: RFM histogram",
+                KeyBatcher::new,
+            )
+        })
 }
+
+/// Method-call syntax for a function of a value (keeps the operator chain readable).
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<S> Pipe for S {}
 
 /// Input handles of the profile view, fed by [`ProfileFeeder`].
 pub struct ProfileInputs {
@@ -734,17 +814,18 @@ impl ProfileTraces {
         p
     }
 
-    /// For each dimension `d` and bucket `b` in `buckets`, how the users this worker
-    /// counts in dimension `d` stand against `b`.
-    pub fn read_rfm_ranks(&mut self, buckets: [i64; 3], as_of: Time) -> [Rank; 3] {
+    /// For each dimension `d` and bucket `b` in `buckets`, how all users with orders
+    /// stand against `b` in dimension `d`, from this worker's copy of the histogram.
+    pub fn read_rfm_ranks(&mut self, worker: usize, buckets: [i64; 3], as_of: Time) -> [Rank; 3] {
+        let me = worker as u32;
         let mut out = [Rank::default(); 3];
         let (mut cursor, storage) = cursor_at(&mut self.rfm);
         for (dim, bucket) in buckets.iter().enumerate() {
             let dim = dim as u8;
             cursor.rewind_keys(&storage);
-            cursor.seek_key(&storage, &(dim, i64::MIN));
+            cursor.seek_key(&storage, &(me, dim, i64::MIN));
             while let Some(key) = cursor.get_key(&storage) {
-                if key.0 != dim {
+                if key.0 != me || key.1 != dim {
                     break;
                 }
                 let mut n = 0;
@@ -755,7 +836,7 @@ impl ProfileTraces {
                 });
                 let rank = &mut out[dim as usize];
                 rank.total += n;
-                match key.1.cmp(bucket) {
+                match key.2.cmp(bucket) {
                     std::cmp::Ordering::Less => rank.below += n,
                     std::cmp::Ordering::Equal => rank.equal += n,
                     std::cmp::Ordering::Greater => {}

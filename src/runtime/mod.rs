@@ -89,18 +89,13 @@ pub enum EngineError {
     Replay(String),
 }
 
-/// A read a worker serves between steps.
-pub(crate) enum Request {
-    User {
-        at: Time,
-        user: UserId,
-        reply: flume::Sender<UserProfile>,
-    },
-    RfmRanks {
-        at: Time,
-        buckets: [i64; 3],
-        reply: flume::Sender<[Rank; 3]>,
-    },
+/// A read a worker serves between steps: a user's whole profile, which lives on
+/// the worker that owns the user, with the user's RFM ranks from that worker's copy
+/// of the histogram.
+pub(crate) struct Request {
+    pub at: Time,
+    pub user: UserId,
+    pub reply: flume::Sender<(UserProfile, Option<[Rank; 3]>)>,
 }
 
 /// Progress and read pins, shared by workers and readers under one lock so that a
@@ -126,6 +121,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn unpark(&self, worker: usize) {
+        if let Some(Some(t)) = self.threads.lock().expect("poisoned").get(worker) {
+            t.unpark();
+        }
+    }
+
     fn unpark_all(&self) {
         for t in self.threads.lock().expect("poisoned").iter().flatten() {
             t.unpark();
@@ -418,42 +419,25 @@ impl Engine {
                 rfm_ranks: None,
             });
         };
-        let at = pin.at;
         let user = intern(user);
-        let parts = self
-            .ask_all(|reply| Request::User { at, user, reply })
-            .await?;
-        let mut profile = UserProfile::default();
-        for p in parts {
-            if p.lifetime.is_some() {
-                profile.lifetime = p.lifetime;
+        let (tx, rx) = flume::bounded(1);
+        let owner = shopstream_dataflows::profiles::owner(user, self.requests.len());
+        let gone = || {
+            if self.worker_failed() {
+                EngineError::Unavailable("a dataflow worker failed; see the server log".into())
+            } else {
+                EngineError::ShuttingDown
             }
-            use differential_dataflow::difference::Semigroup;
-            profile.windows.plus_equals(&p.windows);
-            profile.facets.extend(p.facets);
-            profile.traits.extend(p.traits);
-        }
-        profile.facets.sort_unstable();
-        profile.traits.sort_unstable();
-        let buckets = profile
-            .lifetime
-            .as_ref()
-            .and_then(shopstream_dataflows::profiles::rfm_buckets);
-        let rfm_ranks = match buckets {
-            Some(buckets) => {
-                let ranks = self
-                    .ask_all(|reply| Request::RfmRanks { at, buckets, reply })
-                    .await?;
-                let mut sum = [Rank::default(); 3];
-                for r in ranks {
-                    for (s, r) in sum.iter_mut().zip(&r) {
-                        s.add(r);
-                    }
-                }
-                Some(sum)
-            }
-            None => None,
         };
+        self.requests[owner]
+            .send(Request {
+                at: pin.at,
+                user,
+                reply: tx,
+            })
+            .map_err(|_| gone())?;
+        self.shared.unpark(owner);
+        let (profile, rfm_ranks) = rx.recv_async().await.map_err(|_| gone())?;
         drop(pin);
         Ok(ProfileRead {
             as_of,
@@ -479,29 +463,6 @@ impl Engine {
                 at,
             }),
         )
-    }
-
-    /// Sends one request to every worker and gathers the replies.
-    async fn ask_all<T: Send + 'static>(
-        &self,
-        make: impl Fn(flume::Sender<T>) -> Request,
-    ) -> Result<Vec<T>, EngineError> {
-        let (tx, rx) = flume::bounded(self.requests.len());
-        for r in &self.requests {
-            r.send(make(tx.clone()))
-                .map_err(|_| EngineError::ShuttingDown)?;
-        }
-        drop(tx);
-        self.shared.unpark_all();
-        let mut out = Vec::with_capacity(self.requests.len());
-        for _ in 0..self.requests.len() {
-            out.push(
-                rx.recv_async()
-                    .await
-                    .map_err(|_| EngineError::ShuttingDown)?,
-            );
-        }
-        Ok(out)
     }
 
     /// Stops accepting submissions, lets the sequencer drain, and joins every thread.

@@ -45,7 +45,7 @@ impl Drop for FailGuard {
 pub(super) fn run(worker: &mut Worker, ctx: Context) {
     let _guard = FailGuard(ctx.shared.clone());
     let index = worker.index();
-    let peers = worker.peers() as u64;
+    let peers = worker.peers();
     let probe = ProbeHandle::new();
     let (mut inputs, mut traces) =
         worker.dataflow::<Time, _, _>(|scope| profiles::build(scope, &probe));
@@ -66,18 +66,11 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
             // Reads are at epochs already complete, so they can be answered at any
             // point of the loop: answer them between epochs rather than after a burst.
             while let Ok(request) = ctx.requests.try_recv() {
-                serve(request, &mut traces);
+                serve(request, index, &mut traces);
             }
             match ctx.epochs.try_recv() {
                 Ok(epoch) => {
-                    feed(
-                        &epoch,
-                        index as u64,
-                        peers,
-                        &ctx.symbols,
-                        &mut feeder,
-                        &mut inputs,
-                    );
+                    feed(&epoch, index, peers, &ctx.symbols, &mut feeder, &mut inputs);
                     in_flight.push_back(Readable {
                         done: epoch.epoch + 1,
                         seq: epoch.first_seq + epoch.events.len() as u64 - 1,
@@ -125,12 +118,12 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         }
 
         while let Ok(request) = ctx.requests.try_recv() {
-            serve(request, &mut traces);
+            serve(request, index, &mut traces);
         }
     }
     // Drain reads that raced with shutdown so no reader hangs.
     while let Ok(request) = ctx.requests.try_recv() {
-        serve(request, &mut traces);
+        serve(request, index, &mut traces);
     }
 }
 
@@ -138,15 +131,15 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
 /// epoch's clock triggers, and closes the epoch.
 fn feed(
     epoch: &Epoch,
-    index: u64,
-    peers: u64,
+    index: usize,
+    peers: usize,
     symbols: &Symbols,
     feeder: &mut ProfileFeeder,
     inputs: &mut ProfileInputs,
 ) {
     for (i, ev) in epoch.events.iter().enumerate() {
         let user = intern(&ev.user);
-        if user % peers != index {
+        if profiles::owner(user, peers) != index {
             continue;
         }
         let shop = shop_event(ev, user, epoch.first_seq + i as u64, symbols);
@@ -158,15 +151,14 @@ fn feed(
 }
 
 /// Reads are always at an epoch every worker has completed (the reader pinned it).
-fn serve(request: Request, traces: &mut ProfileTraces) {
-    match request {
-        Request::User { at, user, reply } => {
-            let _ = reply.send(traces.read_user(user, at));
-        }
-        Request::RfmRanks { at, buckets, reply } => {
-            let _ = reply.send(traces.read_rfm_ranks(buckets, at));
-        }
-    }
+fn serve(request: Request, worker: usize, traces: &mut ProfileTraces) {
+    let profile = traces.read_user(request.user, request.at);
+    let ranks = profile
+        .lifetime
+        .as_ref()
+        .and_then(profiles::rfm_buckets)
+        .map(|buckets| traces.read_rfm_ranks(worker, buckets, request.at));
+    let _ = request.reply.send((profile, ranks));
 }
 
 /// Interns an event's strings (remembering their text for answers) into what the
