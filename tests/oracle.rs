@@ -3,6 +3,9 @@
 //! serves (sequencer, durable log, timely workers, arrangements read by cursor) at
 //! every epoch equals a from-scratch computation over the same logged events.
 //!
+//! After the last epoch the engine is restarted on its log (with another number of
+//! workers) and must answer the same.
+//!
 //! The from-scratch side below shares nothing with the engine but the spec's
 //! constants (weights, window widths, RFM buckets): it walks every event ever
 //! logged, per user, in sequence order, at every epoch.
@@ -397,7 +400,33 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
         Ok(())
     });
     engine.shutdown();
-    result
+    result?;
+
+    // A restart replays the log through the same path: the same answers, with a
+    // different number of workers too.
+    let mut config = Config::defaults();
+    config.data_dir = dir.path().to_path_buf();
+    config.workers = 1 + workers % 3;
+    config.fsync = shopstream::log::FsyncPolicy::Never;
+    let engine: Arc<Engine> = Engine::start(config, |_, _| {}).expect("engine restarts");
+    let want = oracle(&logged, clock);
+    let replayed = rt.block_on(async {
+        for u in 0..USERS {
+            let user = format!("u{u}");
+            let got = engine.read_profile(&user, None).await.expect("read");
+            prop_assert_eq!(got.as_of.seq, logged.len() as u64);
+            match want.get(&user) {
+                None => prop_assert!(got.profile.lifetime.is_none()),
+                Some(w) => {
+                    prop_assert_eq!(&got.profile, &w.profile, "replayed {}", user);
+                    prop_assert_eq!(got.rfm_ranks, w.rfm_ranks, "replayed rfm of {}", user);
+                }
+            }
+        }
+        Ok(())
+    });
+    engine.shutdown();
+    replayed
 }
 
 proptest! {
