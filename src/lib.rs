@@ -18,12 +18,15 @@
 //! * [`symbols`]: the reverse map of interned ids, for answers.
 //! * [`client`]: the `send` and `query` commands, and the demo workload.
 //! * [`gen`]: the deterministic workload generator (`shopstream gen`).
+//! * [`load`]: the open-loop load driver (`shopstream load`): ack latency, freshness,
+//!   query latency against a running server.
 
 pub mod client;
 pub mod config;
 pub mod event;
 pub mod gen;
 pub mod ingest;
+pub mod load;
 pub mod log;
 pub mod runtime;
 pub mod serve;

@@ -91,6 +91,15 @@ enum Command {
         #[arg(long)]
         to: Option<SocketAddr>,
     },
+    /// Drive a running server open loop: ingest at a target rate, profile queries at
+    /// a target rate; report ack latency, freshness and query latency.
+    Load {
+        #[command(flatten)]
+        args: shopstream::load::LoadArgs,
+        /// One JSON object on stdout instead of the table (and no progress).
+        #[arg(long)]
+        json: bool,
+    },
     /// Query the server.
     Query {
         #[command(subcommand)]
@@ -386,6 +395,19 @@ fn main() -> anyhow::Result<()> {
             binary,
             to,
         } => gen(&options, &out, binary, to),
+        Command::Load { args, json } => {
+            let opts = args.options(!json && std::io::stderr().is_terminal())?;
+            let report = shopstream::load::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
+            }
+            if let Some(why) = report.failure() {
+                bail!("load: {why}");
+            }
+            Ok(())
+        }
         Command::Query {
             what: Query::User { id, min_seq },
             addr,
