@@ -9,7 +9,7 @@
 //! Sharded `RwLock`s: nearly every lookup finds the string already present and
 //! takes only a read lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use shopstream_dataflows::types::{intern, Sym};
@@ -34,6 +34,17 @@ impl Symbols {
             .expect("poisoned")
             .entry(id)
             .or_insert_with(|| s.into());
+        id
+    }
+
+    /// As [`intern`](Self::intern), but first asks `known`, a set private to the
+    /// caller (a worker), so that strings seen before touch no shared lock.
+    pub fn intern_local(&self, s: &str, known: &mut HashSet<Sym>) -> Sym {
+        let id = intern(s);
+        if !known.contains(&id) {
+            self.intern(s);
+            known.insert(id);
+        }
         id
     }
 

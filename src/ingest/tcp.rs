@@ -247,7 +247,7 @@ fn take_line(
 }
 
 fn memchr(s: &[u8]) -> Option<usize> {
-    s.iter().position(|b| *b == b'\n')
+    memchr::memchr(b'\n', s)
 }
 
 /// Submits a batch (waiting for room: backpressure) and queues its answer.

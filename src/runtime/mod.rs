@@ -44,13 +44,34 @@ use crate::symbols::Symbols;
 pub use sequencer::SubmitAck;
 
 /// One log record as the workers see it: a run of consecutive sequence numbers and
-/// the engine clock after them.
+/// the engine clock after them. The events stay in the chunks they were submitted
+/// in; in order, they have sequence numbers `first_seq..`.
 #[derive(Debug)]
 pub struct Epoch {
     pub epoch: Time,
     pub first_seq: u64,
     pub clock: Millis,
-    pub events: Vec<Event>,
+    pub chunks: Vec<Vec<Event>>,
+}
+
+impl Epoch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Vec::is_empty)
+    }
+
+    /// The events with their sequence numbers, in order.
+    pub fn events(&self) -> impl Iterator<Item = (u64, &Event)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, e)| (self.first_seq + i as u64, e))
+    }
 }
 
 /// What the views include: epochs `0..done`, events `1..=seq`, at clock `clock`.

@@ -94,6 +94,8 @@ struct Sequencer {
     next_seq: u64,
     clock: Millis,
     last_record: Instant,
+    /// The payload of the record being written, reused.
+    payload: Vec<u8>,
 }
 
 impl Sequencer {
@@ -132,26 +134,44 @@ impl Sequencer {
     }
 
     /// Logs, syncs, acknowledges and forwards one group of submissions.
+    ///
+    /// Submissions stay the chunks they arrived as (events are never moved one by
+    /// one); only a submission holding duplicates is filtered, in place.
     fn commit(&mut self, group: Vec<Submit>) {
-        let mut events = Vec::with_capacity(group.iter().map(|s| s.events.len()).sum());
+        let mut chunks = Vec::with_capacity(group.len());
         let mut acks = Vec::with_capacity(group.len());
+        let mut n = 0u64;
         for submit in group {
             let mut ack = SubmitAck::default();
-            for (i, ev) in submit.events.into_iter().enumerate() {
+            let mut events = submit.events;
+            let mut keep = Vec::new();
+            for (i, ev) in events.iter().enumerate() {
                 if let Some(id) = ev.message_id {
-                    let seq = self.next_seq + events.len() as u64;
+                    let seq = self.next_seq + n;
                     if let Err(first) = self.dedup.insert(id, seq) {
                         ack.duplicates.push(i);
                         ack.last_seq = ack.last_seq.max(first);
+                        if keep.is_empty() {
+                            keep = vec![true; events.len()];
+                        }
+                        keep[i] = false;
                         continue;
                     }
                 }
-                events.push(ev);
+                n += 1;
                 ack.logged += 1;
-                ack.last_seq = self.next_seq + events.len() as u64 - 1;
+                ack.last_seq = self.next_seq + n - 1;
+            }
+            if !keep.is_empty() {
+                let mut k = keep.into_iter();
+                events.retain(|_| k.next().unwrap_or(true));
+            }
+            if !events.is_empty() {
+                chunks.push(events);
             }
             acks.push((submit.reply, ack));
         }
+        let events = chunks;
         match self.write(events) {
             Ok(epoch) => {
                 let dups: usize = acks.iter().map(|(_, a)| a.duplicates.len()).sum();
@@ -198,29 +218,35 @@ impl Sequencer {
     }
 
     /// Writes one record (an epoch) unless there is nothing new: no events and no clock move.
-    fn write(&mut self, events: Vec<Event>) -> Result<Option<Epoch>, LogError> {
+    fn write(&mut self, chunks: Vec<Vec<Event>>) -> Result<Option<Epoch>, LogError> {
         let before = self.clock;
-        self.advance_clock(&events);
-        if events.is_empty() && self.clock == before {
+        for chunk in &chunks {
+            self.advance_clock(chunk);
+        }
+        if chunks.is_empty() {
+            self.advance_clock(&[]);
+        }
+        let count: usize = chunks.iter().map(Vec::len).sum();
+        if count == 0 && self.clock == before {
             return Ok(None);
         }
         let writer = self.writer.as_mut().ok_or(LogError::Poisoned)?;
         let header = RecordHeader {
             epoch: self.next_epoch,
             first_seq: self.next_seq,
-            count: events.len() as u32,
+            count: count as u32,
             clock_ms: self.clock,
         };
-        let payload = bincode::serialize(&events).expect("events serialize");
-        writer.append(&header, &payload)?;
+        encode_payload(&chunks, count, &mut self.payload);
+        writer.append(&header, &self.payload)?;
         let synced = writer.commit()?;
         if !synced.is_zero() {
             metrics::histogram!("shopstream_log_fsync_seconds").record(synced.as_secs_f64());
         }
-        metrics::counter!("shopstream_events_accepted_total").increment(events.len() as u64);
-        metrics::counter!("shopstream_log_bytes_total").increment(payload.len() as u64);
+        metrics::counter!("shopstream_events_accepted_total").increment(count as u64);
+        metrics::counter!("shopstream_log_bytes_total").increment(self.payload.len() as u64);
         self.next_epoch += 1;
-        self.next_seq += events.len() as u64;
+        self.next_seq += count as u64;
         self.shared
             .logged_seq
             .store(self.next_seq - 1, Ordering::Relaxed);
@@ -229,8 +255,19 @@ impl Sequencer {
             epoch: header.epoch,
             first_seq: header.first_seq,
             clock: self.clock,
-            events,
+            chunks,
         }))
+    }
+}
+
+/// Encodes chunks of events exactly as `bincode::serialize` encodes one
+/// `Vec<Event>` of them all (a little-endian `u64` length, then each event), into a
+/// reused buffer: replay decodes a record with `bincode::deserialize::<Vec<Event>>`.
+fn encode_payload(chunks: &[Vec<Event>], count: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&(count as u64).to_le_bytes());
+    for ev in chunks.iter().flatten() {
+        bincode::serialize_into(&mut *out, ev).expect("events serialize");
     }
 }
 
@@ -259,6 +296,7 @@ pub(super) fn run(
         next_seq: 1,
         clock: Millis::MIN,
         last_record: Instant::now(),
+        payload: Vec::new(),
     };
     let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
     let opened = log::open(&log_config, |header, payload, read| {
@@ -277,7 +315,7 @@ pub(super) fn run(
             epoch: header.epoch,
             first_seq: header.first_seq,
             clock: header.clock_ms,
-            events,
+            chunks: vec![events],
         });
         progress(read, total);
         Ok(())
@@ -344,5 +382,29 @@ pub(super) fn run(
             continue;
         }
         seq.commit(group);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{parse_message, ParseContext};
+
+    #[test]
+    fn chunked_payload_decodes_as_one_vec() {
+        let ctx = ParseContext::new("USD");
+        let ev = |u: &str| {
+            let line = format!(
+                r#"{{"type":"track","event":"Product Viewed","userId":"{u}","properties":{{"product_id":"p1","price":2.5}}}}"#
+            );
+            parse_message(line.as_bytes(), &ctx, None).expect("valid")
+        };
+        let chunks = vec![vec![ev("a"), ev("b")], vec![ev("c")]];
+        let mut out = Vec::new();
+        encode_payload(&chunks, 3, &mut out);
+        let flat: Vec<Event> = chunks.concat();
+        assert_eq!(out, bincode::serialize(&flat).expect("encode"));
+        let back: Vec<Event> = bincode::deserialize(&out).expect("decode");
+        assert_eq!(back, flat);
     }
 }

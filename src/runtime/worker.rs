@@ -2,12 +2,12 @@
 //! the dataflow, reports completed epochs, compacts its traces behind the readers,
 //! and serves cursor reads between steps.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use shopstream_dataflows::profiles::{self, ProfileFeeder, ProfileInputs, ProfileTraces};
-use shopstream_dataflows::types::{intern, Line, ShopEvent, Time};
+use shopstream_dataflows::types::{intern, Line, ShopEvent, Sym, Time};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
@@ -52,6 +52,8 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
     ctx.shared.threads.lock().expect("poisoned")[index] = Some(std::thread::current());
 
     let mut feeder = ProfileFeeder::default();
+    // Ids whose strings this worker has already handed to the shared symbol table.
+    let mut known: HashSet<Sym> = HashSet::new();
     let mut in_flight: VecDeque<Readable> = VecDeque::new();
     let mut done = Readable {
         clock: i64::MIN,
@@ -70,10 +72,18 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
             }
             match ctx.epochs.try_recv() {
                 Ok(epoch) => {
-                    feed(&epoch, index, peers, &ctx.symbols, &mut feeder, &mut inputs);
+                    feed(
+                        &epoch,
+                        index,
+                        peers,
+                        &ctx.symbols,
+                        &mut known,
+                        &mut feeder,
+                        &mut inputs,
+                    );
                     in_flight.push_back(Readable {
                         done: epoch.epoch + 1,
-                        seq: epoch.first_seq + epoch.events.len() as u64 - 1,
+                        seq: epoch.first_seq + epoch.len() as u64 - 1,
                         clock: epoch.clock,
                     });
                     fed += 1;
@@ -134,15 +144,16 @@ fn feed(
     index: usize,
     peers: usize,
     symbols: &Symbols,
+    known: &mut HashSet<Sym>,
     feeder: &mut ProfileFeeder,
     inputs: &mut ProfileInputs,
 ) {
-    for (i, ev) in epoch.events.iter().enumerate() {
+    for (seq, ev) in epoch.events() {
         let user = intern(&ev.user);
         if profiles::owner(user, peers) != index {
             continue;
         }
-        let shop = shop_event(ev, user, epoch.first_seq + i as u64, symbols);
+        let shop = shop_event(ev, user, seq, symbols, known);
         feeder.event(&shop, epoch.clock, inputs);
     }
     feeder.expire(epoch.clock, inputs);
@@ -163,30 +174,34 @@ fn serve(request: Request, worker: usize, traces: &mut ProfileTraces) {
 
 /// Interns an event's strings (remembering their text for answers) into what the
 /// views consume.
-pub(crate) fn shop_event(ev: &Event, user: u64, seq: u64, symbols: &Symbols) -> ShopEvent {
+pub(crate) fn shop_event(
+    ev: &Event,
+    user: u64,
+    seq: u64,
+    symbols: &Symbols,
+    known: &mut HashSet<Sym>,
+) -> ShopEvent {
+    let mut sym = |s: &str| symbols.intern_local(s, known);
+    let lines = ev
+        .products
+        .iter()
+        .map(|p| Line {
+            item: sym(&p.id),
+            category: p.category.as_deref().map_or(0, &mut sym),
+            brand: p.brand.as_deref().map_or(0, &mut sym),
+            price: p.price,
+            quantity: p.quantity,
+        })
+        .collect();
     ShopEvent {
         seq,
         user,
         ts: ev.ts,
         kind: ev.kind,
-        name: symbols.intern(&ev.name),
-        lines: ev
-            .products
-            .iter()
-            .map(|p| Line {
-                item: symbols.intern(&p.id),
-                category: symbols.intern_opt(p.category.as_deref()),
-                brand: symbols.intern_opt(p.brand.as_deref()),
-                price: p.price,
-                quantity: p.quantity,
-            })
-            .collect(),
+        name: sym(&ev.name),
+        lines,
         revenue: ev.revenue,
         order: ev.order_id.as_deref().map_or(0, intern),
-        traits: ev
-            .traits
-            .iter()
-            .map(|(k, v)| (symbols.intern(k), symbols.intern(v)))
-            .collect(),
+        traits: ev.traits.iter().map(|(k, v)| (sym(k), sym(v))).collect(),
     }
 }
