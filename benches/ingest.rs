@@ -47,6 +47,9 @@ use serde_json::{json, Value};
 use shopstream::config::Config;
 use shopstream::server::Server;
 
+mod common;
+use common::*;
+
 /// Users in `gen.py`'s workload; the query threads draw from the same range.
 const GEN_USERS: u64 = 200_000;
 const BIG_CHUNK: usize = 1 << 20;
@@ -148,14 +151,10 @@ struct Settings {
     dir: Option<PathBuf>,
 }
 
-fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("bench: {key}={v:?} is not a valid number");
-            std::process::exit(2)
-        }),
-        Err(_) => default,
-    }
+/// How `common::env_num` reports a value that does not parse.
+fn bad_env(key: &str, v: &str) -> ! {
+    eprintln!("bench: {key}={v:?} is not a valid number");
+    std::process::exit(2)
 }
 
 impl Settings {
@@ -342,59 +341,6 @@ impl Prepared {
 // ---------------------------------------------------------------------------
 // Sending and acknowledgements
 
-/// One answer line `{"ack": SEQ, "accepted": N, "rejected": M, "duplicates": D}`.
-#[derive(Clone, Copy, Debug, Default)]
-struct Ack {
-    seq: u64,
-    accepted: u64,
-    rejected: u64,
-    duplicates: u64,
-}
-
-#[derive(Debug, Default)]
-struct AckLog {
-    /// `(accepted + rejected, when it arrived)` per ack line, in order.
-    acks: Vec<(u64, Instant)>,
-    last: Ack,
-    error_lines: u64,
-    first_errors: Vec<String>,
-    fatal: Option<String>,
-}
-
-/// Reads the server's answers until it closes the connection.
-fn read_acks(stream: TcpStream) -> AckLog {
-    let mut log = AckLog::default();
-    for line in BufReader::with_capacity(1 << 16, stream).lines() {
-        let Ok(line) = line else { break };
-        let now = Instant::now();
-        let v: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => {
-                log.error_lines += 1;
-                continue;
-            }
-        };
-        if let Some(seq) = v.get("ack").and_then(Value::as_u64) {
-            let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-            log.last = Ack {
-                seq,
-                accepted: n("accepted"),
-                rejected: n("rejected"),
-                duplicates: n("duplicates"),
-            };
-            log.acks.push((log.last.accepted + log.last.rejected, now));
-        } else if v.get("fatal").is_some() {
-            log.fatal = Some(line);
-        } else {
-            log.error_lines += 1;
-            if log.first_errors.len() < 5 {
-                log.first_errors.push(line);
-            }
-        }
-    }
-    log
-}
-
 /// Writes `chunks` of the file to `stream`, optionally paced to `rate` events/s from
 /// `start`, then shuts the writing half. Answers `(lines through, when the chunk's
 /// last byte was handed to the kernel)` per chunk.
@@ -444,29 +390,6 @@ fn stream_file(
         let acks = acks.join().expect("ack reader thread");
         (start, sent, acks)
     })
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// Waits until the views include `seq`: 200 or 404 both mean the read saw it.
-fn wait_visible(agent: &ureq::Agent, http: SocketAddr, seq: u64) {
-    let url = format!("http://{http}/v1/users/_/profile?min_seq={seq}");
-    loop {
-        let mut resp = agent.get(&url).call().expect("GET ?min_seq");
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
-        match status {
-            200 | 404 => return,
-            504 => continue,
-            _ => panic!("GET {url}: {status} {body}"),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -690,50 +613,6 @@ fn queries_while_ingesting(server: &Server, settings: &Settings, input: &Prepare
 
 // ---------------------------------------------------------------------------
 // Measuring helpers
-
-fn micros_histogram() -> Histogram<u64> {
-    // 1 µs to 1 h, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros().clamp(1, u128::from(u64::MAX)) as u64
-}
-
-/// Resident set size of this process, from `/proc/self/status` (0 where unknown).
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn per_sec(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
-}
 
 fn quantiles(h: &Histogram<u64>, qs: &[(&str, f64)]) -> Value {
     let mut m = serde_json::Map::new();

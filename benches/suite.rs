@@ -41,8 +41,8 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,9 @@ use shopstream::gen::{write_json, GenOptions, Workload};
 use shopstream::load::{self, Latency, LoadOptions, LoadReport};
 use shopstream::log::FsyncPolicy;
 use shopstream::server::Server;
+
+mod common;
+use common::*;
 
 const BIG_CHUNK: usize = 1 << 20;
 /// Timely workers for the latency runs, the replay and the memory figure.
@@ -248,13 +251,6 @@ struct Settings {
     quiet_wait: Duration,
     dir: Option<PathBuf>,
     write: bool,
-}
-
-fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| bad_env(key, &v)),
-        Err(_) => default,
-    }
 }
 
 fn env_list<T: std::str::FromStr + Copy>(key: &str, default: &[T]) -> Vec<T> {
@@ -463,51 +459,6 @@ impl Input {
 // ---------------------------------------------------------------------------
 // Step 1: throughput over one connection (the approach of benches/ingest.rs)
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Ack {
-    seq: u64,
-    accepted: u64,
-    rejected: u64,
-    duplicates: u64,
-}
-
-#[derive(Debug, Default)]
-struct AckLog {
-    /// `(accepted + rejected, when it arrived)` per ack line, in order.
-    acks: Vec<(u64, Instant)>,
-    last: Ack,
-    error_lines: u64,
-    fatal: Option<String>,
-}
-
-/// Reads the server's answers until it closes the connection.
-fn read_acks(stream: TcpStream) -> AckLog {
-    let mut log = AckLog::default();
-    for line in BufReader::with_capacity(1 << 16, stream).lines() {
-        let Ok(line) = line else { break };
-        let now = Instant::now();
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            log.error_lines += 1;
-            continue;
-        };
-        if let Some(seq) = v.get("ack").and_then(Value::as_u64) {
-            let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-            log.last = Ack {
-                seq,
-                accepted: n("accepted"),
-                rejected: n("rejected"),
-                duplicates: n("duplicates"),
-            };
-            log.acks.push((log.last.accepted + log.last.rejected, now));
-        } else if v.get("fatal").is_some() {
-            log.fatal = Some(line);
-        } else {
-            log.error_lines += 1;
-        }
-    }
-    log
-}
-
 /// Writes the chunks of the file, then shuts the writing half. Answers `(lines
 /// through, when the chunk's last byte was handed to the kernel)` per chunk.
 fn send_chunks(mut stream: TcpStream, path: &Path, chunks: &[Chunk]) -> Vec<(u64, Instant)> {
@@ -523,30 +474,6 @@ fn send_chunks(mut stream: TcpStream, path: &Path, chunks: &[Chunk]) -> Vec<(u64
         .shutdown(Shutdown::Write)
         .expect("shut the writing half");
     sent
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// Waits until the views include `seq`: 200 or 404 both mean the read saw it.
-fn wait_visible(http: SocketAddr, seq: u64) {
-    let agent = agent();
-    let url = format!("http://{http}/v1/users/_/profile?min_seq={seq}");
-    loop {
-        let mut resp = agent.get(&url).call().expect("GET ?min_seq");
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
-        match status {
-            200 | 404 => return,
-            504 => continue,
-            _ => panic!("GET {url}: {status} {body}"),
-        }
-    }
 }
 
 struct Tput {
@@ -586,7 +513,7 @@ fn throughput(server: &Server, input: &Input, workers: usize) -> Tput {
         panic!("the server reported a fatal error: {f}");
     }
     let last_ack_at = acks.acks.last().map(|a| a.1).expect("no ack at all");
-    wait_visible(server.http_addr, acks.last.seq);
+    wait_visible(&agent(), server.http_addr, acks.last.seq);
     let visible = start.elapsed();
     let mut ack_latency = micros_histogram();
     let mut j = 0;
@@ -672,52 +599,6 @@ impl Memory {
     fn per_user(&self) -> f64 {
         self.growth() as f64 / self.users.max(1) as f64
     }
-}
-
-// ---------------------------------------------------------------------------
-// Measuring helpers
-
-fn micros_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros().clamp(1, 3_600_000_000) as u64
-}
-
-/// Resident set size of this process, from `/proc/self/status` (0 where unknown).
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn per_sec(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }
 
 // ---------------------------------------------------------------------------
