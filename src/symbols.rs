@@ -48,11 +48,6 @@ impl Symbols {
         id
     }
 
-    /// Interns an optional string; absent is 0.
-    pub fn intern_opt(&self, s: Option<&str>) -> Sym {
-        s.map_or(0, |s| self.intern(s))
-    }
-
     /// The text behind `id`, if it was ever interned here.
     pub fn resolve(&self, id: Sym) -> Option<String> {
         let shard = &self.shards[(id as usize) % SHARDS];

@@ -60,6 +60,9 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         ..Readable::default()
     };
     let mut compacted: Option<Time> = None;
+    // Window contributions waiting for their scheduled retraction, on this worker.
+    let schedule_gauge =
+        metrics::gauge!("shopstream_window_schedule_entries", "worker" => index.to_string());
     let mut closed = false;
 
     loop {
@@ -87,6 +90,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
                         clock: epoch.clock,
                     });
                     fed += 1;
+                    schedule_gauge.set(feeder.scheduled() as f64);
                 }
                 Err(flume::TryRecvError::Empty) => break,
                 Err(flume::TryRecvError::Disconnected) => {
