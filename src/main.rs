@@ -212,7 +212,10 @@ async fn stop_signal() {
 }
 
 async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()> {
-    if config.data_dir == Config::defaults().data_dir {
+    // The demo's log is throwaway unless a data dir was given: a temporary one,
+    // removed when the demo ends.
+    let scratch = config.data_dir == Config::defaults().data_dir;
+    if scratch {
         config.data_dir =
             std::env::temp_dir().join(format!("shopstream-demo-{}", std::process::id()));
     }
@@ -284,6 +287,9 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
         }
     }
     server.shutdown().await;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     Ok(())
 }
 
