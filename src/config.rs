@@ -82,6 +82,7 @@ pub struct RawEngine {
     pub clock: ClockMode,
     pub clock_tick_ms: u64,
     pub dedup_horizon: usize,
+    pub order_horizon: usize,
     pub reporting_currency: String,
     pub currency_rates: HashMap<String, f64>,
 }
@@ -137,6 +138,7 @@ impl Default for RawEngine {
             clock: ClockMode::Event,
             clock_tick_ms: 1_000,
             dedup_horizon: 1_000_000,
+            order_horizon: 1_000_000,
             reporting_currency: "USD".into(),
             currency_rates: HashMap::new(),
         }
@@ -166,6 +168,7 @@ pub struct Config {
     pub clock: ClockMode,
     pub clock_tick: Duration,
     pub dedup_horizon: usize,
+    pub order_horizon: usize,
     pub reporting_currency: String,
     pub currency_rates: HashMap<String, f64>,
 }
@@ -262,6 +265,7 @@ impl RawConfig {
             clock: e.clock,
             clock_tick: Duration::from_millis(e.clock_tick_ms),
             dedup_horizon: e.dedup_horizon,
+            order_horizon: e.order_horizon,
             reporting_currency: e.reporting_currency,
             currency_rates: e.currency_rates,
         })

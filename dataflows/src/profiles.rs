@@ -559,14 +559,55 @@ impl Expiry {
 ///
 /// Keeps the two pieces of state that are not a function of one event: the order
 /// book (to resolve refunds and cancellations that name only an order id) and the
-/// schedule of window retractions.
-#[derive(Default)]
+/// schedule of window retractions (bounded by what the windows hold).
+///
+/// The order book remembers the last `order_horizon` orders of this worker's users
+/// (first in, first out), so its memory is bounded. A refund or cancellation of an
+/// order older than that is treated as one of an unknown order: it counts the
+/// amount the message itself names. Eviction follows log order, so a replay evicts
+/// exactly as live did.
 pub struct ProfileFeeder {
     orders: HashMap<(UserId, Sym), OrderState>,
+    order_fifo: std::collections::VecDeque<(UserId, Sym)>,
+    order_horizon: usize,
     schedule: BinaryHeap<Reverse<Expiry>>,
 }
 
+impl Default for ProfileFeeder {
+    fn default() -> Self {
+        ProfileFeeder::new(DEFAULT_ORDER_HORIZON)
+    }
+}
+
+/// Orders remembered per worker by default.
+pub const DEFAULT_ORDER_HORIZON: usize = 1_000_000;
+
 impl ProfileFeeder {
+    /// A feeder that remembers the last `order_horizon` orders.
+    pub fn new(order_horizon: usize) -> Self {
+        ProfileFeeder {
+            orders: HashMap::new(),
+            order_fifo: Default::default(),
+            order_horizon,
+            schedule: BinaryHeap::new(),
+        }
+    }
+
+    /// Remembers a completed order, forgetting the oldest beyond the horizon.
+    fn remember_order(&mut self, key: (UserId, Sym), state: OrderState) {
+        if self.order_horizon == 0 {
+            return;
+        }
+        if self.orders.insert(key, state).is_none() {
+            self.order_fifo.push_back(key);
+            if self.order_fifo.len() > self.order_horizon {
+                if let Some(old) = self.order_fifo.pop_front() {
+                    self.orders.remove(&old);
+                }
+            }
+        }
+    }
+
     /// Entries waiting in the retraction schedule (for metrics).
     pub fn scheduled(&self) -> usize {
         self.schedule.len()
@@ -628,7 +669,7 @@ impl ProfileFeeder {
                 win.orders = 1;
                 win.revenue = ev.revenue;
                 if ev.order != 0 {
-                    self.orders.insert(
+                    self.remember_order(
                         (user, ev.order),
                         OrderState {
                             ts: ev.ts,
@@ -993,5 +1034,63 @@ mod overflow {
         w.plus_equals(&copy);
         w.plus_equals(&copy);
         assert_eq!(w, Windowed::default(), "a group: retraction stays exact");
+    }
+}
+
+#[cfg(test)]
+mod order_book {
+    use super::*;
+
+    #[derive(Default)]
+    struct Sums {
+        revenue: i64,
+    }
+    impl ProfileSink for Sums {
+        fn lifetime(&mut self, _: UserId, d: Lifetime, _: bool) {
+            self.revenue += d.revenue;
+        }
+        fn window(&mut self, _: UserId, _: Windowed) {}
+        fn facet(&mut self, _: UserId, _: Facet, _: Diff) {}
+        fn set_trait(&mut self, _: UserId, _: Sym, _: Latest) {}
+    }
+
+    fn ev(seq: u64, kind: EventKind, order: Sym, revenue: i64) -> ShopEvent {
+        ShopEvent {
+            seq,
+            user: 7,
+            ts: 1_000 + seq as i64,
+            kind,
+            name: 1,
+            lines: vec![],
+            revenue,
+            order,
+            traits: vec![],
+        }
+    }
+
+    /// The order book is bounded: an order beyond the horizon is forgotten, and a
+    /// refund of it without an amount refunds nothing (as for an unknown order).
+    #[test]
+    fn orders_beyond_the_horizon_are_forgotten() {
+        let mut feeder = ProfileFeeder::new(2);
+        let mut sums = Sums::default();
+        for (seq, order) in [(1, 11), (2, 12), (3, 13)] {
+            feeder.event(
+                &ev(seq, EventKind::OrderCompleted, order, 100),
+                0,
+                &mut sums,
+            );
+        }
+        assert_eq!(feeder.orders.len(), 2);
+        feeder.event(&ev(4, EventKind::OrderRefunded, 11, 0), 0, &mut sums);
+        assert_eq!(
+            sums.revenue, 300,
+            "order 11 was forgotten: nothing to refund"
+        );
+        feeder.event(&ev(5, EventKind::OrderRefunded, 13, 0), 0, &mut sums);
+        assert_eq!(
+            sums.revenue, 200,
+            "order 13 is remembered: refunded in full"
+        );
     }
 }

@@ -267,6 +267,7 @@ impl Engine {
         let guards = {
             let shared = shared.clone();
             let symbols = symbols.clone();
+            let order_horizon = config.order_horizon;
             timely::execute(timely::Config::process(workers), move |w| {
                 let (epochs, requests) = inbox.lock().expect("poisoned")[w.index()]
                     .take()
@@ -278,6 +279,7 @@ impl Engine {
                         symbols: symbols.clone(),
                         epochs,
                         requests,
+                        order_horizon,
                     },
                 )
             })

@@ -20,6 +20,7 @@ pub(super) struct Context {
     pub symbols: Arc<Symbols>,
     pub epochs: flume::Receiver<Arc<Epoch>>,
     pub requests: flume::Receiver<Request>,
+    pub order_horizon: usize,
 }
 
 /// Epochs fed in one turn before the worker steps and serves reads again, so that
@@ -51,7 +52,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         worker.dataflow::<Time, _, _>(|scope| profiles::build(scope, &probe));
     ctx.shared.threads.lock().expect("poisoned")[index] = Some(std::thread::current());
 
-    let mut feeder = ProfileFeeder::default();
+    let mut feeder = ProfileFeeder::new(ctx.order_horizon);
     // Ids whose strings this worker has already handed to the shared symbol table.
     let mut known: HashSet<Sym> = HashSet::new();
     let mut in_flight: VecDeque<Readable> = VecDeque::new();
