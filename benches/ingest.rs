@@ -412,19 +412,7 @@ fn throughput(server: &Server, path: &Path, input: &Prepared) -> Throughput {
     let last_ack_at = acks.acks.last().map(|a| a.1).expect("no ack at all");
     wait_visible(&agent(), server.http_addr, acks.last.seq);
     let visible = start.elapsed();
-    let mut ack_latency = micros_histogram();
-    // Both lists are in order: walk them together.
-    let mut j = 0;
-    for (lines, at) in &sent {
-        while j < acks.acks.len() && acks.acks[j].0 < *lines {
-            j += 1;
-        }
-        let Some((_, acked)) = acks.acks.get(j) else {
-            eprintln!("bench: warning: a chunk's lines were never acknowledged");
-            break;
-        };
-        ack_latency.saturating_record(micros(acked.saturating_duration_since(*at)));
-    }
+    let ack_latency = ack_latencies(&sent, &acks.acks);
     Throughput {
         last: acks.last,
         ack: last_ack_at - start,

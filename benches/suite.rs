@@ -515,17 +515,7 @@ fn throughput(server: &Server, input: &Input, workers: usize) -> Tput {
     let last_ack_at = acks.acks.last().map(|a| a.1).expect("no ack at all");
     wait_visible(&agent(), server.http_addr, acks.last.seq);
     let visible = start.elapsed();
-    let mut ack_latency = micros_histogram();
-    let mut j = 0;
-    for (lines, at) in &sent {
-        while j < acks.acks.len() && acks.acks[j].0 < *lines {
-            j += 1;
-        }
-        let Some((_, acked)) = acks.acks.get(j) else {
-            break;
-        };
-        ack_latency.saturating_record(micros(acked.saturating_duration_since(*at)));
-    }
+    let ack_latency = ack_latencies(&sent, &acks.acks);
     Tput {
         workers,
         events: input.events,
@@ -1301,6 +1291,12 @@ impl Svg {
         );
     }
 
+    /// The x and y axes of a plot area.
+    fn axes(&mut self, left: f64, right: f64, top: f64, bottom: f64) {
+        self.line((left, bottom), (right, bottom), INK, 1.2, "");
+        self.line((left, top), (left, bottom), INK, 1.2, "");
+    }
+
     fn line(
         &mut self,
         (x1, y1): (f64, f64),
@@ -1515,8 +1511,7 @@ impl Results<'_> {
                 false,
             );
         }
-        g.line((left, bottom), (right, bottom), INK, 1.2, "");
-        g.line((left, top), (left, bottom), INK, 1.2, "");
+        g.axes(left, right, top, bottom);
         let ty = y(TARGET_INGEST);
         g.line((left, ty), (right, ty), RED, 2.0, "6 4");
         g.text(
@@ -1673,8 +1668,7 @@ impl Results<'_> {
             INK,
             false,
         );
-        g.line((left, bottom), (right, bottom), INK, 1.2, "");
-        g.line((left, top), (left, bottom), INK, 1.2, "");
+        g.axes(left, right, top, bottom);
 
         // The freshness target.
         let ty = y(TARGET_FRESH_P99_US as f64 / 1000.0);

@@ -426,6 +426,20 @@ fn keep(list: &mut Vec<String>, s: impl FnOnce() -> String) {
     }
 }
 
+/// Counts a GET that did not answer as expected, keeping the first few descriptions.
+fn record_failure(
+    errors: &mut u64,
+    first_errors: &mut Vec<String>,
+    url: &str,
+    outcome: Result<(u16, Vec<u8>), String>,
+) {
+    *errors += 1;
+    keep(first_errors, || match outcome {
+        Ok((status, body)) => format!("GET {url}: {status} {}", String::from_utf8_lossy(&body)),
+        Err(e) => e,
+    });
+}
+
 /// A tick's lines on one connection: acked once the connection's count reaches
 /// `through`.
 #[derive(Clone, Copy, Debug)]
@@ -869,16 +883,7 @@ fn query_loop(shared: &Shared, opts: &LoadOptions, k: usize, interval: Duration,
         match outcome {
             Ok((200, _)) => r.ok_200 += 1,
             Ok((404, _)) => r.ok_404 += 1,
-            Ok((status, body)) => {
-                r.errors += 1;
-                keep(&mut r.first_errors, || {
-                    format!("GET {url}: {status} {}", String::from_utf8_lossy(&body))
-                });
-            }
-            Err(e) => {
-                r.errors += 1;
-                keep(&mut r.first_errors, || e);
-            }
+            failed => record_failure(&mut r.errors, &mut r.first_errors, &url, failed),
         }
     }
 }
@@ -947,16 +952,7 @@ fn probe_one(shared: &Shared, agent: &ureq::Agent, http: SocketAddr, p: AckPoint
                     continue;
                 }
             }
-            Ok((status, body)) => {
-                r.errors += 1;
-                keep(&mut r.first_errors, || {
-                    format!("GET {url}: {status} {}", String::from_utf8_lossy(&body))
-                });
-            }
-            Err(e) => {
-                r.errors += 1;
-                keep(&mut r.first_errors, || e);
-            }
+            failed => record_failure(&mut r.errors, &mut r.first_errors, &url, failed),
         }
         return;
     }

@@ -151,3 +151,23 @@ pub fn per_sec(n: u64, d: Duration) -> f64 {
 pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
+
+/// Ack latency per chunk: from `sent` (`(lines through, when sent)`, in order) to the
+/// first ack covering those lines (`acks`: `(accepted + rejected, when)`, in order).
+/// Both lists are in order, so they are walked together. Warns when a chunk was never
+/// acknowledged.
+pub fn ack_latencies(sent: &[(u64, Instant)], acks: &[(u64, Instant)]) -> Histogram<u64> {
+    let mut h = micros_histogram();
+    let mut j = 0;
+    for (lines, at) in sent {
+        while j < acks.len() && acks[j].0 < *lines {
+            j += 1;
+        }
+        let Some((_, acked)) = acks.get(j) else {
+            eprintln!("bench: warning: a chunk's lines were never acknowledged");
+            break;
+        };
+        h.saturating_record(micros(acked.saturating_duration_since(*at)));
+    }
+    h
+}
