@@ -10,7 +10,7 @@
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::tcp::{fail, submit, Origin, Pending};
+use super::tcp::{read_more, submit, Origin, Pending};
 use super::{Refusal, Validator};
 use crate::event::Event;
 use crate::runtime::Engine;
@@ -40,18 +40,8 @@ pub(crate) async fn read_frames(
     let mut skip = 0usize;
     let mut eof = false;
     loop {
-        if !eof {
-            match tokio::time::timeout(engine.config.idle_timeout, rd.read_buf(&mut buf)).await {
-                Ok(Ok(0)) => eof = true,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    let secs = engine.config.idle_timeout.as_secs();
-                    let reason = format!("no data for {secs} s (ingest.idle_timeout_s)");
-                    fail(tx, reason.clone()).await;
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason));
-                }
-            }
+        if !eof && read_more(rd, &mut buf, engine.config.idle_timeout, tx).await? == 0 {
+            eof = true;
         }
         validator.tick();
         let mut events = Vec::new();

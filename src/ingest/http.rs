@@ -87,17 +87,12 @@ async fn read_body(engine: &Engine, headers: &HeaderMap, body: Body) -> Result<B
 }
 
 async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType>) -> Response {
-    let mut validator = Validator::new(&engine.config);
-    validator.tick();
+    let validator = Validator::new(&engine.config);
     let mut events = Vec::with_capacity(messages.len());
-    let mut indexes = Vec::with_capacity(messages.len());
     let mut rejected = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         match validator.parse(m, default) {
-            Ok(ev) => {
-                events.push(ev);
-                indexes.push(i);
-            }
+            Ok(ev) => events.push(ev),
             Err(r) => {
                 count_refusal(&r);
                 rejected.push(json!({"index": i, "reason": r.reason}));

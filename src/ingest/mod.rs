@@ -68,13 +68,14 @@ impl Validator {
     /// Validates one message.
     pub fn parse(&self, bytes: &[u8], default: Option<MessageType>) -> Result<Event, Refusal> {
         let ev = parse_message(bytes, &self.ctx, default)?;
-        self.check(&ev)?;
+        // The parser already enforced the rest of `check`.
+        self.check_time(&ev)?;
         Ok(ev)
     }
 
-    /// Checks an already decoded event (binary frames) against the same rules the
-    /// JSON parser enforces, plus the clock-skew limit.
-    pub fn check(&self, ev: &Event) -> Result<(), Refusal> {
+    /// The time rules, which the parser does not know: not before 1970, and not
+    /// further ahead of the server clock than `ingest.max_future_skew_s`.
+    fn check_time(&self, ev: &Event) -> Result<(), Refusal> {
         let refuse = |code, reason: String| Err(Refusal { reason, code });
         if ev.ts < 0 {
             return refuse(
@@ -92,6 +93,14 @@ impl Validator {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// Checks an already decoded event (binary frames) against the same rules the
+    /// JSON parser enforces, plus the time rules.
+    pub fn check(&self, ev: &Event) -> Result<(), Refusal> {
+        let refuse = |code, reason: String| Err(Refusal { reason, code });
+        self.check_time(ev)?;
         if ev.user.is_empty() {
             return refuse("missing_user", "missing userId or anonymousId".into());
         }

@@ -102,18 +102,14 @@ async fn handle(socket: TcpStream, engine: Arc<Engine>) -> std::io::Result<()> {
     // Sniff the framing from the first bytes.
     let idle = engine.config.idle_timeout;
     while buf.len() < binary::MAGIC.len() {
-        let n = match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
-            Ok(n) => n?,
-            Err(_) => {
-                fail(
-                    &tx,
-                    format!("no data for {} s (ingest.idle_timeout_s)", idle.as_secs()),
-                )
-                .await;
+        let n = match read_more(&mut rd, &mut buf, idle, &tx).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 drop(tx);
                 let _ = writer.await;
                 return Ok(());
             }
+            Err(e) => return Err(e),
         };
         if n == 0 {
             break;
@@ -152,16 +148,8 @@ async fn read_lines(
         // (at most `max_line` bytes), so it always needs more input.
         if !eof {
             buf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
-                Ok(Ok(0)) => eof = true,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    let reason =
-                        format!("no data for {} s (ingest.idle_timeout_s)", idle.as_secs());
-                    fail(tx, reason.clone()).await;
-                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason));
-                }
+            if read_more(rd, &mut buf, idle, tx).await? == 0 {
+                eof = true;
             }
         }
         validator.tick();
@@ -213,6 +201,24 @@ async fn read_lines(
         submit(engine, tx, events, rejects).await?;
         if eof {
             return Ok(());
+        }
+    }
+}
+
+/// Reads more input. A connection silent for `idle` is told why, as its last answer
+/// line, and the read fails with `TimedOut`.
+pub(crate) async fn read_more(
+    rd: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    idle: std::time::Duration,
+    tx: &mpsc::Sender<Pending>,
+) -> std::io::Result<usize> {
+    match tokio::time::timeout(idle, rd.read_buf(buf)).await {
+        Ok(read) => read,
+        Err(_) => {
+            let reason = format!("no data for {} s (ingest.idle_timeout_s)", idle.as_secs());
+            fail(tx, reason.clone()).await;
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
         }
     }
 }

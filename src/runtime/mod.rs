@@ -6,7 +6,7 @@
 //!        ▲                    │ ack (durable)            
 //!        └────────────────────┤
 //!                             └──Arc<Epoch>──▶ worker 0..N ──▶ arrangements
-//!  queries ──Request──▶ every worker (cursor reads at a pinned epoch) ──▶ merged answer
+//!  queries ──Request──▶ the worker owning the user (cursor reads at a pinned epoch) ──▶ answer
 //! ```
 //!
 //! ## Invariants
@@ -17,7 +17,7 @@
 //!   users it owns (`user % workers`); the epoch's clock comes with it, so window
 //!   retractions happen at the same logical time everywhere, live or in replay.
 //! * A read picks one epoch `E` that is complete on every worker, pins it, and asks
-//!   every worker to read at `E`: the answer reflects exactly the events with
+//!   the worker owning the user to read at `E`: the answer reflects exactly the events with
 //!   `seq ≤ as_of(E)`. Traces are compacted only up to the oldest pinned or readable
 //!   epoch, so a pinned read is never disturbed.
 //! * Bounded queues everywhere: submissions (`ingest.queue_depth`), epochs to
@@ -196,7 +196,7 @@ impl Drop for Pin<'_> {
     }
 }
 
-/// A user's profile parts, merged from every worker, at one epoch.
+/// A user's profile, read from the worker that owns the user, at one epoch.
 #[derive(Clone, Debug)]
 pub struct ProfileRead {
     pub as_of: Readable,
@@ -212,7 +212,6 @@ pub struct Engine {
     requests: Vec<flume::Sender<Request>>,
     pub symbols: Arc<Symbols>,
     read_permits: Arc<tokio::sync::Semaphore>,
-    max_pending_reads: usize,
     pub config: Config,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
@@ -309,7 +308,6 @@ impl Engine {
             requests: request_txs,
             symbols,
             read_permits: Arc::new(tokio::sync::Semaphore::new(config.max_pending_reads)),
-            max_pending_reads: config.max_pending_reads,
             config,
             threads: Mutex::new(vec![seq_thread]),
             guards: Mutex::new(Some(guards)),
@@ -420,7 +418,7 @@ impl Engine {
         }
     }
 
-    /// Reads a user's profile parts from every worker at one complete epoch.
+    /// Reads a user's profile from its owning worker at one complete epoch.
     pub async fn read_profile(
         &self,
         user: &str,
@@ -430,7 +428,7 @@ impl Engine {
         let _permit = self
             .read_permits
             .try_acquire()
-            .map_err(|_| EngineError::Overloaded(self.max_pending_reads))?;
+            .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
         if let Some(seq) = min_seq {
             self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
         }

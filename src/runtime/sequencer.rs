@@ -122,10 +122,12 @@ impl Sequencer {
         self.shared.unpark_all();
     }
 
-    fn advance_clock(&mut self, events: &[Event]) {
+    /// Moves the clock for a record whose newest event time is `newest` (`None`: a
+    /// tick with no events).
+    fn advance_clock(&mut self, newest: Option<Millis>) {
         match self.config.clock {
             ClockMode::Event => {
-                if let Some(max) = events.iter().map(|e| e.ts).max() {
+                if let Some(max) = newest {
                     self.clock = self.clock.max(max);
                 }
             }
@@ -220,12 +222,7 @@ impl Sequencer {
     /// Writes one record (an epoch) unless there is nothing new: no events and no clock move.
     fn write(&mut self, chunks: Vec<Vec<Event>>) -> Result<Option<Epoch>, LogError> {
         let before = self.clock;
-        for chunk in &chunks {
-            self.advance_clock(chunk);
-        }
-        if chunks.is_empty() {
-            self.advance_clock(&[]);
-        }
+        self.advance_clock(chunks.iter().flatten().map(|e| e.ts).max());
         let count: usize = chunks.iter().map(Vec::len).sum();
         if count == 0 && self.clock == before {
             return Ok(None);
