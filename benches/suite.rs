@@ -16,9 +16,9 @@
 //!    mean visible, 504 means ask again). `max` is the best visible rate.
 //! 2. **Freshness and query latency vs load** (2 workers). `shopstream::load::run`
 //!    drives the server open loop at 25, 50 and 75% of `max` with profile queries
-//!    at `SUITE_QPS` over `SUITE_QUERY_THREADS` threads, and reports ack latency,
+//!    at `SUITE_QPS` over `SUITE_QUERY_CONNECTIONS` HTTP connections, and reports ack latency,
 //!    freshness (intended send to readable) and query latency. One more run holds
-//!    the issue's fixed workload: 200,000 events/s with 20,000 q/s over 16 threads.
+//!    the issue's fixed workload: 200,000 events/s with 20,000 q/s over 64 connections.
 //! 3. **Replay.** The log of the memory run of step 1 (2 workers) is replayed by a
 //!    new `Server::start` on the same data directory; it returns once replayed.
 //! 4. **Memory per user.** `VmRSS` growth of this process across that same run,
@@ -29,9 +29,9 @@
 //! until the machine has been at least 90% idle for 2 s, and says when it never was.
 //!
 //! Environment: `SUITE_EVENTS` (1000000), `SUITE_WORKERS` (`1,2`), `SUITE_LOADS`
-//! (`25,50,75`), `SUITE_LOAD_SECS` (8), `SUITE_QPS` (1000), `SUITE_QUERY_THREADS`
-//! (4), `SUITE_TARGET_RATE` (200000), `SUITE_TARGET_QPS` (20000),
-//! `SUITE_TARGET_THREADS` (16; 0 skips that run), `SUITE_QUIET_WAIT` (60; 0 skips
+//! (`25,50,75`), `SUITE_LOAD_SECS` (8), `SUITE_QPS` (1000), `SUITE_QUERY_CONNECTIONS`
+//! (32), `SUITE_TARGET_RATE` (200000), `SUITE_TARGET_QPS` (20000),
+//! `SUITE_TARGET_CONNECTIONS` (64; 0 skips that run), `SUITE_QUIET_WAIT` (60; 0 skips
 //! the wait), `SUITE_DIR` (parent of the temporary files; a real disk, or fsync
 //! means nothing), `SUITE_WRITE` (1; 0 leaves `BENCHMARKS.md` alone and draws the
 //! charts and the section in `$TMPDIR/shopstream-suite/` instead).
@@ -83,10 +83,10 @@ fn main() {
         s.loads,
         s.load_secs,
         s.qps,
-        s.query_threads,
+        s.query_connections,
         s.target_rate,
         s.target_qps,
-        s.target_threads
+        s.target_connections
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,7 +176,7 @@ fn main() {
             "suite: 2. {p}% of {max:.0} = {rate} events/s, {} q/s, {} s",
             s.qps, s.load_secs
         );
-        let report = load_run(&rt, &s, rate, s.qps, s.query_threads);
+        let report = load_run(&rt, &s, rate, s.qps, s.query_connections);
         eprintln!(
             "suite:    freshness p99 {} ms, query p99 {} ms",
             ms(report.freshness.freshness_us.p99),
@@ -187,17 +187,17 @@ fn main() {
             percent: Some(p),
             rate,
             qps: s.qps,
-            threads: s.query_threads,
+            connections: s.query_connections,
             report,
         });
     }
-    let fixed = (s.target_threads > 0).then(|| {
+    let fixed = (s.target_connections > 0).then(|| {
         quiet.wait(&s, "fixed workload");
         eprintln!(
-            "suite: 2. fixed workload: {} events/s, {} q/s over {} threads",
-            s.target_rate, s.target_qps, s.target_threads
+            "suite: 2. fixed workload: {} events/s, {} q/s over {} connections",
+            s.target_rate, s.target_qps, s.target_connections
         );
-        let report = load_run(&rt, &s, s.target_rate, s.target_qps, s.target_threads);
+        let report = load_run(&rt, &s, s.target_rate, s.target_qps, s.target_connections);
         eprintln!(
             "suite:    query p99 {} ms (service p99 {} ms), {:.0} q/s achieved",
             ms(report.queries.latency_us.p99),
@@ -213,7 +213,7 @@ fn main() {
             percent: None,
             rate: s.target_rate,
             qps: s.target_qps,
-            threads: s.target_threads,
+            connections: s.target_connections,
             report,
         }
     });
@@ -244,10 +244,10 @@ struct Settings {
     loads: Vec<u32>,
     load_secs: f64,
     qps: u64,
-    query_threads: usize,
+    query_connections: usize,
     target_rate: u64,
     target_qps: u64,
-    target_threads: usize,
+    target_connections: usize,
     quiet_wait: Duration,
     dir: Option<PathBuf>,
     write: bool,
@@ -288,10 +288,10 @@ impl Settings {
             loads,
             load_secs: env_num("SUITE_LOAD_SECS", 8.0f64),
             qps: env_num("SUITE_QPS", 1000u64),
-            query_threads: env_num("SUITE_QUERY_THREADS", 4usize),
+            query_connections: env_num("SUITE_QUERY_CONNECTIONS", 32usize),
             target_rate: env_num("SUITE_TARGET_RATE", 200_000u64),
             target_qps: env_num("SUITE_TARGET_QPS", 20_000u64),
-            target_threads: env_num("SUITE_TARGET_THREADS", 16usize),
+            target_connections: env_num("SUITE_TARGET_CONNECTIONS", 64usize),
             quiet_wait: Duration::from_secs_f64(env_num("SUITE_QUIET_WAIT", 60.0f64).max(0.0)),
             dir: std::env::var_os("SUITE_DIR").map(PathBuf::from),
             write: env_num("SUITE_WRITE", 1u8) != 0,
@@ -302,8 +302,8 @@ impl Settings {
         if !(s.load_secs.is_finite() && s.load_secs > 0.0) {
             bad_env("SUITE_LOAD_SECS", &s.load_secs.to_string());
         }
-        if s.query_threads == 0 {
-            bad_env("SUITE_QUERY_THREADS", "0");
+        if s.query_connections == 0 {
+            bad_env("SUITE_QUERY_CONNECTIONS", "0");
         }
         s
     }
@@ -536,7 +536,7 @@ struct LoadPoint {
     percent: Option<u32>,
     rate: u64,
     qps: u64,
-    threads: usize,
+    connections: usize,
     report: LoadReport,
 }
 
@@ -545,7 +545,7 @@ fn load_run(
     s: &Settings,
     rate: u64,
     qps: u64,
-    threads: usize,
+    connections: usize,
 ) -> LoadReport {
     let dir = s.tempdir();
     let server = rt
@@ -554,7 +554,7 @@ fn load_run(
     let mut o = LoadOptions::new(server.tcp_addr, server.http_addr);
     o.rate = rate;
     o.qps = qps;
-    o.query_threads = threads;
+    o.query_connections = connections;
     o.duration = Duration::from_secs_f64(s.load_secs);
     let report = load::run(&o).unwrap_or_else(|e| panic!("load run at {rate} events/s: {e}"));
     rt.block_on(server.shutdown());
@@ -868,7 +868,7 @@ impl Results<'_> {
                 thousands(r.ingest.achieved_rate.round() as u64),
                 thousands(p.qps),
                 thousands(r.queries.achieved_qps.round() as u64),
-                p.threads,
+                p.connections,
                 ms(r.ingest.ack_latency_us.p50),
                 ms(r.ingest.ack_latency_us.p99),
                 quantiles4(&r.freshness.freshness_us),
@@ -909,8 +909,9 @@ impl Results<'_> {
             let _ = write!(
                 notes,
                 " Queries sent more than 1 ms after their intended time ({}): with one query in \
-                 flight per thread, the threads could not keep the schedule, and that wait counts \
-                 in the latency; the service time (from the actual send) is the server's share.",
+                 flight per connection, the connections (or the client's one thread) could not keep \
+                 the schedule, and that wait counts in the latency; the service time (from the \
+                 actual send) is the server's share.",
                 late.join("; ")
             );
         }
@@ -1025,20 +1026,20 @@ impl Results<'_> {
                 let q = &p.report.queries;
                 let _ = writeln!(
                     t,
-                    "| profile query p99 ≤ 1 ms at 20,000 q/s while ingesting 200,000 events/s | {} ms (service time {} ms) at {} q/s achieved of {}, ingest {} events/s, {} threads | {} |",
+                    "| profile query p99 ≤ 1 ms at 20,000 q/s while ingesting 200,000 events/s | {} ms (service time {} ms) at {} q/s achieved of {}, ingest {} events/s, {} connections | {} |",
                     ms(q.latency_us.p99),
                     ms(q.service_us.p99),
                     thousands(q.achieved_qps.round() as u64),
                     thousands(p.qps),
                     thousands(p.report.ingest.achieved_rate.round() as u64),
-                    p.threads,
+                    p.connections,
                     verdict(q.latency_us.p99 <= TARGET_QUERY_P99_US && q.achieved_qps >= 0.95 * p.qps as f64)
                 );
             }
             None => {
                 let _ = writeln!(
                     t,
-                    "| profile query p99 ≤ 1 ms at 20,000 q/s while ingesting 200,000 events/s | not measured (`SUITE_TARGET_THREADS=0`) | — |"
+                    "| profile query p99 ≤ 1 ms at 20,000 q/s while ingesting 200,000 events/s | not measured (`SUITE_TARGET_CONNECTIONS=0`) | — |"
                 );
             }
         }
@@ -1103,18 +1104,18 @@ impl Results<'_> {
         let _ = writeln!(
             o,
             "\nKnobs: `SUITE_EVENTS` ({}), `SUITE_WORKERS` ({}), `SUITE_LOADS` ({}), `SUITE_LOAD_SECS` ({}), \
-             `SUITE_QPS` ({}), `SUITE_QUERY_THREADS` ({}), `SUITE_TARGET_RATE` ({}), `SUITE_TARGET_QPS` ({}), \
-             `SUITE_TARGET_THREADS` ({}), `SUITE_QUIET_WAIT`, `SUITE_DIR`, `SUITE_WRITE=0` (leave this file alone). \
+             `SUITE_QPS` ({}), `SUITE_QUERY_CONNECTIONS` ({}), `SUITE_TARGET_RATE` ({}), `SUITE_TARGET_QPS` ({}), \
+             `SUITE_TARGET_CONNECTIONS` ({}), `SUITE_QUIET_WAIT`, `SUITE_DIR`, `SUITE_WRITE=0` (leave this file alone). \
              This is one run: expect ±10% on throughput and more on tail latency from run to run.\n",
             s.events,
             join(&s.workers),
             join(&s.loads),
             s.load_secs,
             s.qps,
-            s.query_threads,
+            s.query_connections,
             s.target_rate,
             s.target_qps,
-            s.target_threads
+            s.target_connections
         );
         let _ = writeln!(o, "### Targets\n\n{}", self.targets());
         for (k, (title, table, note)) in tables.iter().enumerate() {
@@ -1146,7 +1147,7 @@ impl Results<'_> {
                 "achieved_rate": r.ingest.achieved_rate,
                 "target_qps": p.qps,
                 "achieved_qps": r.queries.achieved_qps,
-                "query_threads": p.threads,
+                "query_connections": p.connections,
                 "duration_s": r.settings.duration_s,
                 "acked": r.ingest.acked,
                 "rejected": r.ingest.rejected,
@@ -1543,9 +1544,9 @@ impl Results<'_> {
             (left + right) / 2.0 + 40.0,
             50.0,
             &format!(
-                "open loop, {} q/s over {} threads, {} s per point · {}",
+                "open loop, {} q/s over {} connections, {} s per point · {}",
                 thousands(self.settings.qps),
-                self.settings.query_threads,
+                self.settings.query_connections,
                 self.settings.load_secs,
                 self.subtitle()
             ),
