@@ -87,6 +87,39 @@ pub struct RawEngine {
     pub currency_rates: HashMap<String, f64>,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSegments {
+    pub file: PathBuf,
+    pub feed_retention: usize,
+    pub builtins: bool,
+    pub lifecycle: RawLifecycle,
+    pub tiers: RawTiers,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLifecycle {
+    pub new_days: u32,
+    pub active_days: u32,
+    pub churned_days: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTiers {
+    pub metric: String,
+    pub levels: Vec<TierLevel>,
+}
+
+/// A member tier: users whose tier metric is at least `min` (and below the next tier).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLevel {
+    pub name: String,
+    pub min: String,
+}
+
 /// The file as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,6 +128,44 @@ pub struct RawConfig {
     pub http: RawHttp,
     pub log: RawLog,
     pub engine: RawEngine,
+    pub segments: RawSegments,
+}
+
+impl Default for RawSegments {
+    fn default() -> Self {
+        RawSegments {
+            file: PathBuf::new(),
+            feed_retention: 1_000_000,
+            builtins: true,
+            lifecycle: RawLifecycle::default(),
+            tiers: RawTiers::default(),
+        }
+    }
+}
+impl Default for RawLifecycle {
+    fn default() -> Self {
+        RawLifecycle {
+            new_days: 30,
+            active_days: 90,
+            churned_days: 180,
+        }
+    }
+}
+impl Default for RawTiers {
+    fn default() -> Self {
+        let level = |name: &str, min: &str| TierLevel {
+            name: name.into(),
+            min: min.into(),
+        };
+        RawTiers {
+            metric: "windows.30d.revenue".into(),
+            levels: vec![
+                level("bronze", "50"),
+                level("silver", "200"),
+                level("gold", "1000"),
+            ],
+        }
+    }
 }
 
 impl Default for RawIngest {
@@ -171,6 +242,13 @@ pub struct Config {
     pub order_horizon: usize,
     pub reporting_currency: String,
     pub currency_rates: HashMap<String, f64>,
+    /// A TOML file of segment definitions to apply at start (empty: none).
+    pub segments_file: Option<PathBuf>,
+    pub feed_retention: usize,
+    /// Define the lifecycle, tier and RFM segments.
+    pub builtin_segments: bool,
+    pub lifecycle: RawLifecycle,
+    pub tiers: RawTiers,
 }
 
 impl RawConfig {
@@ -208,7 +286,18 @@ impl RawConfig {
             }
             Ok(())
         }
-        let (i, h, l, e) = (self.ingest, self.http, self.log, self.engine);
+        let (i, h, l, e, g) = (self.ingest, self.http, self.log, self.engine, self.segments);
+        positive("segments.feed_retention", g.feed_retention as u64)?;
+        let lc = &g.lifecycle;
+        if !(lc.new_days > 0 && lc.active_days > 0 && lc.active_days < lc.churned_days) {
+            return Err(ConfigError::Invalid {
+                key: "segments.lifecycle",
+                reason: format!(
+                    "expected new_days > 0 and 0 < active_days < churned_days, got {}, {}, {}",
+                    lc.new_days, lc.active_days, lc.churned_days
+                ),
+            });
+        }
         positive("ingest.max_line_bytes", i.max_line_bytes as u64)?;
         positive("ingest.max_batch_bytes", i.max_batch_bytes as u64)?;
         positive("ingest.max_connections", i.max_connections as u64)?;
@@ -268,6 +357,11 @@ impl RawConfig {
             order_horizon: e.order_horizon,
             reporting_currency: e.reporting_currency,
             currency_rates: e.currency_rates,
+            segments_file: (!g.file.as_os_str().is_empty()).then_some(g.file),
+            feed_retention: g.feed_retention,
+            builtin_segments: g.builtins,
+            lifecycle: g.lifecycle,
+            tiers: g.tiers,
         })
     }
 }

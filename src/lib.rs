@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod load;
 pub mod log;
 pub mod runtime;
+pub mod segments;
 pub mod serve;
 pub mod server;
 pub mod symbols;

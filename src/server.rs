@@ -15,6 +15,8 @@ use crate::runtime::{Engine, EngineError};
 pub enum ServerError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Segments(#[from] crate::segments::StartupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -39,9 +41,20 @@ impl Server {
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<Server, ServerError> {
         crate::serve::metrics_handle();
+        let wanted = crate::segments::wanted(&config)?;
         let engine = tokio::task::spawn_blocking(move || Engine::start(config, progress))
             .await
             .map_err(|e| EngineError::Replay(e.to_string()))??;
+        // Configured segments are logged like API definitions (so a replay sees
+        // them at the same epoch), before anything is served.
+        let controls = crate::segments::startup_controls(&engine.definitions(), &wanted);
+        if !controls.is_empty() {
+            tracing::info!(
+                changes = controls.len(),
+                "applying the configured segment definitions"
+            );
+            engine.define(controls).await?;
+        }
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await

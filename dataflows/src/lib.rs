@@ -5,4 +5,6 @@
 //! advances time and reads the traces by cursor.
 
 pub mod profiles;
+pub mod rules;
+pub mod segments;
 pub mod types;

@@ -11,7 +11,8 @@
 //!   not yet cancelled order takes the order back (one order, its items, its
 //!   unrefunded amount; nothing is left to refund after it); of an unknown order
 //!   it subtracts the amount it names.
-//!   `last_order_at`: max time of `Order Completed`.
+//!   `last_order_at`: max time of `Order Completed`; `prev_order_at`: the greatest
+//!   `Order Completed` time below it (for the gap between the last two orders).
 //! * `windows.{7d,30d}`: the same view/cart-add/order/revenue contributions, of the
 //!   events with `ts + W > c(E)`; a cancellation of a known order counts at the
 //!   order's time (it takes the order out of the windows the order is in), a
@@ -82,6 +83,8 @@ pub struct Lifetime {
     pub first_seen: Millis,
     pub last_seen: Millis,
     pub last_order_at: Millis,
+    /// The greatest order time strictly below `last_order_at` (`Millis::MIN`: none).
+    pub prev_order_at: Millis,
 }
 
 impl Default for Lifetime {
@@ -97,6 +100,7 @@ impl Default for Lifetime {
             first_seen: Millis::MAX,
             last_seen: Millis::MIN,
             last_order_at: Millis::MIN,
+            prev_order_at: Millis::MIN,
         }
     }
 }
@@ -118,7 +122,14 @@ impl Semigroup for Lifetime {
         self.cancellations = self.cancellations.wrapping_add(rhs.cancellations);
         self.first_seen = self.first_seen.min(rhs.first_seen);
         self.last_seen = self.last_seen.max(rhs.last_seen);
-        self.last_order_at = self.last_order_at.max(rhs.last_order_at);
+        // The two greatest distinct order times of both sides (still a semigroup:
+        // the top two of a union is the top two of the sides' top twos).
+        let (a, b) = (self.last_order_at, self.prev_order_at);
+        let (c, d) = (rhs.last_order_at, rhs.prev_order_at);
+        let last = a.max(c);
+        let below = |x: Millis| if x < last { x } else { Millis::MIN };
+        self.prev_order_at = below(a).max(below(b)).max(below(c)).max(below(d));
+        self.last_order_at = last;
     }
 }
 
@@ -342,7 +353,7 @@ pub fn owner(user: UserId, peers: usize) -> usize {
 }
 
 /// Arranges a user-keyed collection on the worker it is on (see [`profiles`]).
-fn arrange_local_by_self<'scope, R>(
+pub(crate) fn arrange_local_by_self<'scope, R>(
     c: VecCollection<'scope, Time, UserId, R>,
     name: &str,
 ) -> Arranged<'scope, UserKeyTrace<R>>
@@ -358,7 +369,7 @@ where
 }
 
 /// Arranges a `(user, value)` collection by user on the worker it is on.
-fn arrange_local_by_key<'scope, V, R>(
+pub(crate) fn arrange_local_by_key<'scope, V, R>(
     c: VecCollection<'scope, Time, (UserId, V), R>,
     name: &str,
 ) -> Arranged<'scope, UserValTrace<V, R>>
@@ -429,7 +440,9 @@ pub struct ProfileInputs {
     pub traits: InputSession<Time, (UserId, Sym), Latest>,
 }
 
-/// Trace handles of the profile view, read by cursor between steps.
+/// Trace handles of the profile view, read by cursor between steps. A clone is
+/// another handle on the same traces (it holds back their compaction on its own).
+#[derive(Clone)]
 pub struct ProfileTraces {
     pub lifetime: UserKeyTrace<Lifetime>,
     pub windows: UserKeyTrace<Windowed>,
@@ -438,19 +451,21 @@ pub struct ProfileTraces {
     pub rfm: KeyTrace<RfmKey>,
 }
 
-/// Builds the profile view in `scope`: inputs, arrangements (probed by `probe`) and
-/// their traces.
+/// Builds the profile view in `scope`: its inputs and its arrangements, each
+/// probed by `probe`. Other views build on the arrangements (see
+/// [`ProfileArrangements::traces`]).
 pub fn build<'scope>(
     scope: timely::dataflow::Scope<'scope, Time>,
     probe: &ProbeHandle<Time>,
-) -> (ProfileInputs, ProfileTraces) {
-    let mut inputs = ProfileInputs {
+) -> (ProfileInputs, ProfileArrangements<'scope>) {
+    let inputs = ProfileInputs {
         lifetime: InputSession::new(),
         orders: InputSession::new(),
         windows: InputSession::new(),
         facets: InputSession::new(),
         traits: InputSession::new(),
     };
+    let mut inputs = inputs;
     let arranged = profiles(ProfileCollections {
         lifetime: inputs.lifetime.to_collection(scope),
         orders: inputs.orders.to_collection(scope),
@@ -458,19 +473,25 @@ pub fn build<'scope>(
         facets: inputs.facets.to_collection(scope),
         traits: inputs.traits.to_collection(scope),
     });
-    arranged.lifetime.stream.probe_with(probe);
-    arranged.windows.stream.probe_with(probe);
-    arranged.facets.stream.probe_with(probe);
-    arranged.traits.stream.probe_with(probe);
-    arranged.rfm.stream.probe_with(probe);
-    let traces = ProfileTraces {
-        lifetime: arranged.lifetime.trace,
-        windows: arranged.windows.trace,
-        facets: arranged.facets.trace,
-        traits: arranged.traits.trace,
-        rfm: arranged.rfm.trace,
-    };
-    (inputs, traces)
+    arranged.lifetime.stream.clone().probe_with(probe);
+    arranged.windows.stream.clone().probe_with(probe);
+    arranged.facets.stream.clone().probe_with(probe);
+    arranged.traits.stream.clone().probe_with(probe);
+    arranged.rfm.stream.clone().probe_with(probe);
+    (inputs, arranged)
+}
+
+impl ProfileArrangements<'_> {
+    /// New handles on the traces (each holds back compaction until told otherwise).
+    pub fn traces(&self) -> ProfileTraces {
+        ProfileTraces {
+            lifetime: self.lifetime.trace.clone(),
+            windows: self.windows.trace.clone(),
+            facets: self.facets.trace.clone(),
+            traits: self.traits.trace.clone(),
+            rfm: self.rfm.trace.clone(),
+        }
+    }
 }
 
 impl ProfileInputs {
@@ -841,18 +862,55 @@ impl ProfileTraces {
     /// Reads what this worker holds for `user` at `as_of`, by seeking cursors.
     /// The caller ensures every trace is complete through `as_of`.
     pub fn read_user(&mut self, user: UserId, as_of: Time) -> UserProfile {
+        self.read_user_parts(user, as_of, true, true)
+    }
+
+    /// [`Self::read_user`], leaving out the facets or the traits when not wanted.
+    pub fn read_user_parts(
+        &mut self,
+        user: UserId,
+        as_of: Time,
+        facets: bool,
+        traits: bool,
+    ) -> UserProfile {
         let mut p = UserProfile {
             lifetime: read_key(&mut self.lifetime, &user, as_of),
             windows: read_key(&mut self.windows, &user, as_of).unwrap_or_default(),
             ..UserProfile::default()
         };
-        read_vals(&mut self.facets, &user, as_of, |f, d| {
-            p.facets.push((*f, d))
-        });
-        read_vals(&mut self.traits, &user, as_of, |k, d| {
-            p.traits.push((*k, d))
-        });
+        if facets {
+            read_vals(&mut self.facets, &user, as_of, |f, d| {
+                p.facets.push((*f, d))
+            });
+        }
+        if traits {
+            read_vals(&mut self.traits, &user, as_of, |k, d| {
+                p.traits.push((*k, d))
+            });
+        }
         p
+    }
+
+    /// Every user this worker holds a profile for at `as_of`, in id order.
+    pub fn users(&mut self, as_of: Time) -> Vec<UserId> {
+        let (mut cursor, storage) = cursor_at(&mut self.lifetime);
+        let mut out = Vec::new();
+        while let Some(user) = cursor.get_key(&storage) {
+            let mut acc: Option<Lifetime> = None;
+            cursor.map_times(&storage, |t, d| {
+                if *t <= as_of {
+                    match &mut acc {
+                        None => acc = Some(*d),
+                        Some(a) => a.plus_equals(d),
+                    }
+                }
+            });
+            if acc.is_some_and(|a| !a.is_zero()) {
+                out.push(*user);
+            }
+            cursor.step_key(&storage);
+        }
+        out
     }
 
     /// For each dimension `d` and bucket `b` in `buckets`, how all users with orders
@@ -889,11 +947,11 @@ impl ProfileTraces {
     }
 }
 
-type SpineCursor<Tr> =
+pub(crate) type SpineCursor<Tr> =
     differential_dataflow::trace::cursor::CursorList<differential_dataflow::trace::BatchCursor<Tr>>;
 
 /// A cursor over every batch of `trace` up to its current upper frontier.
-fn cursor_at<Tr>(trace: &mut Tr) -> (SpineCursor<Tr>, Vec<Tr::Batch>)
+pub(crate) fn cursor_at<Tr>(trace: &mut Tr) -> (SpineCursor<Tr>, Vec<Tr::Batch>)
 where
     Tr: TraceReader<Time = Time>,
     Tr::Batch: differential_dataflow::trace::Navigable,
@@ -932,7 +990,7 @@ macro_rules! read_key_impl {
 }
 
 /// Accumulates, at `as_of`, the values of `key` in a `(key, val)` trace.
-fn read_vals<V, R>(
+pub(crate) fn read_vals<V, R>(
     trace: &mut TraceAgent<ValSpine<UserId, V, Time, R>>,
     key: &UserId,
     as_of: Time,
@@ -946,7 +1004,7 @@ fn read_vals<V, R>(
 }
 
 /// Accumulates, at `as_of`, the difference of `key` in a key-only trace.
-fn read_key<R>(
+pub(crate) fn read_key<R>(
     trace: &mut TraceAgent<KeySpine<UserId, Time, R>>,
     key: &UserId,
     as_of: Time,
@@ -972,6 +1030,32 @@ mod tests {
             total,
         }
         .score()
+    }
+
+    #[test]
+    fn previous_order_time_is_the_second_greatest_distinct() {
+        let order = |ts| Lifetime {
+            orders: 1,
+            last_order_at: ts,
+            ..Lifetime::default()
+        };
+        let times = [5, 9, 2, 9, 7, 1];
+        // Any grouping and order of the sums gives the same answer.
+        let mut left = Lifetime::default();
+        for t in times {
+            left.plus_equals(&order(t));
+        }
+        let mut a = order(times[5]);
+        a.plus_equals(&order(times[4]));
+        let mut b = order(times[1]);
+        b.plus_equals(&order(times[0]));
+        b.plus_equals(&order(times[3]));
+        let mut right = order(times[2]);
+        right.plus_equals(&a);
+        right.plus_equals(&b);
+        assert_eq!((left.last_order_at, left.prev_order_at), (9, 7));
+        assert_eq!(left, right);
+        assert_eq!(order(3).prev_order_at, Millis::MIN);
     }
 
     #[test]

@@ -33,12 +33,15 @@ use std::thread::Thread;
 use std::time::Duration;
 
 use shopstream_dataflows::profiles::{Rank, UserProfile};
+use shopstream_dataflows::rules::Rule;
+use shopstream_dataflows::segments::{SegId, Since};
 use shopstream_dataflows::types::{intern, Millis, Time, UserId};
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::event::Event;
 use crate::log::{LogError, Recovery};
+use crate::segments::{Control, Definition, Hub, Registry};
 use crate::symbols::Symbols;
 
 pub use sequencer::SubmitAck;
@@ -52,6 +55,15 @@ pub struct Epoch {
     pub first_seq: u64,
     pub clock: Millis,
     pub chunks: Vec<Vec<Event>>,
+    /// Segment definitions that take effect at this epoch, compiled.
+    pub segments: Vec<SegmentChange>,
+}
+
+/// A segment defined (with its compiled rule) or dropped (`None`) at an epoch.
+#[derive(Clone, Debug)]
+pub struct SegmentChange {
+    pub id: SegId,
+    pub rule: Option<Arc<Rule>>,
 }
 
 impl Epoch {
@@ -110,13 +122,42 @@ pub enum EngineError {
     Replay(String),
 }
 
-/// A read a worker serves between steps: a user's whole profile, which lives on
-/// the worker that owns the user, with the user's RFM ranks from that worker's copy
-/// of the histogram.
+/// A read a worker serves between steps, at epoch `at`.
 pub(crate) struct Request {
     pub at: Time,
-    pub user: UserId,
-    pub reply: flume::Sender<(UserProfile, Option<[Rank; 3]>)>,
+    pub query: Query,
+    pub reply: flume::Sender<Answer>,
+}
+
+/// What a worker is asked. Per-user reads go to the worker that owns the user;
+/// per-segment reads go to every worker (each holds its own users' memberships).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Query {
+    /// The user's whole profile, with the user's RFM ranks from that worker's copy
+    /// of the histogram.
+    Profile(UserId),
+    /// The segments the user is in, with `since`.
+    UserSegments(UserId),
+    /// Members of a segment on this worker.
+    Size(SegId),
+    /// Every segment's members on this worker.
+    Sizes,
+    /// Up to `limit` members after `after`, in id order.
+    Members {
+        segment: SegId,
+        after: Option<UserId>,
+        limit: usize,
+    },
+}
+
+/// A worker's answer to a [`Query`] of the same name.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Profile(Box<(UserProfile, Option<[Rank; 3]>)>),
+    UserSegments(Vec<(SegId, Since)>),
+    Size(i64),
+    Sizes(Vec<(SegId, i64)>),
+    Members(Vec<UserId>),
 }
 
 /// Progress and read pins, shared by workers and readers under one lock so that a
@@ -139,6 +180,10 @@ pub(crate) struct Shared {
     /// events are accepted, reads answer "unavailable", and shutdown does not wait
     /// for epochs that can no longer complete.
     pub(crate) worker_failed: AtomicBool,
+    /// Segment definitions, as logged.
+    pub(crate) registry: Arc<Mutex<Registry>>,
+    /// Membership changes of complete epochs, for the change feed.
+    pub(crate) hub: Hub,
 }
 
 impl Shared {
@@ -205,6 +250,15 @@ pub struct ProfileRead {
     pub rfm_ranks: Option<[Rank; 3]>,
 }
 
+/// Which workers a read asks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    /// The worker that owns this user.
+    Owner(UserId),
+    /// Every worker.
+    All,
+}
+
 /// The running engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     shared: Arc<Shared>,
@@ -230,7 +284,11 @@ impl Engine {
             clock: Millis::MIN,
             ..Readable::default()
         });
+        let symbols = Arc::new(Symbols::default());
+        let registry = Arc::new(Mutex::new(Registry::default()));
         let shared = Arc::new(Shared {
+            registry: registry.clone(),
+            hub: Hub::new(workers, config.feed_retention, registry, symbols.clone()),
             state: Mutex::new(ReadState {
                 per_worker: vec![Readable::default(); workers],
                 pins: BTreeMap::new(),
@@ -242,7 +300,6 @@ impl Engine {
             healthy: AtomicBool::new(true),
             worker_failed: AtomicBool::new(false),
         });
-        let symbols = Arc::new(Symbols::default());
 
         let mut epoch_txs = Vec::new();
         let mut epoch_rxs = Vec::new();
@@ -370,7 +427,11 @@ impl Engine {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit
-            .send_async(sequencer::Submit { events, reply: tx })
+            .send_async(sequencer::Submit {
+                events,
+                controls: Vec::new(),
+                reply: tx,
+            })
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         Ok(rx)
@@ -391,7 +452,11 @@ impl Engine {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit
-            .try_send(sequencer::Submit { events, reply: tx })
+            .try_send(sequencer::Submit {
+                events,
+                controls: Vec::new(),
+                reply: tx,
+            })
             .map_err(|e| match e {
                 flume::TrySendError::Full(_) => EngineError::Overloaded(self.submit.len()),
                 flume::TrySendError::Disconnected(_) => EngineError::ShuttingDown,
@@ -424,6 +489,31 @@ impl Engine {
         user: &str,
         min_seq: Option<u64>,
     ) -> Result<ProfileRead, EngineError> {
+        let user = intern(user);
+        let (as_of, answers) = self
+            .read(min_seq, None, Target::Owner(user), Query::Profile(user))
+            .await?;
+        let (profile, rfm_ranks) = match answers.into_iter().next() {
+            Some(Answer::Profile(read)) => *read,
+            _ => (UserProfile::default(), None),
+        };
+        Ok(ProfileRead {
+            as_of,
+            profile,
+            rfm_ranks,
+        })
+    }
+
+    /// Asks `target` for `query` at one complete epoch (after `min_seq`, and at or
+    /// after `min_epoch`); the answers of the workers asked, in worker order, and
+    /// the epoch they are as of. No answers before anything is readable.
+    pub(crate) async fn read(
+        &self,
+        min_seq: Option<u64>,
+        min_epoch: Option<Time>,
+        target: Target,
+        query: Query,
+    ) -> Result<(Readable, Vec<Answer>), EngineError> {
         // Reads waiting on `min_seq` count against the limit too.
         let _permit = self
             .read_permits
@@ -432,17 +522,14 @@ impl Engine {
         if let Some(seq) = min_seq {
             self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
         }
+        if let Some(epoch) = min_epoch {
+            self.wait_for_epoch(epoch, self.config.min_seq_timeout)
+                .await?;
+        }
         let (as_of, pin) = self.pin();
         let Some(pin) = pin else {
-            return Ok(ProfileRead {
-                as_of,
-                profile: UserProfile::default(),
-                rfm_ranks: None,
-            });
+            return Ok((as_of, Vec::new()));
         };
-        let user = intern(user);
-        let (tx, rx) = flume::bounded(1);
-        let owner = shopstream_dataflows::profiles::owner(user, self.requests.len());
         let gone = || {
             if self.worker_failed() {
                 EngineError::Unavailable("a dataflow worker failed; see the server log".into())
@@ -450,21 +537,213 @@ impl Engine {
                 EngineError::ShuttingDown
             }
         };
-        self.requests[owner]
-            .send(Request {
-                at: pin.at,
-                user,
+        let workers: Vec<usize> = match target {
+            Target::Owner(user) => {
+                vec![shopstream_dataflows::profiles::owner(
+                    user,
+                    self.requests.len(),
+                )]
+            }
+            Target::All => (0..self.requests.len()).collect(),
+        };
+        let mut replies = Vec::with_capacity(workers.len());
+        for w in workers {
+            let (tx, rx) = flume::bounded(1);
+            self.requests[w]
+                .send(Request {
+                    at: pin.at,
+                    query,
+                    reply: tx,
+                })
+                .map_err(|_| gone())?;
+            self.shared.unpark(w);
+            replies.push(rx);
+        }
+        let mut answers = Vec::with_capacity(replies.len());
+        for rx in replies {
+            answers.push(rx.recv_async().await.map_err(|_| gone())?);
+        }
+        drop(pin);
+        Ok((as_of, answers))
+    }
+
+    /// Waits until the views include epoch `epoch`, up to `timeout`.
+    pub async fn wait_for_epoch(
+        &self,
+        epoch: Time,
+        timeout: Duration,
+    ) -> Result<Readable, EngineError> {
+        let mut rx = self.shared.readable.subscribe();
+        let started = std::time::Instant::now();
+        let waited = tokio::time::timeout(timeout, async {
+            rx.wait_for(|r| r.done > epoch).await.map(|r| *r)
+        })
+        .await;
+        match waited {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(EngineError::ShuttingDown),
+            Err(_) => Err(EngineError::Timeout {
+                wanted: self.logged_seq(),
+                reached: self.readable().seq,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Logs segment definitions and waits until the views answer with them: the
+    /// readable state returned is the first that includes them.
+    pub async fn define(&self, controls: Vec<Control>) -> Result<Readable, EngineError> {
+        if !self.healthy() {
+            return Err(EngineError::Unavailable(
+                "the engine stopped accepting changes after a failure; see the server log".into(),
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit
+            .send_async(sequencer::Submit {
+                events: Vec::new(),
+                controls,
                 reply: tx,
             })
-            .map_err(|_| gone())?;
-        self.shared.unpark(owner);
-        let (profile, rfm_ranks) = rx.recv_async().await.map_err(|_| gone())?;
-        drop(pin);
-        Ok(ProfileRead {
-            as_of,
-            profile,
-            rfm_ranks,
-        })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let ack = rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        match ack.epoch {
+            Some(epoch) => self.wait_for_epoch(epoch, Duration::from_secs(600)).await,
+            None => Ok(self.readable()),
+        }
+    }
+
+    /// The segment definitions (a snapshot).
+    pub fn definitions(&self) -> Vec<Definition> {
+        self.shared
+            .registry
+            .lock()
+            .expect("poisoned")
+            .all()
+            .cloned()
+            .collect()
+    }
+
+    /// One segment's definition.
+    pub fn definition(&self, name: &str) -> Option<Definition> {
+        self.shared
+            .registry
+            .lock()
+            .expect("poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    /// A segment's name from its id.
+    pub fn segment_name(&self, id: SegId) -> Option<String> {
+        self.shared
+            .registry
+            .lock()
+            .expect("poisoned")
+            .name(id)
+            .map(str::to_owned)
+    }
+
+    /// The change feed.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// The segments a user is in, by id, with `since`, in id order.
+    pub async fn user_segments(
+        &self,
+        user: &str,
+        min_seq: Option<u64>,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, Vec<(SegId, Since)>), EngineError> {
+        let user = intern(user);
+        let (as_of, answers) = self
+            .read(
+                min_seq,
+                min_epoch,
+                Target::Owner(user),
+                Query::UserSegments(user),
+            )
+            .await?;
+        let segments = match answers.into_iter().next() {
+            Some(Answer::UserSegments(v)) => v,
+            _ => Vec::new(),
+        };
+        Ok((as_of, segments))
+    }
+
+    /// Members of every segment with members, summed over the workers.
+    pub async fn segment_sizes(
+        &self,
+        min_seq: Option<u64>,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, std::collections::HashMap<SegId, i64>), EngineError> {
+        let (as_of, answers) = self
+            .read(min_seq, min_epoch, Target::All, Query::Sizes)
+            .await?;
+        let mut sizes = std::collections::HashMap::new();
+        for a in answers {
+            if let Answer::Sizes(v) = a {
+                for (seg, n) in v {
+                    *sizes.entry(seg).or_insert(0) += n;
+                }
+            }
+        }
+        Ok((as_of, sizes))
+    }
+
+    /// The number of members of segment `id`, at an epoch at or after `min_epoch`.
+    pub async fn segment_size(
+        &self,
+        id: SegId,
+        min_seq: Option<u64>,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, i64), EngineError> {
+        let (as_of, answers) = self
+            .read(min_seq, min_epoch, Target::All, Query::Size(id))
+            .await?;
+        let size = answers
+            .into_iter()
+            .map(|a| match a {
+                Answer::Size(n) => n,
+                _ => 0,
+            })
+            .sum();
+        Ok((as_of, size))
+    }
+
+    /// Up to `limit` members of segment `id` with ids after `after`, in id order,
+    /// and the cursor of the next page (`None`: this was the last).
+    pub async fn segment_members(
+        &self,
+        id: SegId,
+        after: Option<UserId>,
+        limit: usize,
+        min_seq: Option<u64>,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, Vec<UserId>, Option<UserId>), EngineError> {
+        let query = Query::Members {
+            segment: id,
+            after,
+            limit: limit.saturating_add(1),
+        };
+        let (as_of, answers) = self.read(min_seq, min_epoch, Target::All, query).await?;
+        let mut members: Vec<UserId> = answers
+            .into_iter()
+            .flat_map(|a| match a {
+                Answer::Members(v) => v,
+                _ => Vec::new(),
+            })
+            .collect();
+        members.sort_unstable();
+        let next = if members.len() > limit {
+            members.truncate(limit);
+            members.last().copied()
+        } else {
+            None
+        };
+        Ok((as_of, members, next))
     }
 
     /// Pins the newest epoch that every worker has completed.

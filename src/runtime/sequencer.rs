@@ -17,14 +17,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shopstream_dataflows::types::Millis;
 
-use super::{EngineError, Epoch, Shared};
+use super::{EngineError, Epoch, SegmentChange, Shared};
 use crate::config::{ClockMode, Config};
 use crate::event::Event;
 use crate::log::{self, LogConfig, LogError, LogWriter, RecordHeader, Recovery};
+use crate::segments::{self, Control};
 
-/// Events from one connection (or request), and where to acknowledge them.
+/// Events from one connection (or request), or segment definitions, and where to
+/// acknowledge them.
 pub struct Submit {
     pub events: Vec<Event>,
+    pub controls: Vec<Control>,
     pub reply: tokio::sync::oneshot::Sender<Result<SubmitAck, EngineError>>,
 }
 
@@ -38,6 +41,8 @@ pub struct SubmitAck {
     pub logged: usize,
     /// Indexes (in the submission) of events dropped as duplicates of a logged `messageId`.
     pub duplicates: Vec<usize>,
+    /// The epoch of the record that holds this submission (`None`: nothing was logged).
+    pub epoch: Option<u64>,
 }
 
 /// Remembers the last `horizon` message ids, with the sequence number each was
@@ -142,8 +147,10 @@ impl Sequencer {
     fn commit(&mut self, group: Vec<Submit>) {
         let mut chunks = Vec::with_capacity(group.len());
         let mut acks = Vec::with_capacity(group.len());
+        let mut controls = Vec::new();
         let mut n = 0u64;
-        for submit in group {
+        for mut submit in group {
+            controls.append(&mut submit.controls);
             let mut ack = SubmitAck::default();
             let mut events = submit.events;
             let mut keep = Vec::new();
@@ -174,11 +181,12 @@ impl Sequencer {
             acks.push((submit.reply, ack));
         }
         let events = chunks;
-        match self.write(events) {
+        match self.write(events, controls) {
             Ok(epoch) => {
                 let dups: usize = acks.iter().map(|(_, a)| a.duplicates.len()).sum();
                 metrics::counter!("shopstream_events_duplicate_total").increment(dups as u64);
-                for (reply, ack) in acks {
+                for (reply, mut ack) in acks {
+                    ack.epoch = epoch.as_ref().map(|e| e.epoch);
                     let _ = reply.send(Ok(ack));
                 }
                 if let Some(epoch) = epoch {
@@ -219,12 +227,17 @@ impl Sequencer {
         }
     }
 
-    /// Writes one record (an epoch) unless there is nothing new: no events and no clock move.
-    fn write(&mut self, chunks: Vec<Vec<Event>>) -> Result<Option<Epoch>, LogError> {
+    /// Writes one record (an epoch) unless there is nothing new: no events, no
+    /// definitions and no clock move.
+    fn write(
+        &mut self,
+        chunks: Vec<Vec<Event>>,
+        controls: Vec<Control>,
+    ) -> Result<Option<Epoch>, LogError> {
         let before = self.clock;
         self.advance_clock(chunks.iter().flatten().map(|e| e.ts).max());
         let count: usize = chunks.iter().map(Vec::len).sum();
-        if count == 0 && self.clock == before {
+        if count == 0 && self.clock == before && controls.is_empty() {
             return Ok(None);
         }
         let writer = self.writer.as_mut().ok_or(LogError::Poisoned)?;
@@ -234,7 +247,7 @@ impl Sequencer {
             count: count as u32,
             clock_ms: self.clock,
         };
-        encode_payload(&chunks, count, &mut self.payload);
+        encode_payload(&chunks, count, &controls, &mut self.payload);
         writer.append(&header, &self.payload)?;
         let synced = writer.commit()?;
         if !synced.is_zero() {
@@ -248,24 +261,91 @@ impl Sequencer {
             .logged_seq
             .store(self.next_seq - 1, Ordering::Relaxed);
         self.last_record = Instant::now();
+        let segments = self.apply_controls(&header, &controls);
         Ok(Some(Epoch {
             epoch: header.epoch,
             first_seq: header.first_seq,
             clock: self.clock,
             chunks,
+            segments,
         }))
+    }
+
+    /// Records definitions in the registry and compiles them for the workers.
+    fn apply_controls(&self, header: &RecordHeader, controls: &[Control]) -> Vec<SegmentChange> {
+        if controls.is_empty() {
+            return Vec::new();
+        }
+        let seq = header.first_seq + u64::from(header.count) - 1;
+        let scale = crate::event::minor_unit_decimals(&self.config.reporting_currency);
+        let mut registry = self.shared.registry.lock().expect("poisoned");
+        let mut out = Vec::with_capacity(controls.len());
+        for c in controls {
+            match c {
+                Control::Define { name, rule, .. } => match segments::compile(rule, scale) {
+                    Ok(compiled) => {
+                        registry.apply(c, header.epoch, seq, header.clock_ms);
+                        out.push(SegmentChange {
+                            id: segments::segment_id(name),
+                            rule: Some(Arc::new(compiled)),
+                        });
+                    }
+                    Err(e) => {
+                        // Checked before logging; only a change of the language
+                        // between versions gets here.
+                        tracing::error!(segment = %name, epoch = header.epoch, error = %e,
+                            "a logged segment rule no longer compiles; the segment is dropped");
+                        registry.apply(
+                            &Control::Drop { name: name.clone() },
+                            header.epoch,
+                            seq,
+                            header.clock_ms,
+                        );
+                        out.push(SegmentChange {
+                            id: segments::segment_id(name),
+                            rule: None,
+                        });
+                    }
+                },
+                Control::Drop { name } => {
+                    registry.apply(c, header.epoch, seq, header.clock_ms);
+                    out.push(SegmentChange {
+                        id: segments::segment_id(name),
+                        rule: None,
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
 /// Encodes chunks of events exactly as `bincode::serialize` encodes one
 /// `Vec<Event>` of them all (a little-endian `u64` length, then each event), into a
-/// reused buffer: replay decodes a record with `bincode::deserialize::<Vec<Event>>`.
-fn encode_payload(chunks: &[Vec<Event>], count: usize, out: &mut Vec<u8>) {
+/// reused buffer, followed, when there are any, by the record's segment
+/// definitions as a bincode `Vec<Control>` ([`decode_payload`] reads both).
+fn encode_payload(chunks: &[Vec<Event>], count: usize, controls: &[Control], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&(count as u64).to_le_bytes());
     for ev in chunks.iter().flatten() {
         bincode::serialize_into(&mut *out, ev).expect("events serialize");
     }
+    if !controls.is_empty() {
+        bincode::serialize_into(&mut *out, controls).expect("controls serialize");
+    }
+}
+
+/// Decodes a record's payload: its events and its segment definitions (none in a
+/// record without them, as every record before segments existed).
+pub(crate) fn decode_payload(payload: &[u8]) -> bincode::Result<(Vec<Event>, Vec<Control>)> {
+    let mut reader = payload;
+    let events: Vec<Event> = bincode::deserialize_from(&mut reader)?;
+    let controls = if reader.is_empty() {
+        Vec::new()
+    } else {
+        bincode::deserialize_from(&mut reader)?
+    };
+    Ok((events, controls))
 }
 
 /// The sequencer thread: replay, report readiness, then serve submissions.
@@ -297,9 +377,10 @@ pub(super) fn run(
     };
     let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
     let opened = log::open(&log_config, |header, payload, read| {
-        let events: Vec<Event> = bincode::deserialize(payload).map_err(|e| {
+        let (events, controls) = decode_payload(payload).map_err(|e| {
             LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
         })?;
+        let segments = seq.apply_controls(header, &controls);
         for (i, ev) in events.iter().enumerate() {
             if let Some(id) = ev.message_id {
                 let _ = seq.dedup.insert(id, header.first_seq + i as u64);
@@ -313,6 +394,7 @@ pub(super) fn run(
             first_seq: header.first_seq,
             clock: header.clock_ms,
             chunks: vec![events],
+            segments,
         });
         progress(read, total);
         Ok(())
@@ -398,7 +480,7 @@ mod tests {
         };
         let chunks = vec![vec![ev("a"), ev("b")], vec![ev("c")]];
         let mut out = Vec::new();
-        encode_payload(&chunks, 3, &mut out);
+        encode_payload(&chunks, 3, &[], &mut out);
         let flat: Vec<Event> = chunks.concat();
         assert_eq!(out, bincode::serialize(&flat).expect("encode"));
         let back: Vec<Event> = bincode::deserialize(&out).expect("decode");

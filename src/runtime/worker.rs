@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopstream_dataflows::profiles::{self, ProfileFeeder, ProfileInputs, ProfileTraces};
+use shopstream_dataflows::segments::{self, ChangeBuffer, Names, SegmentTraces};
 use shopstream_dataflows::types::{intern, Line, ShopEvent, Sym, Time};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::{Epoch, Readable, Request, Shared};
+use super::{Answer, Epoch, Query, Readable, Request, Shared};
 use crate::event::Event;
 use crate::symbols::Symbols;
 
@@ -48,8 +49,19 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
     let index = worker.index();
     let peers = worker.peers();
     let probe = ProbeHandle::new();
-    let (mut inputs, mut traces) =
-        worker.dataflow::<Time, _, _>(|scope| profiles::build(scope, &probe));
+    let names: Names = {
+        let symbols = ctx.symbols.clone();
+        Arc::new(move |id| symbols.resolve(id))
+    };
+    let (mut inputs, mut traces, mut seg_inputs, mut seg_traces, changes) = worker
+        .dataflow::<Time, _, _>(|scope| {
+            let (inputs, arranged) = profiles::build(scope, &probe);
+            let (seg_inputs, seg_traces, changes) =
+                segments::build(scope, &arranged, names, &probe);
+            (inputs, arranged.traces(), seg_inputs, seg_traces, changes)
+        });
+    // Epochs fed whose membership changes are not staged yet: (epoch, seq, clock).
+    let mut unstaged: VecDeque<(Time, u64, i64)> = VecDeque::new();
     ctx.shared.threads.lock().expect("poisoned")[index] = Some(std::thread::current());
 
     let mut feeder = ProfileFeeder::new(ctx.order_horizon);
@@ -72,7 +84,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
             // Reads are at epochs already complete, so they can be answered at any
             // point of the loop: answer them between epochs rather than after a burst.
             while let Ok(request) = ctx.requests.try_recv() {
-                serve(request, index, &mut traces);
+                serve(request, index, &mut traces, &mut seg_traces);
             }
             match ctx.epochs.try_recv() {
                 Ok(epoch) => {
@@ -85,9 +97,18 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
                         &mut feeder,
                         &mut inputs,
                     );
+                    let seq = epoch.first_seq + epoch.len() as u64 - 1;
+                    for change in &epoch.segments {
+                        match &change.rule {
+                            Some(rule) => seg_inputs.define(change.id, rule.clone()),
+                            None => seg_inputs.drop_segment(change.id),
+                        }
+                    }
+                    seg_inputs.close_epoch(seq, epoch.clock, epoch.epoch + 1);
+                    unstaged.push_back((epoch.epoch, seq, epoch.clock));
                     in_flight.push_back(Readable {
                         done: epoch.epoch + 1,
-                        seq: epoch.first_seq + epoch.len() as u64 - 1,
+                        seq,
                         clock: epoch.clock,
                     });
                     fed += 1;
@@ -125,21 +146,43 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
             advanced = true;
         }
         if advanced {
+            stage_changes(&ctx.shared, index, done.done, &changes, &mut unstaged);
             let frontier = ctx.shared.complete(index, done);
             if compacted.is_none_or(|c| frontier > c) {
                 traces.compact_to(frontier);
+                seg_traces.compact_to(frontier);
                 compacted = Some(frontier);
             }
         }
 
         while let Ok(request) = ctx.requests.try_recv() {
-            serve(request, index, &mut traces);
+            serve(request, index, &mut traces, &mut seg_traces);
         }
     }
     // Drain reads that raced with shutdown so no reader hangs.
     while let Ok(request) = ctx.requests.try_recv() {
-        serve(request, index, &mut traces);
+        serve(request, index, &mut traces, &mut seg_traces);
     }
+}
+
+/// Hands the membership changes of the epochs below `through` (complete on this
+/// worker) to the change feed.
+fn stage_changes(
+    shared: &Shared,
+    index: usize,
+    through: Time,
+    changes: &ChangeBuffer,
+    unstaged: &mut VecDeque<(Time, u64, i64)>,
+) {
+    let mut buffer = changes.borrow_mut();
+    let (ready, later): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < through);
+    *buffer = later;
+    drop(buffer);
+    let mut info = Vec::new();
+    while unstaged.front().is_some_and(|(e, _, _)| *e < through) {
+        info.extend(unstaged.pop_front());
+    }
+    shared.hub.stage(index, through, ready, info);
 }
 
 /// Feeds the events of the users this worker owns, then the window retractions the
@@ -158,6 +201,8 @@ fn feed(
         if profiles::owner(user, peers) != index {
             continue;
         }
+        // Members and the change feed answer with the user's id text.
+        symbols.intern_local(&ev.user, known);
         let shop = shop_event(ev, user, seq, symbols, known);
         feeder.event(&shop, epoch.clock, inputs);
     }
@@ -167,14 +212,33 @@ fn feed(
 }
 
 /// Reads are always at an epoch every worker has completed (the reader pinned it).
-fn serve(request: Request, worker: usize, traces: &mut ProfileTraces) {
-    let profile = traces.read_user(request.user, request.at);
-    let ranks = profile
-        .lifetime
-        .as_ref()
-        .and_then(profiles::rfm_buckets)
-        .map(|buckets| traces.read_rfm_ranks(worker, buckets, request.at));
-    let _ = request.reply.send((profile, ranks));
+fn serve(
+    request: Request,
+    worker: usize,
+    traces: &mut ProfileTraces,
+    segments: &mut SegmentTraces,
+) {
+    let at = request.at;
+    let answer = match request.query {
+        Query::Profile(user) => {
+            let profile = traces.read_user(user, at);
+            let ranks = profile
+                .lifetime
+                .as_ref()
+                .and_then(profiles::rfm_buckets)
+                .map(|buckets| traces.read_rfm_ranks(worker, buckets, at));
+            Answer::Profile(Box::new((profile, ranks)))
+        }
+        Query::UserSegments(user) => Answer::UserSegments(segments.user_segments(user, at)),
+        Query::Size(segment) => Answer::Size(segments.size(segment, at)),
+        Query::Sizes => Answer::Sizes(segments.sizes(at)),
+        Query::Members {
+            segment,
+            after,
+            limit,
+        } => Answer::Members(segments.members(segment, after, limit, at)),
+    };
+    let _ = request.reply.send(answer);
 }
 
 /// Interns an event's strings (remembering their text for answers) into what the

@@ -6,6 +6,7 @@
 //! every error is a JSON object `{"error": "..."}`.
 
 pub mod profile;
+pub mod segments;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -146,6 +147,20 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/track", post(ingest::http::track))
         .route("/v1/identify", post(ingest::http::identify))
         .route("/v1/users/{id}/profile", get(profile::get_profile))
+        .route("/v1/users/{id}/segments", get(segments::of_user))
+        .route("/v1/segments", get(segments::list).post(segments::create))
+        .route(
+            "/v1/segments/{name}",
+            get(segments::show)
+                .put(segments::replace)
+                .delete(segments::delete),
+        )
+        .route("/v1/segments/{name}/members", get(segments::members))
+        .route(
+            "/v1/segments/{name}/contains/{user}",
+            get(segments::contains),
+        )
+        .route("/v1/stream/segments", get(segments::stream))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)

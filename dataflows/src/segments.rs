@@ -1,0 +1,675 @@
+//! # Segments
+//!
+//! Specification, at every epoch `E` with engine clock `c(E)`: user `u` is a member
+//! of segment `s` iff `s` is defined at `E` and its rule ([`crate::rules`]) holds
+//! for `u`'s profile at `E`, evaluated at clock `c(E)`. A membership carries
+//! `since`: the `(seq, clock)` of the epoch at which the user last entered (a user
+//! who stays in while a rule is redefined keeps their `since`).
+//!
+//! ## How it is maintained
+//!
+//! A rule is a predicate over the *accumulated* profile: sums, mins and maxes
+//! that ride in monoid differences, and facets and traits keyed per user. Turning
+//! those back into data for a `filter` would take a `reduce` per source (a second
+//! copy of every profile) and a join to put the pieces together. Instead one
+//! operator per worker, `Segments: evaluate`, is handed the keys that changed in
+//! the profile arrangements at each epoch (their batches, so it runs only once the
+//! traces hold that epoch) and reads just those users' profiles by cursor, the way
+//! a query does, then evaluates every compiled rule and emits the difference
+//! against the memberships it holds. So its cost is per *changed user*, and
+//! memory is one small entry per member.
+//!
+//! Three things change memberships without a change of the user's profile, and
+//! each is an explicit input of the operator, so live runs and replays agree:
+//!
+//! * **Time.** `days_since(last_order_at) > 60` turns true when the clock passes
+//!   `last_order_at + 61 days`, with no event. For every rule that reads the clock,
+//!   evaluation also says when the answer could next change
+//!   ([`Rule::next_change`]); the operator keeps one wake-up per user in a heap and
+//!   re-evaluates the user at the first epoch whose clock reaches it. The clock of
+//!   each epoch is an input (it is in the log), so this is exact to the epoch.
+//!   Window exits need nothing extra: the profile's windows already retract at
+//!   their epoch, and that is a change of the user.
+//! * **Definitions.** Defining a segment at epoch `E` evaluates its rule for every
+//!   user of the worker at `E` (all history, compacted); dropping it emits an exit
+//!   for every member. Definitions come through the log like events.
+//! * **RFM scores** are ranks over all users: one user's order can move the score
+//!   of everyone in some bucket. While a rule reads them, the operator keeps its
+//!   buyers indexed by `(dimension, bucket)`; when the histogram changes at `E`,
+//!   it computes every bucket's score before and at `E` from its copy of the
+//!   histogram and re-evaluates the buyers of the buckets whose score moved.
+//!
+//! The output, `(segment, user, since)` with `±1`, is arranged three ways, all on
+//! the worker that owns the user (no exchange): by segment (members, paged in
+//! user-id order), by user (a user's segments and `since`), and as per-segment
+//! counts (sizes). Its updates are also what the change feed publishes.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use differential_dataflow::operators::arrange::Arranged;
+use differential_dataflow::trace::cursor::Cursor;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::input::Handle as InputHandle;
+use timely::dataflow::operators::vec::{Input, Map};
+use timely::dataflow::operators::{Capability, Concatenate, Inspect, Probe};
+use timely::dataflow::{Scope, StreamVec};
+use timely::progress::frontier::AntichainRef;
+
+use crate::profiles::{
+    arrange_local_by_key, arrange_local_by_self, cursor_at, read_key, read_vals, rfm_buckets,
+    ProfileArrangements, ProfileTraces, Rank, RFM_FREQUENCY, RFM_MONETARY, RFM_RECENCY,
+};
+use crate::rules::{Needs, Rule, Subject};
+use crate::types::{Diff, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
+
+/// A segment: the 64-bit hash of its name (stable across restarts and workers).
+pub type SegId = u64;
+
+/// When a user entered a segment: the last sequence number and the clock of the
+/// epoch at which they entered.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Since {
+    pub seq: u64,
+    pub clock: Millis,
+}
+
+/// One membership.
+pub type Membership = (SegId, UserId, Since);
+
+/// A membership change at an epoch: `+1` enter, `-1` exit.
+pub type Change = (Membership, Time, Diff);
+
+/// Resolves an interned id to its text (to break `top_*` ties by name).
+pub type Names = Arc<dyn Fn(Sym) -> Option<String> + Send + Sync>;
+
+/// What the operator learns at an epoch.
+#[derive(Clone)]
+enum Msg {
+    /// The user's profile changed.
+    Touch(UserId),
+    /// The RFM histogram changed.
+    Rescore,
+    /// The epoch's last sequence number and clock (one per epoch).
+    Epoch {
+        seq: u64,
+        clock: Millis,
+    },
+    Define(SegId, Arc<Rule>),
+    Drop(SegId),
+}
+
+/// The host's side of the segment view: one per worker, fed the same definitions
+/// and epochs on every worker.
+pub struct SegmentInputs {
+    handle: InputHandle<Time, (Msg, Time)>,
+}
+
+impl SegmentInputs {
+    fn send(&mut self, msg: Msg) {
+        let t = *self.handle.time();
+        self.handle.send((msg, t));
+    }
+
+    /// Defines (or redefines) segment `id` with `rule` from the current epoch on.
+    pub fn define(&mut self, id: SegId, rule: Arc<Rule>) {
+        self.send(Msg::Define(id, rule));
+    }
+
+    /// Drops segment `id` at the current epoch: every member exits.
+    pub fn drop_segment(&mut self, id: SegId) {
+        self.send(Msg::Drop(id));
+    }
+
+    /// Closes the current epoch: its last sequence number and its clock, then
+    /// moves to `next`.
+    pub fn close_epoch(&mut self, seq: u64, clock: Millis, next: Time) {
+        self.send(Msg::Epoch { seq, clock });
+        self.handle.advance_to(next);
+        self.handle.flush();
+    }
+}
+
+/// The segment view's traces, read by cursor between steps.
+pub struct SegmentTraces {
+    /// segment → member users.
+    pub by_segment: UserValTrace<UserId, Diff>,
+    /// user → (segment, since).
+    pub by_user: UserValTrace<(SegId, Since), Diff>,
+    /// segment → number of members (on this worker).
+    pub sizes: UserKeyTrace<Diff>,
+}
+
+/// Membership changes as the operator emits them, for the host to publish once
+/// their epoch is complete.
+pub type ChangeBuffer = Rc<RefCell<Vec<Change>>>;
+
+/// Builds the segment view over the profile view's arrangements, in the same
+/// dataflow.
+pub fn build<'scope>(
+    scope: Scope<'scope, Time>,
+    profiles: &ProfileArrangements<'scope>,
+    names: Names,
+    probe: &ProbeHandle<Time>,
+) -> (SegmentInputs, SegmentTraces, ChangeBuffer) {
+    let (handle, control) = scope.new_input::<(Msg, Time)>();
+    let touches = [
+        touched(profiles.lifetime.clone()),
+        touched(profiles.windows.clone()),
+        touched(profiles.facets.clone()),
+        touched(profiles.traits.clone()),
+        profiles
+            .rfm
+            .clone()
+            .flat_map_ref(|_, _| Some(()))
+            .inner
+            .map(|((), t, _)| (Msg::Rescore, t)),
+        control,
+    ];
+    let members = scope
+        .concatenate(touches)
+        .pipe(|msgs| evaluate(msgs, profiles.traces(), names, scope.index()));
+    let changes: ChangeBuffer = Rc::default();
+    let sink = changes.clone();
+    let members = members
+        .inner
+        .inspect(move |c: &Change| sink.borrow_mut().push(*c))
+        .as_collection();
+    let by_segment = arrange_local_by_key(
+        members.clone().map(|(s, u, _)| (s, u)),
+        "Segments: by segment",
+    );
+    let by_user = arrange_local_by_key(
+        members.clone().map(|(s, u, since)| (u, (s, since))),
+        "Segments: by user",
+    );
+    let sizes = arrange_local_by_self(members.map(|(s, _, _)| s), "Segments: sizes");
+    by_segment.stream.clone().probe_with(probe);
+    by_user.stream.clone().probe_with(probe);
+    sizes.stream.clone().probe_with(probe);
+    (
+        SegmentInputs { handle },
+        SegmentTraces {
+            by_segment: by_segment.trace,
+            by_user: by_user.trace,
+            sizes: sizes.trace,
+        },
+        changes,
+    )
+}
+
+/// Method-call syntax for a function of a value.
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<S> Pipe for S {}
+
+/// The users whose entries in `arranged` changed, at the times they changed.
+fn touched<'scope, Tr>(arranged: Arranged<'scope, Tr>) -> StreamVec<'scope, Time, (Msg, Time)>
+where
+    Tr: TraceReader<Time = Time> + Clone + 'static,
+    Tr::Batch: differential_dataflow::trace::Navigable,
+    differential_dataflow::trace::BatchCursor<Tr>:
+        for<'a> Cursor<Time = Time, Key<'a> = &'a UserId>,
+{
+    arranged
+        .flat_map_ref(|user, _| Some(*user))
+        .inner
+        .map(|(user, t, _)| (Msg::Touch(user), t))
+}
+
+/// The evaluating operator: stashes what each epoch brings and, once the epoch is
+/// complete at its input (so the profile traces hold it), evaluates the users it
+/// touched.
+fn evaluate<'scope>(
+    msgs: StreamVec<'scope, Time, (Msg, Time)>,
+    traces: ProfileTraces,
+    names: Names,
+    worker: usize,
+) -> VecCollection<'scope, Time, Membership, Diff> {
+    msgs.unary_frontier(Pipeline, "Segments: evaluate", move |_cap, _info| {
+        let mut state = Evaluator::new(traces, names, worker);
+        let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Msg>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                for (msg, t) in data.drain(..) {
+                    stash
+                        .entry(t)
+                        .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()))
+                        .1
+                        .push(msg);
+                }
+            });
+            while let Some(entry) = stash.first_entry() {
+                let t = *entry.key();
+                if frontier.less_equal(&t) {
+                    break;
+                }
+                let (cap, msgs) = entry.remove();
+                let mut session = output.session(&cap);
+                state.step(t, msgs, &mut |m, d| session.give((m, t, d)));
+            }
+        }
+    })
+    .container::<Vec<_>>()
+    .as_collection()
+}
+
+/// A user's memberships on this worker (sorted by segment) and pending wake-up.
+#[derive(Default)]
+struct UserState {
+    segments: Vec<(SegId, Since)>,
+    /// The clock at which a clock-driven rule may change its answer.
+    wake: Option<Millis>,
+}
+
+struct Evaluator {
+    traces: ProfileTraces,
+    names: Names,
+    worker: usize,
+    rules: BTreeMap<SegId, Arc<Rule>>,
+    needs: Needs,
+    users: HashMap<UserId, UserState>,
+    wakes: BinaryHeap<Reverse<(Millis, UserId)>>,
+    /// The latest epoch's `(seq, clock)`.
+    last: Since,
+    /// The previous epoch evaluated.
+    prev: Option<Time>,
+    /// While a rule reads RFM scores: each buyer's RFM buckets, and the buyers in
+    /// each `(dimension, bucket)`, so that a change of the histogram re-evaluates
+    /// only the users whose score it moved.
+    buckets: HashMap<UserId, [i64; 3]>,
+    by_bucket: HashMap<(u8, i64), HashSet<UserId>>,
+}
+
+impl Evaluator {
+    fn new(traces: ProfileTraces, names: Names, worker: usize) -> Self {
+        Evaluator {
+            traces,
+            names,
+            worker,
+            rules: BTreeMap::new(),
+            needs: Needs::default(),
+            users: HashMap::new(),
+            wakes: BinaryHeap::new(),
+            last: Since {
+                seq: 0,
+                clock: Millis::MIN,
+            },
+            prev: None,
+            buckets: HashMap::new(),
+            by_bucket: HashMap::new(),
+        }
+    }
+
+    fn step(&mut self, t: Time, msgs: Vec<Msg>, emit: &mut impl FnMut(Membership, Diff)) {
+        let mut touched = Vec::new();
+        let mut everyone = false;
+        let mut rescore = false;
+        let mut dropped = Vec::new();
+        for m in msgs {
+            match m {
+                Msg::Touch(u) => touched.push(u),
+                Msg::Rescore => rescore = true,
+                Msg::Epoch { seq, clock } => self.last = Since { seq, clock },
+                Msg::Define(id, rule) => {
+                    self.rules.insert(id, rule);
+                    dropped.retain(|d| *d != id);
+                    everyone = true;
+                }
+                Msg::Drop(id) => {
+                    self.rules.remove(&id);
+                    dropped.push(id);
+                }
+            }
+        }
+        self.needs = self
+            .rules
+            .values()
+            .fold(Needs::default(), |n, r| n.union(r.needs));
+        if !dropped.is_empty() {
+            self.users.retain(|user, st| {
+                st.segments.retain(|(s, since)| {
+                    let keep = !dropped.contains(s);
+                    if !keep {
+                        emit((*s, *user, *since), -1);
+                    }
+                    keep
+                });
+                !st.segments.is_empty() || st.wake.is_some()
+            });
+        }
+        if self.rules.is_empty() && self.users.is_empty() {
+            self.wakes.clear();
+            self.compact(t);
+            return;
+        }
+        let clock = self.last.clock;
+        while let Some(Reverse((w, u))) = self.wakes.peek().copied() {
+            if w > clock {
+                break;
+            }
+            self.wakes.pop();
+            if self.users.get(&u).is_some_and(|st| st.wake == Some(w)) {
+                touched.push(u);
+            }
+        }
+        if !self.needs.rfm {
+            self.buckets.clear();
+            self.by_bucket.clear();
+        }
+        if everyone {
+            touched = self.traces.users(t);
+            // Members whose profile is gone (cannot happen today: profiles only
+            // grow) would be missed by the scan; keep them in.
+            touched.extend(self.users.keys().copied());
+        } else if rescore && self.needs.rfm {
+            for key in self.rescored_buckets(t) {
+                if let Some(users) = self.by_bucket.get(&key) {
+                    touched.extend(users.iter().copied());
+                }
+            }
+        }
+        self.prev = Some(t);
+        touched.sort_unstable();
+        touched.dedup();
+        for user in touched {
+            self.evaluate(user, t, emit);
+        }
+        self.compact(t);
+    }
+
+    fn evaluate(&mut self, user: UserId, t: Time, emit: &mut impl FnMut(Membership, Diff)) {
+        let needs = self.needs;
+        let profile = self
+            .traces
+            .read_user_parts(user, t, needs.facets, needs.traits);
+        let ranks = if needs.rfm {
+            profile
+                .lifetime
+                .as_ref()
+                .and_then(rfm_buckets)
+                .map(|b| self.traces.read_rfm_ranks(self.worker, b, t))
+        } else {
+            None
+        };
+        if needs.rfm {
+            self.index_buckets(user, profile.lifetime.as_ref().and_then(rfm_buckets));
+        }
+        let names = self.names.clone();
+        let subject = Subject {
+            profile: &profile,
+            ranks,
+            clock: self.last.clock,
+            names: &*names,
+        };
+        let mut wake: Option<Millis> = None;
+        let mut now: Vec<SegId> = Vec::new();
+        for (id, rule) in &self.rules {
+            if rule.eval(&subject) {
+                now.push(*id);
+            }
+            if let Some(w) = rule.next_change(&subject) {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+        }
+        let st = self.users.entry(user).or_default();
+        // Merge the old (sorted) memberships with the new (sorted) ids.
+        let mut next = Vec::with_capacity(now.len());
+        let (mut i, mut j) = (0, 0);
+        while i < st.segments.len() || j < now.len() {
+            let old = st.segments.get(i);
+            let new = now.get(j);
+            match (old, new) {
+                (Some(&(s, since)), Some(&n)) if s == n => {
+                    next.push((s, since));
+                    i += 1;
+                    j += 1;
+                }
+                (Some(&(s, since)), Some(&n)) if s < n => {
+                    emit((s, user, since), -1);
+                    i += 1;
+                }
+                (Some(&(s, since)), None) => {
+                    emit((s, user, since), -1);
+                    i += 1;
+                }
+                (_, Some(&n)) => {
+                    emit((n, user, self.last), 1);
+                    next.push((n, self.last));
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        st.segments = next;
+        if wake != st.wake {
+            st.wake = wake;
+            if let Some(w) = wake {
+                self.wakes.push(Reverse((w, user)));
+            }
+        }
+        if st.segments.is_empty() && st.wake.is_none() {
+            self.users.remove(&user);
+        }
+    }
+
+    /// Moves `user` to its current RFM buckets in the index.
+    fn index_buckets(&mut self, user: UserId, now: Option<[i64; 3]>) {
+        let before = match now {
+            Some(b) => self.buckets.insert(user, b),
+            None => self.buckets.remove(&user),
+        };
+        if before == now {
+            return;
+        }
+        for (dim, b) in before.iter().flat_map(|b| b.iter().enumerate()) {
+            let key = (dim as u8, *b);
+            if let Some(set) = self.by_bucket.get_mut(&key) {
+                set.remove(&user);
+                if set.is_empty() {
+                    self.by_bucket.remove(&key);
+                }
+            }
+        }
+        for (dim, b) in now.iter().flat_map(|b| b.iter().enumerate()) {
+            self.by_bucket
+                .entry((dim as u8, *b))
+                .or_default()
+                .insert(user);
+        }
+    }
+
+    /// The `(dimension, bucket)`s whose score differs between the previous epoch
+    /// and `t`, from this worker's copy of the histogram. A bucket that was empty
+    /// on either side holds only users whose own buckets moved, who are evaluated
+    /// anyway.
+    fn rescored_buckets(&mut self, t: Time) -> Vec<(u8, i64)> {
+        let me = self.worker as u32;
+        let prev = self.prev;
+        let (mut cursor, storage) = cursor_at(&mut self.traces.rfm);
+        let mut out = Vec::new();
+        for dim in [RFM_RECENCY, RFM_FREQUENCY, RFM_MONETARY] {
+            // (bucket, count before, count now), in bucket order.
+            let mut counts: Vec<(i64, i64, i64)> = Vec::new();
+            cursor.rewind_keys(&storage);
+            cursor.seek_key(&storage, &(me, dim, i64::MIN));
+            while let Some(key) = cursor.get_key(&storage) {
+                if key.0 != me || key.1 != dim {
+                    break;
+                }
+                let (mut before, mut now) = (0, 0);
+                cursor.map_times(&storage, |time, d| {
+                    if prev.is_some_and(|p| *time <= p) {
+                        before += *d;
+                    }
+                    if *time <= t {
+                        now += *d;
+                    }
+                });
+                counts.push((key.2, before, now));
+                cursor.step_key(&storage);
+            }
+            let total_before: i64 = counts.iter().map(|c| c.1).sum();
+            let total_now: i64 = counts.iter().map(|c| c.2).sum();
+            let (mut below_before, mut below_now) = (0, 0);
+            for (bucket, before, now) in counts {
+                if before > 0 && now > 0 {
+                    let old = Rank {
+                        below: below_before,
+                        equal: before,
+                        total: total_before,
+                    }
+                    .score();
+                    let new = Rank {
+                        below: below_now,
+                        equal: now,
+                        total: total_now,
+                    }
+                    .score();
+                    if old != new {
+                        out.push((dim, bucket));
+                    }
+                }
+                below_before += before;
+                below_now += now;
+            }
+        }
+        out
+    }
+
+    /// This operator reads nothing before `t` any more.
+    fn compact(&mut self, t: Time) {
+        let f = [t];
+        let f = AntichainRef::new(&f);
+        let tr = &mut self.traces;
+        tr.lifetime.set_logical_compaction(f);
+        tr.lifetime.set_physical_compaction(f);
+        tr.windows.set_logical_compaction(f);
+        tr.windows.set_physical_compaction(f);
+        tr.facets.set_logical_compaction(f);
+        tr.facets.set_physical_compaction(f);
+        tr.traits.set_logical_compaction(f);
+        tr.traits.set_physical_compaction(f);
+        tr.rfm.set_logical_compaction(f);
+        tr.rfm.set_physical_compaction(f);
+    }
+}
+
+impl SegmentTraces {
+    /// Lets the traces forget distinctions between times before `frontier`.
+    pub fn compact_to(&mut self, frontier: Time) {
+        let f = [frontier];
+        let f = AntichainRef::new(&f);
+        self.by_segment.set_logical_compaction(f);
+        self.by_segment.set_physical_compaction(f);
+        self.by_user.set_logical_compaction(f);
+        self.by_user.set_physical_compaction(f);
+        self.sizes.set_logical_compaction(f);
+        self.sizes.set_physical_compaction(f);
+    }
+
+    /// The segments `user` is in at `as_of`, with `since`, in segment-id order.
+    pub fn user_segments(&mut self, user: UserId, as_of: Time) -> Vec<(SegId, Since)> {
+        let mut out = Vec::new();
+        read_vals(&mut self.by_user, &user, as_of, |v, d| {
+            if d > 0 {
+                out.push(*v)
+            }
+        });
+        out
+    }
+
+    /// Members of `segment` on this worker at `as_of`.
+    pub fn size(&mut self, segment: SegId, as_of: Time) -> i64 {
+        read_key(&mut self.sizes, &segment, as_of).unwrap_or(0)
+    }
+
+    /// Every segment with members on this worker at `as_of`, with its count.
+    pub fn sizes(&mut self, as_of: Time) -> Vec<(SegId, i64)> {
+        let (mut cursor, storage) = cursor_at(&mut self.sizes);
+        let mut out = Vec::new();
+        while let Some(seg) = cursor.get_key(&storage) {
+            let mut n = 0;
+            cursor.map_times(&storage, |t, d| {
+                if *t <= as_of {
+                    n += *d;
+                }
+            });
+            if n != 0 {
+                out.push((*seg, n));
+            }
+            cursor.step_key(&storage);
+        }
+        out
+    }
+
+    /// Up to `limit` members of `segment` at `as_of` with ids greater than `after`,
+    /// in id order.
+    ///
+    /// A merge over the trace's batches, each positioned with `seek_val` on its
+    /// own: `CursorList::seek_val` (differential 0.26) also seeks the batches that
+    /// do not hold the key, and panics on them.
+    pub fn members(
+        &mut self,
+        segment: SegId,
+        after: Option<UserId>,
+        limit: usize,
+        as_of: Time,
+    ) -> Vec<UserId> {
+        let mut upper = timely::progress::Antichain::new();
+        self.by_segment.read_upper(&mut upper);
+        let batches = self
+            .by_segment
+            .batches_through(upper.borrow())
+            .expect("the trace's own upper is a clean cut");
+        let mut cursors = Vec::new();
+        for batch in &batches {
+            let mut c = differential_dataflow::trace::Navigable::cursor(batch);
+            c.seek_key(batch, &segment);
+            if c.get_key(batch) == Some(&segment) {
+                if let Some(a) = after {
+                    c.seek_val(batch, &a);
+                }
+                cursors.push((c, batch));
+            }
+        }
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(user) = cursors
+                .iter()
+                .filter_map(|(c, b)| c.get_val(b).copied())
+                .min()
+            else {
+                break;
+            };
+            let mut n = 0;
+            for (c, b) in cursors.iter_mut() {
+                if c.get_val(b) == Some(&user) {
+                    c.map_times(b, |t, d| {
+                        if *t <= as_of {
+                            n += *d;
+                        }
+                    });
+                    c.step_val(b);
+                }
+            }
+            if n > 0 && after.is_none_or(|a| user > a) {
+                out.push(user);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,580 @@
+//! Hosting the segment view: definitions as log records, the registry of what is
+//! defined, and the change feed.
+//!
+//! # Definitions go through the log
+//! A definition (create, change, drop) is a [`Control`] record in the durable log,
+//! ordered with the events: it takes effect at the epoch of its record, on every
+//! worker, and a replay applies it at the same epoch again. So definitions
+//! survive restarts, and the memberships a restart rebuilds are the ones the live
+//! engine had, `since` included. The rule text is compiled by the sequencer (once
+//! per definition, for all workers); the HTTP layer compiles it first to refuse a
+//! bad rule with its position before anything is logged.
+//!
+//! # The change feed
+//! Each worker's segment operator emits enter/exit updates as it evaluates an
+//! epoch. A worker stages them once its probe has passed the epoch; the [`Hub`]
+//! publishes an epoch's changes once every worker has staged it, merged in
+//! `(segment, user)` order, with consecutive positions. A subscriber resumes
+//! after the position it last saw (SSE `Last-Event-ID`), so it misses nothing and
+//! sees nothing twice, as long as that position is still retained
+//! (`segments.feed_retention` changes; older ones answer 410).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use shopstream_dataflows::rules::{Rule, RuleError};
+use shopstream_dataflows::segments::{Change, SegId};
+use shopstream_dataflows::types::{intern, Diff, Millis, Time, UserId};
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+
+/// Where a definition came from: API definitions are changed through the API,
+/// the others through their configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Api,
+    /// `config/segments.toml` (or the file `segments.file` names).
+    Config,
+    /// Lifecycle stages, tiers and RFM segments, from `[segments.*]` settings.
+    Builtin,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Config => "config",
+            Source::Builtin => "builtin",
+        }
+    }
+}
+
+/// A definition change, as logged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    Define {
+        name: String,
+        rule: String,
+        source: Source,
+    },
+    Drop {
+        name: String,
+    },
+}
+
+/// The longest segment name accepted.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Checks a segment name: 1 to 128 bytes of letters, digits and `_-.:`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "a segment name is 1 to {MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(format!(
+            "a segment name holds letters, digits and _ - . : only; found {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// A segment's id: the hash of its name.
+pub fn segment_id(name: &str) -> SegId {
+    intern(name)
+}
+
+/// Compiles a rule for the engine's reporting currency.
+pub fn compile(rule: &str, money_scale: u32) -> Result<Rule, RuleError> {
+    Rule::compile(rule, money_scale)
+}
+
+/// A definition the configuration asks for at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: String,
+    pub rule: String,
+    pub source: Source,
+}
+
+/// The built-in segments: lifecycle stages, member tiers and RFM segments.
+///
+/// * `lifecycle:new`: first seen less than `new_days` ago.
+/// * `lifecycle:reactivated`: not new; ordered less than `active_days` ago after a
+///   gap of `churned_days` or more between the last two orders.
+/// * `lifecycle:active`: not new; ordered less than `active_days` ago (and not
+///   reactivated).
+/// * `lifecycle:at_risk`: not new; last order `active_days` to `churned_days` ago.
+/// * `lifecycle:churned`: not new; last order `churned_days` ago or more, or no
+///   order and no event for `churned_days`.
+/// * `tier:{name}`: the tier metric is at least the tier's `min` and below the
+///   next tier's.
+/// * `rfm:*`: the classic grid over recency and frequency scores (1–5):
+///   champions (R ≥ 4, F ≥ 4), loyal (R ≥ 3, F ≥ 3, not champions), potential
+///   (R ≥ 3, F ≤ 2), at_risk (R ≤ 2, F ≥ 3), hibernating (R = 2, F ≤ 2), lost
+///   (R = 1, F ≤ 2): every user with orders is in exactly one.
+pub fn builtin_definitions(config: &Config) -> Vec<Wanted> {
+    let lc = &config.lifecycle;
+    let (n, a, c) = (lc.new_days, lc.active_days, lc.churned_days);
+    let new = format!("days_since(first_seen) < {n}");
+    let recent = format!("days_since(last_order_at) < {a}");
+    let gap = format!("order_gap_days >= {c}");
+    let mut out = vec![
+        ("lifecycle:new", new.clone()),
+        ("lifecycle:reactivated", format!("not {new} and {recent} and {gap}")),
+        ("lifecycle:active", format!("not {new} and {recent} and not {gap}")),
+        (
+            "lifecycle:at_risk",
+            format!("not {new} and days_since(last_order_at) >= {a} and days_since(last_order_at) < {c}"),
+        ),
+        (
+            "lifecycle:churned",
+            format!("not {new} and (days_since(last_order_at) >= {c} or (not last_order_at exists and days_since(last_seen) >= {c}))"),
+        ),
+        ("rfm:champions", "rfm.r_score >= 4 and rfm.f_score >= 4".into()),
+        (
+            "rfm:loyal",
+            "rfm.r_score >= 3 and rfm.f_score >= 3 and not (rfm.r_score >= 4 and rfm.f_score >= 4)".into(),
+        ),
+        ("rfm:potential", "rfm.r_score >= 3 and rfm.f_score <= 2".into()),
+        ("rfm:at_risk", "rfm.r_score <= 2 and rfm.f_score >= 3".into()),
+        ("rfm:hibernating", "rfm.r_score = 2 and rfm.f_score <= 2".into()),
+        ("rfm:lost", "rfm.r_score = 1 and rfm.f_score <= 2".into()),
+    ]
+    .into_iter()
+    .map(|(name, rule)| (name.to_owned(), rule))
+    .collect::<Vec<_>>();
+    let metric = &config.tiers.metric;
+    let levels = &config.tiers.levels;
+    for (i, level) in levels.iter().enumerate() {
+        let mut rule = format!("{metric} >= {}", level.min);
+        if let Some(next) = levels.get(i + 1) {
+            rule.push_str(&format!(" and {metric} < {}", next.min));
+        }
+        out.push((format!("tier:{}", level.name), rule));
+    }
+    out.into_iter()
+        .map(|(name, rule)| Wanted {
+            name,
+            rule,
+            source: Source::Builtin,
+        })
+        .collect()
+}
+
+/// The segment file: `[[segment]]` tables with `name` and `rule`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentFile {
+    #[serde(default)]
+    segment: Vec<FileSegment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSegment {
+    name: String,
+    rule: String,
+}
+
+/// Why the configured segments cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("segment file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{origin}: segment {name:?}: {reason}")]
+    Invalid {
+        origin: String,
+        name: String,
+        reason: String,
+    },
+}
+
+/// Reads the segment file.
+pub fn file_definitions(path: &Path) -> Result<Vec<Wanted>, StartupError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StartupError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let file: SegmentFile = toml::from_str(&text).map_err(|e| StartupError::File {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(file
+        .segment
+        .into_iter()
+        .map(|s| Wanted {
+            name: s.name,
+            rule: s.rule,
+            source: Source::Config,
+        })
+        .collect())
+}
+
+/// What the configuration wants defined, checked: names valid and unique, rules
+/// compiling (errors name the origin, the segment and the rule position).
+pub fn wanted(config: &Config) -> Result<Vec<Wanted>, StartupError> {
+    let mut all = Vec::new();
+    if config.builtin_segments {
+        all.extend(builtin_definitions(config));
+    }
+    if let Some(path) = &config.segments_file {
+        all.extend(file_definitions(path)?);
+    }
+    let scale = crate::event::minor_unit_decimals(&config.reporting_currency);
+    let mut seen = std::collections::HashSet::new();
+    for w in &all {
+        let origin = match w.source {
+            Source::Builtin => "config key segments (built-in segments)".to_owned(),
+            _ => format!(
+                "segment file {}",
+                config
+                    .segments_file
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            ),
+        };
+        let invalid = |reason: String| StartupError::Invalid {
+            origin: origin.clone(),
+            name: w.name.clone(),
+            reason,
+        };
+        check_name(&w.name).map_err(invalid)?;
+        compile(&w.rule, scale).map_err(|e| invalid(format!("rule {:?}: {e}", w.rule)))?;
+        if !seen.insert(w.name.clone()) {
+            return Err(invalid("defined twice".into()));
+        }
+    }
+    Ok(all)
+}
+
+/// The definition changes that bring `current` to `wanted`: new and changed
+/// configured segments, and configured segments no longer wanted dropped.
+/// Segments defined through the API stay, unless the configuration now names them.
+pub fn startup_controls(current: &[Definition], wanted: &[Wanted]) -> Vec<Control> {
+    let mut out = Vec::new();
+    for w in wanted {
+        let same = current
+            .iter()
+            .any(|d| d.name == w.name && d.rule == w.rule && d.source == w.source);
+        if !same {
+            out.push(Control::Define {
+                name: w.name.clone(),
+                rule: w.rule.clone(),
+                source: w.source,
+            });
+        }
+    }
+    for d in current {
+        if d.source != Source::Api && !wanted.iter().any(|w| w.name == d.name) {
+            out.push(Control::Drop {
+                name: d.name.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// A segment as defined now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Definition {
+    pub name: String,
+    pub rule: String,
+    pub source: Source,
+    /// The epoch of the record that set this rule (the segment answers from then on).
+    pub epoch: Time,
+    /// The last sequence number before that record's events, and its clock.
+    pub seq: u64,
+    pub clock: Millis,
+    /// The epoch at which the segment was first created (unchanged by a redefinition).
+    pub created_epoch: Time,
+}
+
+/// What is defined, by name and id. Updated by the sequencer as records are logged
+/// (or replayed).
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_name: BTreeMap<String, Definition>,
+    /// Every name ever defined, by id (ids are hashes of names, so this is stable).
+    names: HashMap<SegId, String>,
+}
+
+impl Registry {
+    pub fn apply(&mut self, c: &Control, epoch: Time, seq: u64, clock: Millis) {
+        match c {
+            Control::Define { name, rule, source } => {
+                let created_epoch = self.by_name.get(name).map_or(epoch, |d| d.created_epoch);
+                self.names.insert(segment_id(name), name.clone());
+                self.by_name.insert(
+                    name.clone(),
+                    Definition {
+                        name: name.clone(),
+                        rule: rule.clone(),
+                        source: *source,
+                        epoch,
+                        seq,
+                        clock,
+                        created_epoch,
+                    },
+                );
+            }
+            Control::Drop { name } => {
+                // The id keeps its name: exits of a dropped segment are published
+                // after the drop is logged, and still name it.
+                self.by_name.remove(name);
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Definition> {
+        self.by_name.get(name)
+    }
+
+    pub fn name(&self, id: SegId) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Definition> {
+        self.by_name.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// One published membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeedEvent {
+    /// Position in the feed: `{epoch}.{index}` (the SSE id).
+    #[serde(skip)]
+    pub position: (Time, u32),
+    pub segment: String,
+    pub user_id: String,
+    /// `"enter"` or `"exit"`.
+    pub change: &'static str,
+    /// The sequence number the change is as of.
+    pub as_of: u64,
+    pub epoch: Time,
+}
+
+/// A point in the feed to resume after.
+pub fn parse_position(s: &str) -> Option<(Time, u32)> {
+    let (e, i) = s.trim().split_once('.')?;
+    Some((e.parse().ok()?, i.parse().ok()?))
+}
+
+pub fn format_position(p: (Time, u32)) -> String {
+    format!("{}.{}", p.0, p.1)
+}
+
+/// A segment's size after an epoch that changed it: `(epoch, as_of, clock, size)`.
+pub type SizePoint = (Time, u64, Millis, i64);
+
+/// Size history kept per segment (the most recent changes of size).
+pub const SIZE_HISTORY: usize = 512;
+
+struct HubState {
+    /// Per worker, the epochs it has staged (all epochs below are staged).
+    staged_through: Vec<Time>,
+    /// Staged changes not yet published, by epoch.
+    pending: BTreeMap<Time, Vec<Change>>,
+    /// Published changes, oldest first, bounded by `retention`.
+    retained: VecDeque<Arc<FeedEvent>>,
+    retention: usize,
+    /// The first epoch not yet published.
+    published_through: Time,
+    /// The newest position dropped from `retained`.
+    dropped_through: Option<(Time, u32)>,
+    /// Per segment: (epoch, as_of seq, clock, size) after each epoch that changed it.
+    sizes: HashMap<SegId, (i64, VecDeque<SizePoint>)>,
+    /// Epoch → (seq, clock), for epochs with changes not yet published.
+    epoch_info: BTreeMap<Time, (u64, Millis)>,
+}
+
+/// Collects the workers' staged changes and publishes complete epochs.
+pub struct Hub {
+    state: Mutex<HubState>,
+    tx: broadcast::Sender<Arc<FeedEvent>>,
+    names: Arc<Mutex<Registry>>,
+    user_names: Arc<crate::symbols::Symbols>,
+}
+
+/// Why a subscription cannot resume where it asked.
+#[derive(Debug, thiserror::Error)]
+#[error("the feed no longer holds position {asked}: the oldest retained is {oldest}; re-read the members and subscribe without Last-Event-ID")]
+pub struct TooOld {
+    pub asked: String,
+    pub oldest: String,
+}
+
+impl Hub {
+    pub fn new(
+        workers: usize,
+        retention: usize,
+        names: Arc<Mutex<Registry>>,
+        user_names: Arc<crate::symbols::Symbols>,
+    ) -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Hub {
+            state: Mutex::new(HubState {
+                staged_through: vec![0; workers],
+                pending: BTreeMap::new(),
+                retained: VecDeque::new(),
+                retention: retention.max(1),
+                published_through: 0,
+                dropped_through: None,
+                sizes: HashMap::new(),
+                epoch_info: BTreeMap::new(),
+            }),
+            tx,
+            names,
+            user_names,
+        }
+    }
+
+    /// Worker `w` has completed every epoch below `through`; `changes` are its
+    /// updates at those epochs (`info` gives each epoch's seq and clock).
+    pub fn stage(
+        &self,
+        w: usize,
+        through: Time,
+        changes: Vec<Change>,
+        info: impl IntoIterator<Item = (Time, u64, Millis)>,
+    ) {
+        let mut s = self.state.lock().expect("poisoned");
+        for (m, t, d) in changes {
+            s.pending.entry(t).or_default().push((m, t, d));
+        }
+        for (e, seq, clock) in info {
+            s.epoch_info.insert(e, (seq, clock));
+        }
+        s.staged_through[w] = s.staged_through[w].max(through);
+        let ready = *s.staged_through.iter().min().expect("workers");
+        if ready <= s.published_through {
+            return;
+        }
+        let epochs: Vec<Time> = s.pending.range(..ready).map(|(t, _)| *t).collect();
+        for t in epochs {
+            let mut changes = s.pending.remove(&t).unwrap_or_default();
+            changes.sort_unstable_by_key(|((seg, user, _), _, d)| (*seg, *user, *d));
+            let (seq, clock) = s.epoch_info.get(&t).copied().unwrap_or((0, Millis::MIN));
+            let registry = self.names.lock().expect("poisoned");
+            let mut deltas: BTreeMap<SegId, i64> = BTreeMap::new();
+            for (i, ((seg, user, _since), _, d)) in changes.iter().enumerate() {
+                *deltas.entry(*seg).or_default() += d;
+                let event = Arc::new(FeedEvent {
+                    position: (t, i as u32),
+                    segment: registry
+                        .name(*seg)
+                        .map_or_else(|| format!("#{seg:016x}"), str::to_owned),
+                    user_id: self.user_name(*user),
+                    change: if *d > 0 { "enter" } else { "exit" },
+                    as_of: seq,
+                    epoch: t,
+                });
+                s.retained.push_back(event.clone());
+                let _ = self.tx.send(event);
+            }
+            drop(registry);
+            while s.retained.len() > s.retention {
+                if let Some(e) = s.retained.pop_front() {
+                    s.dropped_through = Some(e.position);
+                }
+            }
+            for (seg, delta) in deltas {
+                let (size, history) = s.sizes.entry(seg).or_default();
+                *size += delta;
+                let size = *size;
+                history.push_back((t, seq, clock, size));
+                if history.len() > SIZE_HISTORY {
+                    history.pop_front();
+                }
+            }
+        }
+        s.published_through = ready;
+        let keep = s.epoch_info.split_off(&ready);
+        s.epoch_info = keep;
+    }
+
+    fn user_name(&self, user: UserId) -> String {
+        self.user_names
+            .resolve(user)
+            .unwrap_or_else(|| format!("#{user:016x}"))
+    }
+
+    /// The size history of a segment: `(epoch, as_of, clock, size)`, oldest first.
+    pub fn size_history(&self, seg: SegId) -> Vec<SizePoint> {
+        let s = self.state.lock().expect("poisoned");
+        s.sizes
+            .get(&seg)
+            .map(|(_, h)| h.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Subscribes: the retained events after `after` (all retained ones for
+    /// `None`: a new subscriber starts at the live edge, so none), then live ones.
+    /// The backlog and the live receiver are taken under one lock, so nothing falls
+    /// between them.
+    #[allow(clippy::type_complexity)]
+    pub fn subscribe(
+        &self,
+        after: Option<(Time, u32)>,
+    ) -> Result<(Vec<Arc<FeedEvent>>, broadcast::Receiver<Arc<FeedEvent>>), TooOld> {
+        let s = self.state.lock().expect("poisoned");
+        let rx = self.tx.subscribe();
+        let Some(after) = after else {
+            return Ok((Vec::new(), rx));
+        };
+        // Resuming is exact only if nothing after `after` was dropped.
+        if let Some(dropped) = s.dropped_through {
+            if after < dropped {
+                let oldest = s.retained.front().map_or(dropped, |e| e.position);
+                return Err(TooOld {
+                    asked: format_position(after),
+                    oldest: format_position(oldest),
+                });
+            }
+        }
+        let backlog = s
+            .retained
+            .iter()
+            .filter(|e| e.position > after)
+            .cloned()
+            .collect();
+        Ok((backlog, rx))
+    }
+
+    /// The first epoch not yet published.
+    pub fn published_through(&self) -> Time {
+        self.state.lock().expect("poisoned").published_through
+    }
+
+    /// Memberships that changed in total (for metrics).
+    pub fn retained_len(&self) -> usize {
+        self.state.lock().expect("poisoned").retained.len()
+    }
+}
+
+/// Diff of an update as a change name.
+pub fn change_name(d: Diff) -> &'static str {
+    if d > 0 {
+        "enter"
+    } else {
+        "exit"
+    }
+}

@@ -1,0 +1,491 @@
+//! Segment endpoints: definitions (create, change, drop), sizes, members, a user's
+//! segments, membership tests, and the Server-Sent Events change feed.
+//!
+//! Every read answers at one complete epoch (`as_of`) and honours `min_seq`. A
+//! segment answers from the epoch its rule was defined at on: a read of a segment
+//! just defined waits for that epoch (as a write of a definition does before it
+//! answers), so no answer mixes an old rule with a new one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shopstream_dataflows::segments::Since;
+use shopstream_dataflows::types::UserId;
+use tokio::sync::broadcast;
+
+use super::profile::rfc3339;
+use super::{engine_error, error, min_seq};
+use crate::runtime::Engine;
+use crate::segments::{
+    check_name, compile, format_position, parse_position, segment_id, Control, Definition,
+    FeedEvent, Source,
+};
+
+/// Members per page unless `limit` says otherwise, and the most a page may hold.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 10_000;
+
+fn since_json(s: Since) -> Value {
+    json!({"as_of": s.seq, "time": rfc3339(s.clock)})
+}
+
+fn definition_json(d: &Definition) -> Value {
+    json!({
+        "name": d.name,
+        "rule": d.rule,
+        "source": d.source.name(),
+        "defined_at": {"as_of": d.seq, "time": rfc3339(d.clock), "epoch": d.epoch},
+    })
+}
+
+fn not_defined(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no segment named {name:?}"))
+}
+
+fn user_name(engine: &Engine, user: UserId) -> String {
+    engine
+        .symbols
+        .resolve(user)
+        .unwrap_or_else(|| format!("#{user:016x}"))
+}
+
+#[derive(Deserialize)]
+pub struct NewSegment {
+    name: Option<String>,
+    rule: Option<String>,
+}
+
+/// Validates a name and a rule before anything is logged: 400 with the rule's
+/// error position, 409 for a segment that configuration owns.
+fn check_definition(
+    engine: &Engine,
+    name: &str,
+    rule: &str,
+    replacing: bool,
+) -> Result<(), Response> {
+    check_name(name).map_err(|e| error(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
+    let scale = crate::event::minor_unit_decimals(&engine.config.reporting_currency);
+    if let Err(e) = compile(rule, scale) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": format!("rule: {e}"),
+                "rule_error": {"at": e.at, "message": e.message},
+            })),
+        )
+            .into_response());
+    }
+    owned_by_api(engine, name, replacing)
+}
+
+fn owned_by_api(engine: &Engine, name: &str, replacing: bool) -> Result<(), Response> {
+    match engine.definition(name) {
+        Some(d) if d.source != Source::Api => Err(error(
+            StatusCode::CONFLICT,
+            format!(
+                "segment {name:?} is defined by {}; change it there",
+                match d.source {
+                    Source::Builtin => "the [segments] settings (builtins)",
+                    _ => "the segment file (segments.file)",
+                }
+            ),
+        )),
+        Some(_) if !replacing => Err(error(
+            StatusCode::CONFLICT,
+            format!("segment {name:?} exists; PUT /v1/segments/{name} changes it"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn apply(engine: &Engine, control: Control, name: &str, status: StatusCode) -> Response {
+    match engine.define(vec![control]).await {
+        Ok(readable) => {
+            let mut body = json!({"name": name, "as_of": readable.seq});
+            if let Some(d) = engine.definition(name) {
+                body = definition_json(&d);
+                body["as_of"] = json!(readable.seq);
+                if let Ok((_, size)) = engine
+                    .segment_size(segment_id(name), None, Some(d.epoch))
+                    .await
+                {
+                    body["size"] = json!(size);
+                }
+            }
+            (status, Json(body)).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+/// `POST /v1/segments {"name", "rule"}`.
+pub async fn create(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<NewSegment>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object {\"name\": ..., \"rule\": ...}",
+        );
+    };
+    let (Some(name), Some(rule)) = (body.name, body.rule) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected both \"name\" and \"rule\" (strings)",
+        );
+    };
+    if let Err(r) = check_definition(&engine, &name, &rule, false) {
+        return r;
+    }
+    let control = Control::Define {
+        name: name.clone(),
+        rule,
+        source: Source::Api,
+    };
+    apply(&engine, control, &name, StatusCode::CREATED).await
+}
+
+/// `PUT /v1/segments/{name} {"rule"}`: creates or changes.
+pub async fn replace(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Result<Json<NewSegment>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object {\"rule\": ...}",
+        );
+    };
+    let Some(rule) = body.rule else {
+        return error(StatusCode::BAD_REQUEST, "expected \"rule\" (a string)");
+    };
+    if body.name.as_ref().is_some_and(|n| *n != name) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body's \"name\" differs from the path's",
+        );
+    }
+    if let Err(r) = check_definition(&engine, &name, &rule, true) {
+        return r;
+    }
+    let existed = engine.definition(&name).is_some();
+    let control = Control::Define {
+        name: name.clone(),
+        rule,
+        source: Source::Api,
+    };
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    apply(&engine, control, &name, status).await
+}
+
+/// `DELETE /v1/segments/{name}`: every member exits.
+pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    if engine.definition(&name).is_none() {
+        return not_defined(&name);
+    }
+    if let Err(r) = owned_by_api(&engine, &name, true) {
+        return r;
+    }
+    let control = Control::Drop { name: name.clone() };
+    match engine.define(vec![control]).await {
+        Ok(readable) => {
+            Json(json!({"name": name, "deleted": true, "as_of": readable.seq})).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+/// `GET /v1/segments`: definitions with sizes.
+pub async fn list(
+    State(engine): State<Arc<Engine>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let min_seq = match min_seq(&params) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let definitions = engine.definitions();
+    let newest = definitions.iter().map(|d| d.epoch).max();
+    let (as_of, sizes) = match engine.segment_sizes(min_seq, newest).await {
+        Ok(x) => x,
+        Err(e) => return engine_error(e),
+    };
+    let segments: Vec<Value> = definitions
+        .iter()
+        .map(|d| {
+            let mut v = definition_json(d);
+            v["size"] = json!(sizes.get(&segment_id(&d.name)).copied().unwrap_or(0));
+            v
+        })
+        .collect();
+    Json(json!({"as_of": as_of.seq, "segments": segments})).into_response()
+}
+
+/// `GET /v1/segments/{name}`: the definition, its size, and its size over time.
+pub async fn show(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let min_seq = match min_seq(&params) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(d) = engine.definition(&name) else {
+        return not_defined(&name);
+    };
+    let id = segment_id(&name);
+    let (as_of, size) = match engine.segment_size(id, min_seq, Some(d.epoch)).await {
+        Ok(x) => x,
+        Err(e) => return engine_error(e),
+    };
+    let history: Vec<Value> = engine
+        .hub()
+        .size_history(id)
+        .into_iter()
+        .filter(|(epoch, ..)| *epoch >= d.created_epoch && *epoch < as_of.done)
+        .map(|(_, seq, clock, size)| json!({"as_of": seq, "time": rfc3339(clock), "size": size}))
+        .collect();
+    let mut body = definition_json(&d);
+    body["size"] = json!(size);
+    body["as_of"] = json!(as_of.seq);
+    body["history"] = json!(history);
+    Json(body).into_response()
+}
+
+/// `GET /v1/segments/{name}/members?limit=&after=`: a page of members in a stable
+/// order (by the hash of the user id), and the cursor of the next page.
+pub async fn members(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let min_seq = match min_seq(&params) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let limit = match params.get("limit").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("limit: expected an integer from 1 to {MAX_PAGE}"),
+            )
+        }
+    };
+    let after = match params.get("after") {
+        None => None,
+        Some(c) => match u64::from_str_radix(c, 16) {
+            Ok(v) if c.len() == 16 => Some(v),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("after: expected the \"next\" cursor of a previous page (16 hex digits), got {c:?}"),
+                )
+            }
+        },
+    };
+    let Some(d) = engine.definition(&name) else {
+        return not_defined(&name);
+    };
+    match engine
+        .segment_members(segment_id(&name), after, limit, min_seq, Some(d.epoch))
+        .await
+    {
+        Ok((as_of, users, next)) => Json(json!({
+            "segment": name,
+            "as_of": as_of.seq,
+            "members": users.iter().map(|u| user_name(&engine, *u)).collect::<Vec<_>>(),
+            "next": next.map(|n| format!("{n:016x}")),
+        }))
+        .into_response(),
+        Err(e) => engine_error(e),
+    }
+}
+
+/// `GET /v1/segments/{name}/contains/{user}`.
+pub async fn contains(
+    State(engine): State<Arc<Engine>>,
+    Path((name, user)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let min_seq = match min_seq(&params) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(d) = engine.definition(&name) else {
+        return not_defined(&name);
+    };
+    let id = segment_id(&name);
+    match engine.user_segments(&user, min_seq, Some(d.epoch)).await {
+        Ok((as_of, segments)) => {
+            let since = segments.iter().find(|(s, _)| *s == id).map(|(_, s)| *s);
+            Json(json!({
+                "segment": name,
+                "user_id": user,
+                "member": since.is_some(),
+                "since": since.map(since_json),
+                "as_of": as_of.seq,
+            }))
+            .into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+/// `GET /v1/users/{id}/segments`: the user's segments, each with `since`.
+pub async fn of_user(
+    State(engine): State<Arc<Engine>>,
+    Path(user): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let min_seq = match min_seq(&params) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match engine.user_segments(&user, min_seq, None).await {
+        Ok((as_of, segments)) => {
+            let mut list: Vec<Value> = segments
+                .into_iter()
+                .filter_map(|(id, since)| {
+                    let name = engine.segment_name(id)?;
+                    Some(json!({"name": name, "since": since_json(since)}))
+                })
+                .collect();
+            list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Json(json!({"user_id": user, "as_of": as_of.seq, "segments": list})).into_response()
+        }
+        Err(e) => engine_error(e),
+    }
+}
+
+/// The SSE change feed's state: the backlog to replay, then live events.
+struct Feed {
+    backlog: VecDeque<Arc<FeedEvent>>,
+    live: broadcast::Receiver<Arc<FeedEvent>>,
+    only: Option<HashSet<String>>,
+    last: Option<(u64, u32)>,
+    ended: bool,
+}
+
+fn sse_event(e: &FeedEvent) -> SseEvent {
+    let data = json!({
+        "segment": e.segment,
+        "user_id": e.user_id,
+        "change": e.change,
+        "as_of": e.as_of,
+    });
+    SseEvent::default()
+        .id(format_position(e.position))
+        .event("segment")
+        .data(data.to_string())
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<SseEvent> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let e = match self.backlog.pop_front() {
+                Some(e) => e,
+                None => match self.live.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // Too slow for the live buffer: say so and end; the client
+                        // reconnects with its Last-Event-ID and misses nothing.
+                        self.ended = true;
+                        return Some(
+                            SseEvent::default().event("lagged").data(
+                                json!({"error": format!("the subscriber fell {n} changes behind; reconnect with Last-Event-ID to resume")})
+                                    .to_string(),
+                            ),
+                        );
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if self.last.is_some_and(|l| e.position <= l) {
+                continue;
+            }
+            self.last = Some(e.position);
+            if self.only.as_ref().is_some_and(|o| !o.contains(&e.segment)) {
+                continue;
+            }
+            return Some(sse_event(&e));
+        }
+    }
+}
+
+/// `GET /v1/stream/segments[?name=a,b]`: Server-Sent Events, one per enter or exit,
+/// `id` = position. With `Last-Event-ID` (header, or `last_event_id=` in the query)
+/// it resumes right after that position; without, it starts at the live edge.
+pub async fn stream(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let only = params.get("name").map(|names| {
+        names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect::<HashSet<_>>()
+    });
+    if let Some(only) = &only {
+        if let Some(unknown) = only.iter().find(|n| engine.definition(n).is_none()) {
+            return not_defined(unknown);
+        }
+    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| params.get("last_event_id").cloned());
+    let after = match resume {
+        None => None,
+        Some(s) => match parse_position(&s) {
+            Some(p) => Some(p),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Last-Event-ID: expected an event id like \"12.0\", got {s:?}"),
+                )
+            }
+        },
+    };
+    let (backlog, live) = match engine.hub().subscribe(after) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::GONE, e.to_string()),
+    };
+    let feed = Feed {
+        backlog: backlog.into(),
+        live,
+        only,
+        last: after,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(feed, |mut feed| async move {
+        feed.next().await.map(|e| (Ok::<_, Infallible>(e), feed))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
