@@ -410,6 +410,9 @@ struct HubState {
 pub struct Hub {
     state: Mutex<HubState>,
     tx: broadcast::Sender<Arc<FeedEvent>>,
+    /// Set at shutdown: subscriptions end, so that open streams do not hold the
+    /// HTTP server's graceful shutdown.
+    closed: tokio::sync::watch::Sender<bool>,
     names: Arc<Mutex<Registry>>,
     user_names: Arc<crate::symbols::Symbols>,
 }
@@ -442,9 +445,20 @@ impl Hub {
                 epoch_info: BTreeMap::new(),
             }),
             tx,
+            closed: tokio::sync::watch::channel(false).0,
             names,
             user_names,
         }
+    }
+
+    /// Ends every subscription (at shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves when the hub is closed.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
     /// Worker `w` has completed every epoch below `through`; `changes` are its

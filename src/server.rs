@@ -94,6 +94,7 @@ impl Server {
     /// Stops the listeners, then the engine (which drains the log queue).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.engine.hub().close();
         for t in self.tasks {
             let _ = t.await;
         }

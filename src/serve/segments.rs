@@ -379,6 +379,7 @@ pub async fn of_user(
 struct Feed {
     backlog: VecDeque<Arc<FeedEvent>>,
     live: broadcast::Receiver<Arc<FeedEvent>>,
+    closed: tokio::sync::watch::Receiver<bool>,
     only: Option<HashSet<String>>,
     last: Option<(u64, u32)>,
     ended: bool,
@@ -405,7 +406,10 @@ impl Feed {
         loop {
             let e = match self.backlog.pop_front() {
                 Some(e) => e,
-                None => match self.live.recv().await {
+                None => match tokio::select! {
+                    r = self.live.recv() => r,
+                    _ = self.closed.wait_for(|c| *c) => return None,
+                } {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Too slow for the live buffer: say so and end; the client
@@ -478,6 +482,7 @@ pub async fn stream(
     let feed = Feed {
         backlog: backlog.into(),
         live,
+        closed: engine.hub().closed(),
         only,
         last: after,
         ended: false,

@@ -462,6 +462,127 @@ pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {
     (status, v)
 }
 
+/// `method` on `path` with an optional JSON body, returning (status, JSON body).
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let url = format!("http://{addr}{path}");
+    let agent = agent();
+    let result = match (method, body) {
+        ("GET", _) => agent.get(&url).call(),
+        ("DELETE", _) => agent.delete(&url).call(),
+        ("POST", Some(b)) => agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(b.to_string().as_bytes()),
+        ("PUT", Some(b)) => agent
+            .put(&url)
+            .header("content-type", "application/json")
+            .send(b.to_string().as_bytes()),
+        _ => panic!("request: {method} with body {body:?} is not supported here"),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: {status} body is not JSON ({e}): {text}"));
+    (status, v)
+}
+
+/// One Server-Sent Event: its id, its event name and its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sse {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// A Server-Sent Events subscription read on a thread; events arrive on `events`.
+pub struct SseClient {
+    pub events: mpsc::Receiver<Sse>,
+    pub status: u16,
+    _reader: JoinHandle<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SseClient {
+    /// GETs `path` with `Last-Event-ID: last_id` when given.
+    pub fn connect(addr: SocketAddr, path: &str, last_id: Option<&str>) -> SseClient {
+        let url = format!("http://{addr}{path}");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(IO_TIMEOUT))
+            .build()
+            .into();
+        let mut req = agent.get(&url);
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = resp.status().as_u16();
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let reader = BufReader::new(resp.into_body().into_reader());
+            let mut current = Sse {
+                id: None,
+                event: None,
+                data: String::new(),
+            };
+            for line in reader.lines() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(line) = line else { return };
+                if line.is_empty() {
+                    if !current.data.is_empty() || current.event.is_some() {
+                        let done = std::mem::replace(
+                            &mut current,
+                            Sse {
+                                id: None,
+                                event: None,
+                                data: String::new(),
+                            },
+                        );
+                        if tx.send(done).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                if let Some(v) = line.strip_prefix("id:") {
+                    current.id = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    current.event = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    current.data.push_str(v.trim_start());
+                }
+            }
+        });
+        SseClient {
+            events: rx,
+            status,
+            _reader: reader,
+            stop,
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Sse> {
+        self.events.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for SseClient {
+    fn drop(&mut self) {
+        // The reader thread ends at the next line or when the server closes; it
+        // holds nothing the test needs.
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Sends raw bytes as one HTTP/1.1 exchange (`Connection: close` expected) and
 /// returns the status and the body of a non-chunked answer.
 pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
