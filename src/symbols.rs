@@ -9,10 +9,10 @@
 //! Sharded `RwLock`s: nearly every lookup finds the string already present and
 //! takes only a read lock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::RwLock;
 
-use shopstream_dataflows::types::{intern, Sym};
+use shopstream_dataflows::types::{intern, IdSet, Sym};
 
 const SHARDS: usize = 16;
 
@@ -39,13 +39,18 @@ impl Symbols {
 
     /// As [`intern`](Self::intern), but first asks `known`, a set private to the
     /// caller (a worker), so that strings seen before touch no shared lock.
-    pub fn intern_local(&self, s: &str, known: &mut HashSet<Sym>) -> Sym {
+    pub fn intern_local(&self, s: &str, known: &mut IdSet) -> Sym {
         let id = intern(s);
-        if !known.contains(&id) {
-            self.intern(s);
-            known.insert(id);
-        }
+        self.remember(id, s, known);
         id
+    }
+
+    /// Records that `id` (which is `intern(s)`) stands for `s`, unless `known`
+    /// already says so.
+    pub fn remember(&self, id: Sym, s: &str, known: &mut IdSet) {
+        if known.insert(id) {
+            self.intern(s);
+        }
     }
 
     /// The text behind `id`, if it was ever interned here.

@@ -107,7 +107,7 @@ fn expected(
         for (user, p) in profiles {
             let subject = Subject {
                 profile: &p.profile,
-                ranks: p.rfm_ranks,
+                scores: p.rfm_ranks.map(|r| r.map(|x| x.score())),
                 clock,
                 names: &resolve,
             };

@@ -841,6 +841,31 @@ pub struct UserProfile {
     pub traits: Vec<(Sym, Latest)>,
 }
 
+macro_rules! read_key_impl {
+    ($cursor:ident, $storage:ident, $key:ident, $as_of:ident, $each:ident, $val:ident => $arg:expr) => {{
+        $cursor.seek_key(&$storage, $key);
+        if $cursor.get_key(&$storage) == Some($key) {
+            while let Some($val) = $cursor.get_val(&$storage) {
+                let mut acc = None;
+                $cursor.map_times(&$storage, |t, d| {
+                    if *t <= $as_of {
+                        match &mut acc {
+                            None => acc = Some(d.clone()),
+                            Some(a) => a.plus_equals(d),
+                        }
+                    }
+                });
+                if let Some(a) = acc {
+                    if !a.is_zero() {
+                        $each($arg, a);
+                    }
+                }
+                $cursor.step_val(&$storage);
+            }
+        }
+    }};
+}
+
 impl ProfileTraces {
     /// Lets the traces forget distinctions between times before `frontier`: every
     /// later read is at a time at or beyond it.
@@ -889,6 +914,48 @@ impl ProfileTraces {
             });
         }
         p
+    }
+
+    /// [`Self::read_user_parts`] for many users at once, `users` in increasing id
+    /// order: one cursor per trace walks forward through them all, instead of a
+    /// cursor over every batch per user.
+    pub fn read_users(
+        &mut self,
+        users: &[UserId],
+        as_of: Time,
+        facets: bool,
+        traits: bool,
+        mut each: impl FnMut(UserId, UserProfile),
+    ) {
+        let (mut lc, ls) = cursor_at(&mut self.lifetime);
+        let (mut wc, ws) = cursor_at(&mut self.windows);
+        let mut fc = facets.then(|| cursor_at(&mut self.facets));
+        let mut tc = traits.then(|| cursor_at(&mut self.traits));
+        for user in users {
+            let key = user;
+            let mut p = UserProfile::default();
+            {
+                let mut out = None;
+                let mut each = |_: (), r: Lifetime| out = Some(r);
+                read_key_impl!(lc, ls, key, as_of, each, _val => ());
+                p.lifetime = out;
+            }
+            {
+                let mut out = None;
+                let mut each = |_: (), r: Windowed| out = Some(r);
+                read_key_impl!(wc, ws, key, as_of, each, _val => ());
+                p.windows = out.unwrap_or_default();
+            }
+            if let Some((c, st)) = fc.as_mut() {
+                let mut each = |f: &Facet, d: Diff| p.facets.push((*f, d));
+                read_key_impl!(c, st, key, as_of, each, val => val);
+            }
+            if let Some((c, st)) = tc.as_mut() {
+                let mut each = |k: &Sym, d: Latest| p.traits.push((*k, d));
+                read_key_impl!(c, st, key, as_of, each, val => val);
+            }
+            each(*user, p);
+        }
     }
 
     /// Every user this worker holds a profile for at `as_of`, in id order.
@@ -962,31 +1029,6 @@ where
         .batches_through(upper.borrow())
         .expect("the trace's own upper is a clean cut");
     cursor_list(batches)
-}
-
-macro_rules! read_key_impl {
-    ($cursor:ident, $storage:ident, $key:ident, $as_of:ident, $each:ident, $val:ident => $arg:expr) => {{
-        $cursor.seek_key(&$storage, $key);
-        if $cursor.get_key(&$storage) == Some($key) {
-            while let Some($val) = $cursor.get_val(&$storage) {
-                let mut acc = None;
-                $cursor.map_times(&$storage, |t, d| {
-                    if *t <= $as_of {
-                        match &mut acc {
-                            None => acc = Some(d.clone()),
-                            Some(a) => a.plus_equals(d),
-                        }
-                    }
-                });
-                if let Some(a) = acc {
-                    if !a.is_zero() {
-                        $each($arg, a);
-                    }
-                }
-                $cursor.step_val(&$storage);
-            }
-        }
-    }};
 }
 
 /// Accumulates, at `as_of`, the values of `key` in a `(key, val)` trace.

@@ -54,8 +54,8 @@
 use std::fmt;
 
 use crate::profiles::{
-    rfm_buckets, Lifetime, Rank, UserProfile, WindowCounts, FACET_BRAND, FACET_CART,
-    FACET_CATEGORY, FACET_EVENT,
+    rfm_buckets, Lifetime, UserProfile, WindowCounts, FACET_BRAND, FACET_CART, FACET_CATEGORY,
+    FACET_EVENT,
 };
 use crate::types::{intern, Millis, Sym, DAY_MS};
 
@@ -260,8 +260,9 @@ pub struct Rule {
 #[derive(Clone, Copy)]
 pub struct Subject<'a> {
     pub profile: &'a UserProfile,
-    /// The user's RFM ranks, when the rule needs them and the user has orders.
-    pub ranks: Option<[Rank; 3]>,
+    /// The user's RFM scores (recency, frequency, monetary; 1–5), when the rule
+    /// needs them and the user has orders.
+    pub scores: Option<[u8; 3]>,
     pub clock: Millis,
     /// Resolves an interned id to its text, to break ties in `top_*` by name.
     pub names: &'a dyn Fn(Sym) -> Option<String>,
@@ -394,13 +395,13 @@ fn num_value(n: Num, s: &Subject<'_>, money: u32) -> Option<(i64, u32)> {
                 RfmField::Frequency => (l.orders, 0),
                 RfmField::Monetary => (l.revenue, money),
                 RfmField::RScore | RfmField::FScore | RfmField::MScore => {
-                    let ranks = s.ranks?;
+                    let scores = s.scores?;
                     let i = match f {
                         RfmField::RScore => 0,
                         RfmField::FScore => 1,
                         _ => 2,
                     };
-                    (i64::from(ranks[i].score()), 0)
+                    (i64::from(scores[i]), 0)
                 }
             }
         }
@@ -508,20 +509,61 @@ fn next_change(e: &Expr, s: &Subject<'_>) -> Option<Millis> {
     match e {
         Expr::Not(e) => next_change(e, s),
         Expr::And(v) | Expr::Or(v) => v.iter().fold(None, |m, e| min(m, next_change(e, s))),
-        Expr::Compare(n, _, _) | Expr::NumIn(n, _) | Expr::Exists(n) => {
-            let field = match n {
-                Num::DaysSince(f) => *f,
-                Num::Rfm(RfmField::RecencyDays) => TimeField::LastOrderAt,
-                _ => return None,
-            };
-            let t = time_value(s.profile.lifetime.as_ref()?, field)?;
-            // `days_since` steps up by one at every whole day after `t`; the next
-            // step is the only place the test can flip before another event.
-            let next = t.saturating_add((days_between(t, s.clock) + 1).saturating_mul(DAY_MS));
-            (next > s.clock).then_some(next)
-        }
+        Expr::Compare(n, op, lit) => clock_flip(*n, s, std::slice::from_ref(lit), |d| {
+            op.test(lit.cmp_scaled(d, 0))
+        }),
+        Expr::NumIn(n, lits) => clock_flip(*n, s, lits, |d| {
+            lits.iter()
+                .any(|l| l.cmp_scaled(d, 0) == std::cmp::Ordering::Equal)
+        }),
         _ => None,
     }
+}
+
+/// For a test on a clock-driven day count (`days_since(f)`, `rfm.recency_days`):
+/// the clock at which the test's answer next changes, if it ever does with no new
+/// event. The day count steps up by one at every whole day after `f`; a test
+/// against literals can only change its answer on days next to a literal, so
+/// those are the only candidates (the user is not woken every day).
+fn clock_flip(
+    n: Num,
+    s: &Subject<'_>,
+    literals: &[Decimal],
+    test: impl Fn(i64) -> bool,
+) -> Option<Millis> {
+    let (field, at_least_zero) = match n {
+        Num::DaysSince(f) => (f, false),
+        Num::Rfm(RfmField::RecencyDays) => (TimeField::LastOrderAt, true),
+        _ => return None,
+    };
+    let t = time_value(s.profile.lifetime.as_ref()?, field)?;
+    let days = |clock: Millis| {
+        let d = days_between(t, clock);
+        if at_least_zero {
+            d.max(0)
+        } else {
+            d
+        }
+    };
+    let now = days(s.clock);
+    let answer = test(now);
+    let mut candidates: Vec<i64> = literals
+        .iter()
+        .flat_map(|l| {
+            let floor = l.mantissa.div_euclid(10i128.pow(l.scale));
+            let floor = i64::try_from(floor).unwrap_or(if floor < 0 {
+                i64::MIN / 4
+            } else {
+                i64::MAX / 4
+            });
+            (-1..=2).map(move |k| floor.saturating_add(k))
+        })
+        .filter(|d| *d > now)
+        .collect();
+    candidates.sort_unstable();
+    let flip = candidates.into_iter().find(|d| test(*d) != answer)?;
+    // The clock at which the count reaches `flip`.
+    Some(t.saturating_add(flip.saturating_mul(DAY_MS)))
 }
 
 // ---------------------------------------------------------------------------
@@ -1225,7 +1267,7 @@ mod tests {
         let r = Rule::compile(rule, 2).unwrap_or_else(|e| panic!("{rule}: {e}"));
         r.eval(&Subject {
             profile: &p,
-            ranks: None,
+            scores: None,
             clock: clock_days * DAY_MS,
             names: &no_names,
         })
@@ -1287,11 +1329,16 @@ mod tests {
         let r = Rule::compile("days_since(last_order_at) > 60", 2).expect("rule");
         let at = |days: i64| Subject {
             profile: &p,
-            ranks: None,
+            scores: None,
             clock: days * DAY_MS + 5,
             names: &no_names,
         };
-        assert_eq!(r.next_change(&at(70)), Some(71 * DAY_MS));
+        // Not every day: only where the answer flips (last order day 40 + 61).
+        assert_eq!(r.next_change(&at(70)), Some(101 * DAY_MS));
+        assert_eq!(r.next_change(&at(102)), None, "true from then on");
+        let window = Rule::compile("days_since(last_order_at) = 50", 2).expect("rule");
+        assert_eq!(window.next_change(&at(70)), Some(90 * DAY_MS));
+        assert_eq!(window.next_change(&at(90)), Some(91 * DAY_MS));
         assert!(r.needs.clock);
         let plain = Rule::compile("orders > 1", 2).expect("rule");
         assert_eq!(plain.next_change(&at(70)), None);

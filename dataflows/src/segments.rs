@@ -35,9 +35,10 @@
 //!   for every member. Definitions come through the log like events.
 //! * **RFM scores** are ranks over all users: one user's order can move the score
 //!   of everyone in some bucket. While a rule reads them, the operator keeps its
-//!   buyers indexed by `(dimension, bucket)`; when the histogram changes at `E`,
-//!   it computes every bucket's score before and at `E` from its copy of the
-//!   histogram and re-evaluates the buyers of the buckets whose score moved.
+//!   buyers indexed by `(dimension, bucket)` and a table of every bucket's score;
+//!   when the histogram changes at `E`, it recomputes the table from its copy of
+//!   the histogram (a few hundred buckets) and re-evaluates the buyers of the
+//!   buckets whose score moved. A user's scores are then a lookup, not a scan.
 //!
 //! The output, `(segment, user, since)` with `±1`, is arranged three ways, all on
 //! the worker that owns the user (no exchange): by segment (members, paged in
@@ -46,7 +47,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -66,10 +67,11 @@ use timely::progress::frontier::AntichainRef;
 
 use crate::profiles::{
     arrange_local_by_key, arrange_local_by_self, cursor_at, read_key, read_vals, rfm_buckets,
-    ProfileArrangements, ProfileTraces, Rank, RFM_FREQUENCY, RFM_MONETARY, RFM_RECENCY,
+    ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY, RFM_MONETARY,
+    RFM_RECENCY,
 };
 use crate::rules::{Needs, Rule, Subject};
-use crate::types::{Diff, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
+use crate::types::{Diff, IdMap, IdSet, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
 
 /// A segment: the 64-bit hash of its name (stable across restarts and workers).
 pub type SegId = u64;
@@ -281,17 +283,18 @@ struct Evaluator {
     worker: usize,
     rules: BTreeMap<SegId, Arc<Rule>>,
     needs: Needs,
-    users: HashMap<UserId, UserState>,
+    users: IdMap<UserState>,
     wakes: BinaryHeap<Reverse<(Millis, UserId)>>,
     /// The latest epoch's `(seq, clock)`.
     last: Since,
-    /// The previous epoch evaluated.
-    prev: Option<Time>,
+    /// While a rule reads RFM scores: each `(bucket, score)` per dimension at the
+    /// current epoch, in bucket order.
+    scores: Option<[Vec<(i64, u8)>; 3]>,
     /// While a rule reads RFM scores: each buyer's RFM buckets, and the buyers in
     /// each `(dimension, bucket)`, so that a change of the histogram re-evaluates
     /// only the users whose score it moved.
-    buckets: HashMap<UserId, [i64; 3]>,
-    by_bucket: HashMap<(u8, i64), HashSet<UserId>>,
+    buckets: IdMap<[i64; 3]>,
+    by_bucket: HashMap<(u8, i64), IdSet>,
 }
 
 impl Evaluator {
@@ -302,14 +305,14 @@ impl Evaluator {
             worker,
             rules: BTreeMap::new(),
             needs: Needs::default(),
-            users: HashMap::new(),
+            users: IdMap::default(),
             wakes: BinaryHeap::new(),
             last: Since {
                 seq: 0,
                 clock: Millis::MIN,
             },
-            prev: None,
-            buckets: HashMap::new(),
+            scores: None,
+            buckets: IdMap::default(),
             by_bucket: HashMap::new(),
         }
     }
@@ -370,48 +373,56 @@ impl Evaluator {
             self.buckets.clear();
             self.by_bucket.clear();
         }
+        let rescored = if self.needs.rfm && (rescore || everyone || self.scores.is_none()) {
+            self.refresh_scores(t)
+        } else {
+            Vec::new()
+        };
+        if !self.needs.rfm {
+            self.scores = None;
+        }
         if everyone {
             touched = self.traces.users(t);
             // Members whose profile is gone (cannot happen today: profiles only
             // grow) would be missed by the scan; keep them in.
             touched.extend(self.users.keys().copied());
-        } else if rescore && self.needs.rfm {
-            for key in self.rescored_buckets(t) {
+        } else {
+            for key in rescored {
                 if let Some(users) = self.by_bucket.get(&key) {
                     touched.extend(users.iter().copied());
                 }
             }
         }
-        self.prev = Some(t);
         touched.sort_unstable();
         touched.dedup();
-        for user in touched {
-            self.evaluate(user, t, emit);
+        let needs = self.needs;
+        let mut profiles = Vec::with_capacity(touched.len());
+        self.traces
+            .read_users(&touched, t, needs.facets, needs.traits, |u, p| {
+                profiles.push((u, p))
+            });
+        for (user, profile) in profiles {
+            self.evaluate(user, &profile, emit);
         }
         self.compact(t);
     }
 
-    fn evaluate(&mut self, user: UserId, t: Time, emit: &mut impl FnMut(Membership, Diff)) {
-        let needs = self.needs;
-        let profile = self
-            .traces
-            .read_user_parts(user, t, needs.facets, needs.traits);
-        let ranks = if needs.rfm {
-            profile
-                .lifetime
-                .as_ref()
-                .and_then(rfm_buckets)
-                .map(|b| self.traces.read_rfm_ranks(self.worker, b, t))
-        } else {
-            None
-        };
-        if needs.rfm {
-            self.index_buckets(user, profile.lifetime.as_ref().and_then(rfm_buckets));
+    fn evaluate(
+        &mut self,
+        user: UserId,
+        profile: &UserProfile,
+        emit: &mut impl FnMut(Membership, Diff),
+    ) {
+        let mut scores = None;
+        if self.needs.rfm {
+            let buckets = profile.lifetime.as_ref().and_then(rfm_buckets);
+            self.index_buckets(user, buckets);
+            scores = buckets.and_then(|b| self.score_of(b));
         }
         let names = self.names.clone();
         let subject = Subject {
-            profile: &profile,
-            ranks,
+            profile,
+            scores,
             clock: self.last.clock,
             names: &*names,
         };
@@ -492,62 +503,80 @@ impl Evaluator {
         }
     }
 
-    /// The `(dimension, bucket)`s whose score differs between the previous epoch
-    /// and `t`, from this worker's copy of the histogram. A bucket that was empty
-    /// on either side holds only users whose own buckets moved, who are evaluated
-    /// anyway.
-    fn rescored_buckets(&mut self, t: Time) -> Vec<(u8, i64)> {
+    /// Recomputes every bucket's score at `t` from this worker's copy of the RFM
+    /// histogram, and returns the `(dimension, bucket)`s whose score moved. A
+    /// bucket that was empty before or is empty now holds only users whose own
+    /// buckets moved, who are evaluated anyway.
+    fn refresh_scores(&mut self, t: Time) -> Vec<(u8, i64)> {
         let me = self.worker as u32;
-        let prev = self.prev;
         let (mut cursor, storage) = cursor_at(&mut self.traces.rfm);
-        let mut out = Vec::new();
+        let mut table: [Vec<(i64, u8)>; 3] = Default::default();
         for dim in [RFM_RECENCY, RFM_FREQUENCY, RFM_MONETARY] {
-            // (bucket, count before, count now), in bucket order.
-            let mut counts: Vec<(i64, i64, i64)> = Vec::new();
+            let mut counts: Vec<(i64, i64)> = Vec::new();
             cursor.rewind_keys(&storage);
             cursor.seek_key(&storage, &(me, dim, i64::MIN));
             while let Some(key) = cursor.get_key(&storage) {
                 if key.0 != me || key.1 != dim {
                     break;
                 }
-                let (mut before, mut now) = (0, 0);
+                let mut n = 0;
                 cursor.map_times(&storage, |time, d| {
-                    if prev.is_some_and(|p| *time <= p) {
-                        before += *d;
-                    }
                     if *time <= t {
-                        now += *d;
+                        n += *d;
                     }
                 });
-                counts.push((key.2, before, now));
+                if n > 0 {
+                    counts.push((key.2, n));
+                }
                 cursor.step_key(&storage);
             }
-            let total_before: i64 = counts.iter().map(|c| c.1).sum();
-            let total_now: i64 = counts.iter().map(|c| c.2).sum();
-            let (mut below_before, mut below_now) = (0, 0);
-            for (bucket, before, now) in counts {
-                if before > 0 && now > 0 {
-                    let old = Rank {
-                        below: below_before,
-                        equal: before,
-                        total: total_before,
-                    }
-                    .score();
-                    let new = Rank {
-                        below: below_now,
-                        equal: now,
-                        total: total_now,
-                    }
-                    .score();
-                    if old != new {
-                        out.push((dim, bucket));
-                    }
+            let total: i64 = counts.iter().map(|c| c.1).sum();
+            let mut below = 0;
+            for (bucket, n) in counts {
+                let score = Rank {
+                    below,
+                    equal: n,
+                    total,
                 }
-                below_before += before;
-                below_now += now;
+                .score();
+                table[dim as usize].push((bucket, score));
+                below += n;
             }
         }
-        out
+        let mut moved = Vec::new();
+        if let Some(old) = &self.scores {
+            for dim in 0..3 {
+                let (mut i, mut j) = (0, 0);
+                let (a, b) = (&old[dim], &table[dim]);
+                while i < a.len() && j < b.len() {
+                    match a[i].0.cmp(&b[j].0) {
+                        std::cmp::Ordering::Less => i += 1,
+                        std::cmp::Ordering::Greater => j += 1,
+                        std::cmp::Ordering::Equal => {
+                            if a[i].1 != b[j].1 {
+                                moved.push((dim as u8, a[i].0));
+                            }
+                            i += 1;
+                            j += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.scores = Some(table);
+        moved
+    }
+
+    /// The scores of a user in `buckets`, from the table of the current epoch.
+    fn score_of(&self, buckets: [i64; 3]) -> Option<[u8; 3]> {
+        let table = self.scores.as_ref()?;
+        let mut out = [0u8; 3];
+        for dim in 0..3 {
+            let t = &table[dim];
+            let i = t.binary_search_by_key(&buckets[dim], |(b, _)| *b).ok()?;
+            out[dim] = t[i].1;
+        }
+        Some(out)
     }
 
     /// This operator reads nothing before `t` any more.

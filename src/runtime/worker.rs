@@ -2,13 +2,13 @@
 //! the dataflow, reports completed epochs, compacts its traces behind the readers,
 //! and serves cursor reads between steps.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use shopstream_dataflows::profiles::{self, ProfileFeeder, ProfileInputs, ProfileTraces};
 use shopstream_dataflows::segments::{self, ChangeBuffer, Names, SegmentTraces};
-use shopstream_dataflows::types::{intern, Line, ShopEvent, Sym, Time};
+use shopstream_dataflows::types::{intern, IdSet, Line, ShopEvent, Time};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
@@ -66,7 +66,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
 
     let mut feeder = ProfileFeeder::new(ctx.order_horizon);
     // Ids whose strings this worker has already handed to the shared symbol table.
-    let mut known: HashSet<Sym> = HashSet::new();
+    let mut known = IdSet::default();
     let mut in_flight: VecDeque<Readable> = VecDeque::new();
     let mut done = Readable {
         clock: i64::MIN,
@@ -192,7 +192,7 @@ fn feed(
     index: usize,
     peers: usize,
     symbols: &Symbols,
-    known: &mut HashSet<Sym>,
+    known: &mut IdSet,
     feeder: &mut ProfileFeeder,
     inputs: &mut ProfileInputs,
 ) {
@@ -202,7 +202,7 @@ fn feed(
             continue;
         }
         // Members and the change feed answer with the user's id text.
-        symbols.intern_local(&ev.user, known);
+        symbols.remember(user, &ev.user, known);
         let shop = shop_event(ev, user, seq, symbols, known);
         feeder.event(&shop, epoch.clock, inputs);
     }
@@ -248,7 +248,7 @@ pub(crate) fn shop_event(
     user: u64,
     seq: u64,
     symbols: &Symbols,
-    known: &mut HashSet<Sym>,
+    known: &mut IdSet,
 ) -> ShopEvent {
     let mut sym = |s: &str| symbols.intern_local(s, known);
     let lines = ev
