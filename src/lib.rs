@@ -13,6 +13,8 @@
 //!   commit, recovery that truncates a torn tail.
 //! * [`runtime`]: the sequencer (the log's single writer) and the timely workers
 //!   that feed, step and read the dataflows.
+//! * [`segments`]: hosting the segment view: definitions as log records, the
+//!   registry, built-in and file definitions at start, the change feed.
 //! * [`serve`]: HTTP query handlers, one query kind per file; health and metrics.
 //! * [`server`]: start and stop everything with one signal.
 //! * [`symbols`]: the reverse map of interned ids, for answers.

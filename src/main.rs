@@ -229,6 +229,8 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
     println!("try:  curl -s http://{http}/v1/users/u0/profile | python3 -m json.tool");
     println!("      curl -s http://{http}/metrics | grep shopstream_");
     println!("      shopstream query user u1 --addr {http}");
+    println!("      curl -s http://{http}/v1/segments | python3 -m json.tool");
+    println!("      curl -sN http://{http}/v1/stream/segments   # live segment enters and exits");
     let stop =
         Instant::now() + Duration::from_secs(if seconds == 0 { u64::MAX / 4 } else { seconds });
     let feeder = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -279,7 +281,21 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
                     },
                     Err(e) => format!("read failed: {e}"),
                 };
-                println!("as_of={} ({rate:.0} events/s, {} behind the log)  {summary}",
+                let stages = match server.engine.segment_sizes(None, None).await {
+                    Ok((_, sizes)) => {
+                        let mut v: Vec<String> = sizes
+                            .iter()
+                            .filter_map(|(id, n)| {
+                                let name = server.engine.segment_name(*id)?;
+                                name.starts_with("lifecycle:").then(|| format!("{} {n}", &name[10..]))
+                            })
+                            .collect();
+                        v.sort();
+                        v.join(", ")
+                    }
+                    Err(e) => format!("segments: {e}"),
+                };
+                println!("as_of={} ({rate:.0} events/s, {} behind the log)  {summary}; lifecycle: {stages}",
                     r.seq, server.engine.logged_seq().saturating_sub(r.seq));
                 if feeder.is_finished() { break; }
             }

@@ -592,3 +592,161 @@ pub fn change_name(d: Diff) -> &'static str {
         "exit"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shopstream_dataflows::profiles::{Lifetime, UserProfile};
+    use shopstream_dataflows::rules::Subject;
+    use shopstream_dataflows::types::DAY_MS;
+
+    fn compiled(config: &Config) -> Vec<(String, Rule)> {
+        wanted(config)
+            .expect("valid")
+            .into_iter()
+            .map(|w| (w.name, compile(&w.rule, 2).expect("compiles")))
+            .collect()
+    }
+
+    #[test]
+    fn the_example_segment_file_is_valid() {
+        let mut config = Config::defaults();
+        config.segments_file =
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/segments.toml"));
+        let all = wanted(&config).expect("the example file is valid");
+        assert!(all
+            .iter()
+            .any(|w| w.name == "repeat_buyers" && w.source == Source::Config));
+        config.segments_file = Some("/nonexistent/segments.toml".into());
+        let e = wanted(&config).expect_err("missing file").to_string();
+        assert!(e.contains("/nonexistent/segments.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_configured_rule_names_its_origin_and_position() {
+        let mut config = Config::defaults();
+        config.tiers.metric = "windows.30d.revnue".into();
+        let e = wanted(&config).expect_err("bad metric").to_string();
+        assert!(e.contains("tier:bronze") && e.contains("unknown window field"), "{e}");
+    }
+
+    #[test]
+    fn every_buyer_is_in_exactly_one_rfm_segment_and_at_most_one_stage() {
+        let rules = compiled(&Config::defaults());
+        let no_names = |_: u64| None;
+        let day = DAY_MS;
+        for r in 1..=5u8 {
+            for f in 1..=5u8 {
+                let p = UserProfile {
+                    lifetime: Some(Lifetime {
+                        orders: 1,
+                        events: 1,
+                        first_seen: 0,
+                        last_seen: 0,
+                        last_order_at: 0,
+                        ..Lifetime::default()
+                    }),
+                    ..UserProfile::default()
+                };
+                let s = Subject {
+                    profile: &p,
+                    scores: Some([r, f, 3]),
+                    clock: 0,
+                    names: &no_names,
+                };
+                let rfm: Vec<&String> = rules
+                    .iter()
+                    .filter(|(n, rule)| n.starts_with("rfm:") && rule.eval(&s))
+                    .map(|(n, _)| n)
+                    .collect();
+                assert_eq!(rfm.len(), 1, "R{r} F{f}: {rfm:?}");
+            }
+        }
+        // Lifecycle over first-seen, last and previous order, and clock.
+        for first in [0, 100] {
+            for last in [None, Some(120), Some(300), Some(390)] {
+                for prev in [None, Some(110)] {
+                    for clock in [10, 200, 320, 400, 700] {
+                        let at = |d: i64| d * day;
+                        let l = Lifetime {
+                            events: 1,
+                            first_seen: at(first),
+                            last_seen: at(last.unwrap_or(first)),
+                            orders: i64::from(last.is_some()),
+                            last_order_at: last.map_or(i64::MIN, at),
+                            prev_order_at: prev.filter(|_| last.is_some()).map_or(i64::MIN, at),
+                            ..Lifetime::default()
+                        };
+                        let p = UserProfile {
+                            lifetime: Some(l),
+                            ..UserProfile::default()
+                        };
+                        let s = Subject {
+                            profile: &p,
+                            scores: None,
+                            clock: at(clock).max(l.last_seen),
+                            names: &no_names,
+                        };
+                        let stages: Vec<&String> = rules
+                            .iter()
+                            .filter(|(n, rule)| n.starts_with("lifecycle:") && rule.eval(&s))
+                            .map(|(n, _)| n)
+                            .collect();
+                        assert!(stages.len() <= 1, "{l:?} at {clock}: {stages:?}");
+                        if last.is_some() && clock >= first + 30 {
+                            assert_eq!(stages.len(), 1, "a buyer has a stage: {l:?} at {clock}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn start_up_changes_only_what_the_configuration_changed() {
+        let def = |name: &str, rule: &str, source| Definition {
+            name: name.into(),
+            rule: rule.into(),
+            source,
+            epoch: 0,
+            seq: 0,
+            clock: 0,
+            created_epoch: 0,
+        };
+        let want = |name: &str, rule: &str, source| Wanted {
+            name: name.into(),
+            rule: rule.into(),
+            source,
+        };
+        let current = [
+            def("same", "orders > 1", Source::Config),
+            def("changed", "orders > 1", Source::Config),
+            def("gone", "orders > 1", Source::Config),
+            def("mine", "orders > 1", Source::Api),
+        ];
+        let wanted = [
+            want("same", "orders > 1", Source::Config),
+            want("changed", "orders > 2", Source::Config),
+            want("new", "orders > 3", Source::Builtin),
+        ];
+        let controls = startup_controls(&current, &wanted);
+        assert_eq!(
+            controls,
+            [
+                Control::Define {
+                    name: "changed".into(),
+                    rule: "orders > 2".into(),
+                    source: Source::Config
+                },
+                Control::Define {
+                    name: "new".into(),
+                    rule: "orders > 3".into(),
+                    source: Source::Builtin
+                },
+                Control::Drop {
+                    name: "gone".into()
+                },
+            ]
+        );
+    }
+}

@@ -485,5 +485,21 @@ mod tests {
         assert_eq!(out, bincode::serialize(&flat).expect("encode"));
         let back: Vec<Event> = bincode::deserialize(&out).expect("decode");
         assert_eq!(back, flat);
+        assert_eq!(decode_payload(&out).expect("decode"), (flat.clone(), vec![]));
+
+        // Definitions ride after the events; a record without them reads as before.
+        let controls = vec![
+            Control::Define {
+                name: "s".into(),
+                rule: "orders > 1".into(),
+                source: segments::Source::Api,
+            },
+            Control::Drop { name: "t".into() },
+        ];
+        encode_payload(&chunks, 3, &controls, &mut out);
+        assert_eq!(decode_payload(&out).expect("decode"), (flat, controls.clone()));
+        encode_payload(&[], 0, &controls, &mut out);
+        assert_eq!(decode_payload(&out).expect("decode"), (vec![], controls));
+        assert!(decode_payload(&out[..out.len() - 1]).is_err(), "a torn payload is an error");
     }
 }
