@@ -357,19 +357,17 @@ impl Registry {
     }
 }
 
-/// One published membership change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One published membership change: compact (ids, no strings); names are
+/// looked up when it is sent ([`Hub::describe`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeedEvent {
     /// Position in the feed: `{epoch}.{index}` (the SSE id).
-    #[serde(skip)]
     pub position: (Time, u32),
-    pub segment: String,
-    pub user_id: String,
-    /// `"enter"` or `"exit"`.
-    pub change: &'static str,
+    pub segment: SegId,
+    pub user: UserId,
+    pub enter: bool,
     /// The sequence number the change is as of.
     pub as_of: u64,
-    pub epoch: Time,
 }
 
 /// A point in the feed to resume after.
@@ -394,7 +392,7 @@ struct HubState {
     /// Staged changes not yet published, by epoch.
     pending: BTreeMap<Time, Vec<Change>>,
     /// Published changes, oldest first, bounded by `retention`.
-    retained: VecDeque<Arc<FeedEvent>>,
+    retained: VecDeque<FeedEvent>,
     retention: usize,
     /// The first epoch not yet published.
     published_through: Time,
@@ -409,7 +407,7 @@ struct HubState {
 /// Collects the workers' staged changes and publishes complete epochs.
 pub struct Hub {
     state: Mutex<HubState>,
-    tx: broadcast::Sender<Arc<FeedEvent>>,
+    tx: broadcast::Sender<FeedEvent>,
     /// Set at shutdown: subscriptions end, so that open streams do not hold the
     /// HTTP server's graceful shutdown.
     closed: tokio::sync::watch::Sender<bool>,
@@ -487,24 +485,19 @@ impl Hub {
             let mut changes = s.pending.remove(&t).unwrap_or_default();
             changes.sort_unstable_by_key(|((seg, user, _), _, d)| (*seg, *user, *d));
             let (seq, clock) = s.epoch_info.get(&t).copied().unwrap_or((0, Millis::MIN));
-            let registry = self.names.lock().expect("poisoned");
             let mut deltas: BTreeMap<SegId, i64> = BTreeMap::new();
             for (i, ((seg, user, _since), _, d)) in changes.iter().enumerate() {
                 *deltas.entry(*seg).or_default() += d;
-                let event = Arc::new(FeedEvent {
+                let event = FeedEvent {
                     position: (t, i as u32),
-                    segment: registry
-                        .name(*seg)
-                        .map_or_else(|| format!("#{seg:016x}"), str::to_owned),
-                    user_id: self.user_name(*user),
-                    change: if *d > 0 { "enter" } else { "exit" },
+                    segment: *seg,
+                    user: *user,
+                    enter: *d > 0,
                     as_of: seq,
-                    epoch: t,
-                });
-                s.retained.push_back(event.clone());
+                };
+                s.retained.push_back(event);
                 let _ = self.tx.send(event);
             }
-            drop(registry);
             while s.retained.len() > s.retention {
                 if let Some(e) = s.retained.pop_front() {
                     s.dropped_through = Some(e.position);
@@ -525,10 +518,19 @@ impl Hub {
         s.epoch_info = keep;
     }
 
-    fn user_name(&self, user: UserId) -> String {
-        self.user_names
-            .resolve(user)
-            .unwrap_or_else(|| format!("#{user:016x}"))
+    /// The segment's name and the user's id text of an event.
+    pub fn describe(&self, e: &FeedEvent) -> (String, String) {
+        let segment = self
+            .names
+            .lock()
+            .expect("poisoned")
+            .name(e.segment)
+            .map_or_else(|| format!("#{:016x}", e.segment), str::to_owned);
+        let user = self
+            .user_names
+            .resolve(e.user)
+            .unwrap_or_else(|| format!("#{:016x}", e.user));
+        (segment, user)
     }
 
     /// The size history of a segment: `(epoch, as_of, clock, size)`, oldest first.
@@ -548,7 +550,7 @@ impl Hub {
     pub fn subscribe(
         &self,
         after: Option<(Time, u32)>,
-    ) -> Result<(Vec<Arc<FeedEvent>>, broadcast::Receiver<Arc<FeedEvent>>), TooOld> {
+    ) -> Result<(Vec<FeedEvent>, broadcast::Receiver<FeedEvent>), TooOld> {
         let s = self.state.lock().expect("poisoned");
         let rx = self.tx.subscribe();
         let Some(after) = after else {
@@ -568,7 +570,7 @@ impl Hub {
             .retained
             .iter()
             .filter(|e| e.position > after)
-            .cloned()
+            .copied()
             .collect();
         Ok((backlog, rx))
     }
@@ -627,13 +629,16 @@ mod tests {
         let mut config = Config::defaults();
         config.tiers.metric = "windows.30d.revnue".into();
         let e = wanted(&config).expect_err("bad metric").to_string();
-        assert!(e.contains("tier:bronze") && e.contains("unknown window field"), "{e}");
+        assert!(
+            e.contains("tier:bronze") && e.contains("unknown window field"),
+            "{e}"
+        );
     }
 
     #[test]
     fn every_buyer_is_in_exactly_one_rfm_segment_and_at_most_one_stage() {
         let rules = compiled(&Config::defaults());
-        let no_names = |_: u64| None;
+        let no_names = |a: u64, b: u64| a.cmp(&b);
         let day = DAY_MS;
         for r in 1..=5u8 {
             for f in 1..=5u8 {
@@ -652,7 +657,7 @@ mod tests {
                     profile: &p,
                     scores: Some([r, f, 3]),
                     clock: 0,
-                    names: &no_names,
+                    name_order: &no_names,
                 };
                 let rfm: Vec<&String> = rules
                     .iter()
@@ -685,7 +690,7 @@ mod tests {
                             profile: &p,
                             scores: None,
                             clock: at(clock).max(l.last_seen),
-                            names: &no_names,
+                            name_order: &no_names,
                         };
                         let stages: Vec<&String> = rules
                             .iter()

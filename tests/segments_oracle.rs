@@ -100,7 +100,7 @@ fn expected(
     previous: &State,
     names: &HashMap<Sym, String>,
 ) -> State {
-    let resolve = |id: Sym| names.get(&id).cloned();
+    let resolve = |a: Sym, b: Sym| names.get(&a).cmp(&names.get(&b));
     let mut state = State::new();
     for (name, rule) in rules {
         let members = state.entry(name.clone()).or_default();
@@ -109,7 +109,7 @@ fn expected(
                 profile: &p.profile,
                 scores: p.rfm_ranks.map(|r| r.map(|x| x.score())),
                 clock,
-                names: &resolve,
+                name_order: &resolve,
             };
             if rule.eval(&subject) {
                 let since = previous
@@ -312,7 +312,8 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
         }
         let mut got_feed = Vec::new();
         while let Ok(e) = feed.try_recv() {
-            got_feed.push((e.segment.clone(), e.user_id.clone(), e.change));
+            let (segment, user) = engine.hub().describe(&e);
+            got_feed.push((segment, user, if e.enter { "enter" } else { "exit" }));
         }
         prop_assert_eq!(got_feed, want_feed);
         Ok(())

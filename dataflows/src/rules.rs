@@ -264,8 +264,9 @@ pub struct Subject<'a> {
     /// needs them and the user has orders.
     pub scores: Option<[u8; 3]>,
     pub clock: Millis,
-    /// Resolves an interned id to its text, to break ties in `top_*` by name.
-    pub names: &'a dyn Fn(Sym) -> Option<String>,
+    /// Orders two interned ids by their text, to break ties in `top_*` by name as
+    /// the profile document does.
+    pub name_order: &'a dyn Fn(Sym, Sym) -> std::cmp::Ordering,
 }
 
 impl Rule {
@@ -457,18 +458,12 @@ fn contains(list: List, item: Sym, s: &Subject<'_>) -> bool {
     // In the top K: fewer than K others rank before it (higher score, or the same
     // score and a smaller name, as the profile document orders them).
     let mut before = 0;
-    let mut my_name = None;
     for ((k, id), n) in &p.facets {
         if *k != kind || *id == item || *n <= 0 {
             continue;
         }
-        if *n > score {
+        if *n > score || (*n == score && (s.name_order)(*id, item) == std::cmp::Ordering::Less) {
             before += 1;
-        } else if *n == score {
-            let mine = my_name.get_or_insert_with(|| (s.names)(item).unwrap_or_default());
-            if (s.names)(*id).unwrap_or_default() < *mine {
-                before += 1;
-            }
         }
         if before >= TOP_K {
             return false;
@@ -547,7 +542,9 @@ fn clock_flip(
     };
     let now = days(s.clock);
     let answer = test(now);
-    let mut candidates: Vec<i64> = literals
+    // The first flip is the least candidate after `now` with the other answer
+    // (between candidates the answer cannot change).
+    let flip = literals
         .iter()
         .flat_map(|l| {
             let floor = l.mantissa.div_euclid(10i128.pow(l.scale));
@@ -558,10 +555,8 @@ fn clock_flip(
             });
             (-1..=2).map(move |k| floor.saturating_add(k))
         })
-        .filter(|d| *d > now)
-        .collect();
-    candidates.sort_unstable();
-    let flip = candidates.into_iter().find(|d| test(*d) != answer)?;
+        .filter(|d| *d > now && test(*d) != answer)
+        .min()?;
     // The clock at which the count reaches `flip`.
     Some(t.saturating_add(flip.saturating_mul(DAY_MS)))
 }
@@ -1212,8 +1207,8 @@ mod tests {
     use super::*;
     use crate::profiles::{Latest, Windowed};
 
-    fn no_names(_: Sym) -> Option<String> {
-        None
+    fn no_names(a: Sym, b: Sym) -> std::cmp::Ordering {
+        a.cmp(&b)
     }
 
     fn profile() -> UserProfile {
@@ -1269,7 +1264,7 @@ mod tests {
             profile: &p,
             scores: None,
             clock: clock_days * DAY_MS,
-            names: &no_names,
+            name_order: &no_names,
         })
     }
 
@@ -1331,7 +1326,7 @@ mod tests {
             profile: &p,
             scores: None,
             clock: days * DAY_MS + 5,
-            names: &no_names,
+            name_order: &no_names,
         };
         // Not every day: only where the answer flips (last order day 40 + 61).
         assert_eq!(r.next_change(&at(70)), Some(101 * DAY_MS));

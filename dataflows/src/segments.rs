@@ -280,6 +280,8 @@ struct UserState {
 struct Evaluator {
     traces: ProfileTraces,
     names: Names,
+    /// Texts of category and brand ids compared for `top_*` ties (few, reused).
+    name_cache: RefCell<IdMap<Arc<str>>>,
     worker: usize,
     rules: BTreeMap<SegId, Arc<Rule>>,
     needs: Needs,
@@ -302,6 +304,7 @@ impl Evaluator {
         Evaluator {
             traces,
             names,
+            name_cache: RefCell::default(),
             worker,
             rules: BTreeMap::new(),
             needs: Needs::default(),
@@ -419,12 +422,23 @@ impl Evaluator {
             self.index_buckets(user, buckets);
             scores = buckets.and_then(|b| self.score_of(b));
         }
-        let names = self.names.clone();
+        let names = &self.names;
+        let cache = &self.name_cache;
+        let name_order = |a: Sym, b: Sym| {
+            let mut cache = cache.borrow_mut();
+            let mut text = |id: Sym| -> Arc<str> {
+                cache
+                    .entry(id)
+                    .or_insert_with(|| names(id).unwrap_or_default().into())
+                    .clone()
+            };
+            text(a).cmp(&text(b))
+        };
         let subject = Subject {
             profile,
             scores,
             clock: self.last.clock,
-            names: &*names,
+            name_order: &name_order,
         };
         let mut wake: Option<Millis> = None;
         let mut now: Vec<SegId> = Vec::new();

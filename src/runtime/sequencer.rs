@@ -485,7 +485,10 @@ mod tests {
         assert_eq!(out, bincode::serialize(&flat).expect("encode"));
         let back: Vec<Event> = bincode::deserialize(&out).expect("decode");
         assert_eq!(back, flat);
-        assert_eq!(decode_payload(&out).expect("decode"), (flat.clone(), vec![]));
+        assert_eq!(
+            decode_payload(&out).expect("decode"),
+            (flat.clone(), vec![])
+        );
 
         // Definitions ride after the events; a record without them reads as before.
         let controls = vec![
@@ -497,9 +500,15 @@ mod tests {
             Control::Drop { name: "t".into() },
         ];
         encode_payload(&chunks, 3, &controls, &mut out);
-        assert_eq!(decode_payload(&out).expect("decode"), (flat, controls.clone()));
+        assert_eq!(
+            decode_payload(&out).expect("decode"),
+            (flat, controls.clone())
+        );
         encode_payload(&[], 0, &controls, &mut out);
         assert_eq!(decode_payload(&out).expect("decode"), (vec![], controls));
-        assert!(decode_payload(&out[..out.len() - 1]).is_err(), "a torn payload is an error");
+        assert!(
+            decode_payload(&out[..out.len() - 1]).is_err(),
+            "a torn payload is an error"
+        );
     }
 }

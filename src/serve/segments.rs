@@ -377,19 +377,21 @@ pub async fn of_user(
 
 /// The SSE change feed's state: the backlog to replay, then live events.
 struct Feed {
-    backlog: VecDeque<Arc<FeedEvent>>,
-    live: broadcast::Receiver<Arc<FeedEvent>>,
+    engine: Arc<Engine>,
+    backlog: VecDeque<FeedEvent>,
+    live: broadcast::Receiver<FeedEvent>,
     closed: tokio::sync::watch::Receiver<bool>,
-    only: Option<HashSet<String>>,
+    /// Segment ids to send (`None`: all).
+    only: Option<HashSet<u64>>,
     last: Option<(u64, u32)>,
     ended: bool,
 }
 
-fn sse_event(e: &FeedEvent) -> SseEvent {
+fn sse_event(e: &FeedEvent, segment: &str, user: &str) -> SseEvent {
     let data = json!({
-        "segment": e.segment,
-        "user_id": e.user_id,
-        "change": e.change,
+        "segment": segment,
+        "user_id": user,
+        "change": if e.enter { "enter" } else { "exit" },
         "as_of": e.as_of,
     });
     SseEvent::default()
@@ -432,7 +434,8 @@ impl Feed {
             if self.only.as_ref().is_some_and(|o| !o.contains(&e.segment)) {
                 continue;
             }
-            return Some(sse_event(&e));
+            let (segment, user) = self.engine.hub().describe(&e);
+            return Some(sse_event(&e, &segment, &user));
         }
     }
 }
@@ -480,10 +483,11 @@ pub async fn stream(
         Err(e) => return error(StatusCode::GONE, e.to_string()),
     };
     let feed = Feed {
+        engine: engine.clone(),
         backlog: backlog.into(),
         live,
         closed: engine.hub().closed(),
-        only,
+        only: only.map(|o| o.iter().map(|n| segment_id(n)).collect()),
         last: after,
         ended: false,
     };
