@@ -103,11 +103,11 @@ fn cpu_seconds() -> f64 {
 /// The workload as NDJSON bytes.
 fn input(events: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(events as usize * 200);
-    let mut work = Workload::new(GenOptions {
+    let work = Workload::new(GenOptions {
         events,
         ..GenOptions::default()
     });
-    while let Some(m) = work.next() {
+    for m in work {
         write_json(&mut out, &m);
     }
     out
