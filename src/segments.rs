@@ -498,6 +498,7 @@ impl Hub {
                 s.retained.push_back(event);
                 let _ = self.tx.send(event);
             }
+            metrics::counter!("shopstream_segment_changes_total").increment(changes.len() as u64);
             while s.retained.len() > s.retention {
                 if let Some(e) = s.retained.pop_front() {
                     s.dropped_through = Some(e.position);
@@ -514,6 +515,7 @@ impl Hub {
             }
         }
         s.published_through = ready;
+        metrics::gauge!("shopstream_segment_feed_retained").set(s.retained.len() as f64);
         let keep = s.epoch_info.split_off(&ready);
         s.epoch_info = keep;
     }

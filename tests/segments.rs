@@ -181,6 +181,14 @@ fn segments_are_defined_queried_changed_and_deleted_over_http() {
     let (status, _) = get_json(server.http, "/v1/segments/buyers");
     assert_eq!(status, 404);
     assert!(!user_segments(&server, "alice", seq).contains_key("buyers"));
+    let (_, metrics) = get_text(server.http, "/metrics");
+    for series in [
+        "shopstream_segment_changes_total",
+        "shopstream_segment_definitions_total",
+        "shopstream_segment_feed_retained",
+    ] {
+        assert!(metrics.contains(series), "no {series} in /metrics");
+    }
     // PUT creates.
     let (status, _) = request(
         server.http,
@@ -272,6 +280,8 @@ fn bad_definitions_and_parameters_get_clear_errors() {
         "/v1/segments/x/members?after=zz",
         "/v1/segments/x?min_seq=-1",
         "/v1/users/u1/segments?min_seq=x",
+        "/v1/segments/x?as_of=3",
+        "/v1/users/u1/profile?as_of=3",
     ] {
         let (status, body) = get_json(server.http, path);
         assert_eq!(status, 400, "{path}: {body}");

@@ -279,6 +279,7 @@ impl Sequencer {
         let seq = header.first_seq + u64::from(header.count) - 1;
         let scale = crate::event::minor_unit_decimals(&self.config.reporting_currency);
         let mut registry = self.shared.registry.lock().expect("poisoned");
+        metrics::counter!("shopstream_segment_definitions_total").increment(controls.len() as u64);
         let mut out = Vec::with_capacity(controls.len());
         for c in controls {
             match c {

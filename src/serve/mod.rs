@@ -42,7 +42,21 @@ pub fn engine_error(e: EngineError) -> Response {
 }
 
 /// Parses `min_seq` from a query string, with a clear 400 when it is not a number.
+///
+/// Every read answers at the newest epoch all workers have completed, at or after
+/// `min_seq`; the past is compacted away, so `as_of` names the epoch an answer is
+/// at and cannot ask for an older one: a request with `as_of=` gets a 400 that
+/// says so rather than a silently newer answer.
 pub fn min_seq(params: &HashMap<String, String>) -> Result<Option<u64>, Response> {
+    if let Some(v) = params.get("as_of") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "as_of={v}: reads answer at the newest complete epoch (past epochs are compacted away); \
+                 use min_seq={v} to read at that point or later"
+            ),
+        ));
+    }
     match params.get("min_seq") {
         None => Ok(None),
         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {

@@ -385,6 +385,7 @@ struct Feed {
     only: Option<HashSet<u64>>,
     last: Option<(u64, u32)>,
     ended: bool,
+    _subscribed: Subscribed,
 }
 
 fn sse_event(e: &FeedEvent, segment: &str, user: &str) -> SseEvent {
@@ -398,6 +399,22 @@ fn sse_event(e: &FeedEvent, segment: &str, user: &str) -> SseEvent {
         .id(format_position(e.position))
         .event("segment")
         .data(data.to_string())
+}
+
+/// Counts open change-feed subscriptions (`shopstream_segment_feed_subscribers`).
+struct Subscribed;
+
+impl Subscribed {
+    fn new() -> Self {
+        metrics::gauge!("shopstream_segment_feed_subscribers").increment(1.0);
+        Subscribed
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        metrics::gauge!("shopstream_segment_feed_subscribers").decrement(1.0);
+    }
 }
 
 impl Feed {
@@ -490,6 +507,7 @@ pub async fn stream(
         only: only.map(|o| o.iter().map(|n| segment_id(n)).collect()),
         last: after,
         ended: false,
+        _subscribed: Subscribed::new(),
     };
     let events = futures_util::stream::unfold(feed, |mut feed| async move {
         feed.next().await.map(|e| (Ok::<_, Infallible>(e), feed))
