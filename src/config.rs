@@ -14,6 +14,11 @@ use serde::Deserialize;
 
 use crate::log::FsyncPolicy;
 
+/// Where segment definitions are read from at start unless `segments.file` says
+/// otherwise. Relative to the working directory; when absent there, no segments
+/// come from a file (a file named explicitly must exist).
+pub const DEFAULT_SEGMENTS_FILE: &str = "config/segments.toml";
+
 /// The documented defaults, embedded so that `shopstream demo` needs no files.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -134,7 +139,7 @@ pub struct RawConfig {
 impl Default for RawSegments {
     fn default() -> Self {
         RawSegments {
-            file: PathBuf::new(),
+            file: DEFAULT_SEGMENTS_FILE.into(),
             feed_retention: 1_000_000,
             builtins: true,
             lifecycle: RawLifecycle::default(),
@@ -242,7 +247,8 @@ pub struct Config {
     pub order_horizon: usize,
     pub reporting_currency: String,
     pub currency_rates: HashMap<String, f64>,
-    /// A TOML file of segment definitions to apply at start (empty: none).
+    /// A TOML file of segment definitions to apply at start: `segments.file`,
+    /// `None` when it is empty, or when it is the default and absent.
     pub segments_file: Option<PathBuf>,
     pub feed_retention: usize,
     /// Define the lifecycle, tier and RFM segments.
@@ -357,7 +363,13 @@ impl RawConfig {
             order_horizon: e.order_horizon,
             reporting_currency: e.reporting_currency,
             currency_rates: e.currency_rates,
-            segments_file: (!g.file.as_os_str().is_empty()).then_some(g.file),
+            segments_file: if g.file.as_os_str().is_empty()
+                || (g.file == Path::new(DEFAULT_SEGMENTS_FILE) && !g.file.exists())
+            {
+                None
+            } else {
+                Some(g.file)
+            },
             feed_retention: g.feed_retention,
             builtin_segments: g.builtins,
             lifecycle: g.lifecycle,

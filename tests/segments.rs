@@ -532,3 +532,81 @@ fn definitions_changed_while_events_stream_in_end_where_a_fresh_server_starts() 
     }
     again.shutdown();
 }
+
+#[test]
+fn the_segment_file_is_applied_at_start_and_followed_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("segments.toml");
+    let write = |text: &str| std::fs::write(&file, text).expect("write segments file");
+    write(
+        "[[segment]]\nname = \"repeat\"\nrule = \"orders >= 2\"\n\n\
+         [[segment]]\nname = \"gone_soon\"\nrule = \"orders >= 1\"\n",
+    );
+    let data = dir.path().join("data");
+    let tweak = |c: &mut shopstream::config::Config| {
+        c.builtin_segments = false;
+        c.segments_file = Some(file.clone());
+    };
+    let server = TestServer::start_in(&data, tweak);
+    let seq = send_messages(
+        server.tcp,
+        &[
+            order("gina", T0, "g1", 10.0),
+            order("gina", T0 + MINUTE, "g2", 10.0),
+            order("hal", T0 + 2 * MINUTE, "h1", 10.0),
+        ],
+    )
+    .seq();
+    assert_eq!(members(&server, "repeat", 10, seq), ["gina"]);
+    define(&server, "mine", "orders >= 1");
+    let (status, body) = request(
+        server.http,
+        "PUT",
+        "/v1/segments/repeat",
+        Some(&json!({"rule": "orders >= 5"})),
+    );
+    assert_eq!(status, 409, "the file owns it: {body}");
+    server.shutdown();
+
+    // Edited file: one rule changed, one removed, one added.
+    write(
+        "[[segment]]\nname = \"repeat\"\nrule = \"orders >= 1\"\n\n\
+         [[segment]]\nname = \"new_one\"\nrule = \"revenue >= 20\"\n",
+    );
+    let server = TestServer::start_in(&data, tweak);
+    let (_, list) = get_json(server.http, "/v1/segments");
+    let sources: BTreeMap<String, String> = list["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name").to_owned(),
+                s["source"].as_str().expect("source").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        BTreeMap::from([
+            ("mine".to_owned(), "api".to_owned()),
+            ("new_one".to_owned(), "config".to_owned()),
+            ("repeat".to_owned(), "config".to_owned()),
+        ])
+    );
+    assert_eq!(sorted(members(&server, "repeat", 10, seq)), ["gina", "hal"]);
+    assert_eq!(members(&server, "new_one", 10, seq), ["gina"]);
+    server.shutdown();
+
+    // A bad rule in the file stops the start with its name and position.
+    write("[[segment]]\nname = \"broken\"\nrule = \"orders >\"\n");
+    let mut config = util::config(&data);
+    tweak(&mut config);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let err = rt
+        .block_on(shopstream::server::Server::start(config, |_, _| {}))
+        .err()
+        .expect("a bad rule stops the start")
+        .to_string();
+    assert!(err.contains("broken") && err.contains("at 8"), "{err}");
+}

@@ -37,6 +37,9 @@ pub fn config(data_dir: &Path) -> Config {
     cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
     cfg.data_dir = data_dir.to_path_buf();
     cfg.workers = 2;
+    // Tests define the segments they need; the repository's example file (the
+    // default `segments.file`, found when tests run from the crate root) stays out.
+    cfg.segments_file = None;
     cfg
 }
 
