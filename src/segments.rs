@@ -14,10 +14,13 @@
 //! Each worker's segment operator emits enter/exit updates as it evaluates an
 //! epoch. A worker stages them once its probe has passed the epoch; the [`Hub`]
 //! publishes an epoch's changes once every worker has staged it, merged in
-//! `(segment, user)` order, with consecutive positions. A subscriber resumes
-//! after the position it last saw (SSE `Last-Event-ID`), so it misses nothing and
-//! sees nothing twice, as long as that position is still retained
-//! (`segments.feed_retention` changes; older ones answer 410).
+//! `(segment, user)` order, with consecutive positions, before the epoch becomes
+//! readable: a read at epoch `E` never sees a change the feed has not published.
+//! A subscriber resumes after the position it last saw (SSE `Last-Event-ID`), or
+//! after a whole epoch (`Last-Event-ID: E`, with `E` the `epoch` a segment read
+//! answered at), so it misses nothing and sees nothing twice, as long as that
+//! position is still retained (`segments.feed_retention` changes, evicted whole
+//! epochs at a time and never the newest; older ones answer 410).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -370,14 +373,23 @@ pub struct FeedEvent {
     pub as_of: u64,
 }
 
-/// A point in the feed to resume after.
+/// A point in the feed to resume after: `EPOCH.INDEX` (an event's id), or a bare
+/// `EPOCH` meaning after every change of that epoch (the `epoch` a read answered
+/// at: read the members, then follow the feed from there with nothing missed).
 pub fn parse_position(s: &str) -> Option<(Time, u32)> {
-    let (e, i) = s.trim().split_once('.')?;
-    Some((e.parse().ok()?, i.parse().ok()?))
+    let s = s.trim();
+    match s.split_once('.') {
+        Some((e, i)) => Some((e.parse().ok()?, i.parse().ok()?)),
+        None => Some((s.parse().ok()?, u32::MAX)),
+    }
 }
 
 pub fn format_position(p: (Time, u32)) -> String {
-    format!("{}.{}", p.0, p.1)
+    if p.1 == u32::MAX {
+        p.0.to_string()
+    } else {
+        format!("{}.{}", p.0, p.1)
+    }
 }
 
 /// A segment's size after an epoch that changed it: `(epoch, as_of, clock, size)`.
@@ -407,7 +419,9 @@ struct HubState {
 /// Collects the workers' staged changes and publishes complete epochs.
 pub struct Hub {
     state: Mutex<HubState>,
-    tx: broadcast::Sender<FeedEvent>,
+    /// One message per published epoch (its changes), so that the live buffer's
+    /// capacity counts epochs, not changes.
+    tx: broadcast::Sender<Arc<[FeedEvent]>>,
     /// Set at shutdown: subscriptions end, so that open streams do not hold the
     /// HTTP server's graceful shutdown.
     closed: tokio::sync::watch::Sender<bool>,
@@ -415,9 +429,19 @@ pub struct Hub {
     user_names: Arc<crate::symbols::Symbols>,
 }
 
+/// A new subscription to the change feed.
+pub struct Subscription {
+    /// Retained changes after the resume point.
+    pub backlog: Vec<FeedEvent>,
+    /// Each later epoch's changes.
+    pub live: broadcast::Receiver<Arc<[FeedEvent]>>,
+    /// The position after everything published so far (`None`: nothing yet).
+    pub edge: Option<(Time, u32)>,
+}
+
 /// Why a subscription cannot resume where it asked.
 #[derive(Debug, thiserror::Error)]
-#[error("the feed no longer holds position {asked}: the oldest retained is {oldest}; re-read the members and subscribe without Last-Event-ID")]
+#[error("the feed no longer holds position {asked}: the oldest retained is {oldest}; re-read the members and follow the feed from the `epoch` that read answers with (Last-Event-ID: EPOCH)")]
 pub struct TooOld {
     pub asked: String,
     pub oldest: String,
@@ -430,7 +454,7 @@ impl Hub {
         names: Arc<Mutex<Registry>>,
         user_names: Arc<crate::symbols::Symbols>,
     ) -> Self {
-        let (tx, _) = broadcast::channel(4096);
+        let (tx, _) = broadcast::channel(1024);
         Hub {
             state: Mutex::new(HubState {
                 staged_through: vec![0; workers],
@@ -486,24 +510,41 @@ impl Hub {
             changes.sort_unstable_by_key(|((seg, user, _), _, d)| (*seg, *user, *d));
             let (seq, clock) = s.epoch_info.get(&t).copied().unwrap_or((0, Millis::MIN));
             let mut deltas: BTreeMap<SegId, i64> = BTreeMap::new();
-            for (i, ((seg, user, _since), _, d)) in changes.iter().enumerate() {
-                *deltas.entry(*seg).or_default() += d;
-                let event = FeedEvent {
-                    position: (t, i as u32),
-                    segment: *seg,
-                    user: *user,
-                    enter: *d > 0,
-                    as_of: seq,
-                };
-                s.retained.push_back(event);
-                let _ = self.tx.send(event);
+            let events: Arc<[FeedEvent]> = changes
+                .iter()
+                .enumerate()
+                .map(|(i, ((seg, user, _since), _, d))| {
+                    *deltas.entry(*seg).or_default() += d;
+                    FeedEvent {
+                        position: (t, i as u32),
+                        segment: *seg,
+                        user: *user,
+                        enter: *d > 0,
+                        as_of: seq,
+                    }
+                })
+                .collect();
+            s.retained.extend(events.iter().copied());
+            if !events.is_empty() {
+                let _ = self.tx.send(events);
             }
             metrics::counter!("shopstream_segment_changes_total").increment(changes.len() as u64);
+            // Evict whole epochs, and never the newest: a resume point inside an
+            // epoch stays valid as long as anything of it is kept.
             while s.retained.len() > s.retention {
-                if let Some(e) = s.retained.pop_front() {
-                    s.dropped_through = Some(e.position);
+                let Some(front) = s.retained.front().map(|e| e.position.0) else {
+                    break;
+                };
+                if front == t {
+                    break;
+                }
+                while s.retained.front().is_some_and(|e| e.position.0 == front) {
+                    if let Some(e) = s.retained.pop_front() {
+                        s.dropped_through = Some(e.position);
+                    }
                 }
             }
+            let registry = self.names.lock().expect("poisoned");
             for (seg, delta) in deltas {
                 let (size, history) = s.sizes.entry(seg).or_default();
                 *size += delta;
@@ -512,7 +553,16 @@ impl Hub {
                 if history.len() > SIZE_HISTORY {
                     history.pop_front();
                 }
+                // A dropped segment's history goes once its last member has left.
+                if size == 0
+                    && registry
+                        .name(seg)
+                        .is_some_and(|n| registry.get(n).is_none())
+                {
+                    s.sizes.remove(&seg);
+                }
             }
+            drop(registry);
         }
         s.published_through = ready;
         metrics::gauge!("shopstream_segment_feed_retained").set(s.retained.len() as f64);
@@ -544,19 +594,21 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Subscribes: the retained events after `after` (all retained ones for
-    /// `None`: a new subscriber starts at the live edge, so none), then live ones.
-    /// The backlog and the live receiver are taken under one lock, so nothing falls
+    /// Subscribes: the retained events after `after` (none for `None`: a new
+    /// subscriber starts at the live edge), then live ones, and the position of the
+    /// live edge (to resume from if nothing arrives before a reconnect). The
+    /// backlog and the live receiver are taken under one lock, so nothing falls
     /// between them.
-    #[allow(clippy::type_complexity)]
-    pub fn subscribe(
-        &self,
-        after: Option<(Time, u32)>,
-    ) -> Result<(Vec<FeedEvent>, broadcast::Receiver<FeedEvent>), TooOld> {
+    pub fn subscribe(&self, after: Option<(Time, u32)>) -> Result<Subscription, TooOld> {
         let s = self.state.lock().expect("poisoned");
-        let rx = self.tx.subscribe();
+        let live = self.tx.subscribe();
+        let edge = (s.published_through > 0).then(|| (s.published_through - 1, u32::MAX));
         let Some(after) = after else {
-            return Ok((Vec::new(), rx));
+            return Ok(Subscription {
+                backlog: Vec::new(),
+                live,
+                edge,
+            });
         };
         // Resuming is exact only if nothing after `after` was dropped.
         if let Some(dropped) = s.dropped_through {
@@ -568,13 +620,13 @@ impl Hub {
                 });
             }
         }
-        let backlog = s
-            .retained
-            .iter()
-            .filter(|e| e.position > after)
-            .copied()
-            .collect();
-        Ok((backlog, rx))
+        let from = s.retained.partition_point(|e| e.position <= after);
+        let backlog = s.retained.range(from..).copied().collect();
+        Ok(Subscription {
+            backlog,
+            live,
+            edge,
+        })
     }
 
     /// The first epoch not yet published.
@@ -602,6 +654,7 @@ mod tests {
     use super::*;
     use shopstream_dataflows::profiles::{Lifetime, UserProfile};
     use shopstream_dataflows::rules::Subject;
+    use shopstream_dataflows::segments::Since;
     use shopstream_dataflows::types::DAY_MS;
 
     fn compiled(config: &Config) -> Vec<(String, Rule)> {
@@ -707,6 +760,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_feed_evicts_whole_epochs_and_resumes_exactly() {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let hub = Hub::new(1, 3, registry, Arc::new(crate::symbols::Symbols::default()));
+        let change = |seg: u64, user: u64, t: Time| ((seg, user, Since::default()), t, 1);
+        hub.stage(0, 1, vec![change(1, 1, 0), change(1, 2, 0)], [(0, 2, 0)]);
+        hub.stage(0, 2, vec![change(2, 1, 1), change(2, 2, 1)], [(1, 4, 0)]);
+        let five = (0..5).map(|u| change(3, u, 2)).collect();
+        hub.stage(0, 3, five, [(2, 9, 0)]);
+        // Over the retention of 3, epochs 0 and 1 went; epoch 2 (the newest) stays whole.
+        assert_eq!(hub.retained_len(), 5);
+        let sub = hub
+            .subscribe(Some((1, u32::MAX)))
+            .ok()
+            .expect("after epoch 1");
+        assert_eq!(sub.backlog.len(), 5);
+        assert_eq!(sub.edge, Some((2, u32::MAX)));
+        assert!(sub
+            .backlog
+            .iter()
+            .all(|e| e.as_of == 9 && e.position.0 == 2));
+        let sub = hub.subscribe(Some((2, 1))).ok().expect("inside epoch 2");
+        let positions: Vec<u32> = sub.backlog.iter().map(|e| e.position.1).collect();
+        assert_eq!(positions, [2, 3, 4]);
+        assert!(hub.subscribe(Some((0, 0))).is_err(), "epoch 1 was dropped");
+        assert!(hub.subscribe(None).ok().expect("live").backlog.is_empty());
+        assert_eq!(parse_position("7"), Some((7, u32::MAX)));
+        assert_eq!(parse_position("7.3"), Some((7, 3)));
+        assert_eq!(parse_position("x"), None);
+        assert_eq!(format_position((7, u32::MAX)), "7");
     }
 
     #[test]

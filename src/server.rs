@@ -47,6 +47,7 @@ impl Server {
             .map_err(|e| EngineError::Replay(e.to_string()))??;
         // Configured segments are logged like API definitions (so a replay sees
         // them at the same epoch), before anything is served.
+        let _one_at_a_time = engine.definitions.lock().await;
         let controls = crate::segments::startup_controls(&engine.definitions(), &wanted);
         if !controls.is_empty() {
             tracing::info!(
@@ -55,6 +56,7 @@ impl Server {
             );
             engine.define(controls).await?;
         }
+        drop(_one_at_a_time);
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await

@@ -330,7 +330,7 @@ fn members_leave_when_the_clock_passes_with_no_event_of_theirs() {
 
     // The feed told it as it happened, in order.
     let mut seen = Vec::new();
-    while let Some(e) = feed.next(Duration::from_secs(5)) {
+    while let Some(e) = feed.next_change(Duration::from_secs(5)) {
         let d: Value = serde_json::from_str(&e.data).expect("json");
         seen.push((
             d["segment"].as_str().expect("segment").to_owned(),
@@ -364,6 +364,8 @@ fn the_change_feed_resumes_after_a_reconnect_with_nothing_missed_or_repeated() {
     define(&server, "viewers", "events.\"Product Viewed\" >= 1");
     define(&server, "regulars", "events.\"Product Viewed\" >= 3");
     let first = SseClient::connect(server.http, "/v1/stream/segments", None);
+    let ready = first.next(Duration::from_secs(10)).expect("a ready event");
+    assert_eq!(ready.event.as_deref(), Some("ready"), "{ready:?}");
 
     let users: Vec<String> = (0..40).map(|i| format!("sse-{i}")).collect();
     let mut messages = Vec::new();
@@ -379,7 +381,9 @@ fn the_change_feed_resumes_after_a_reconnect_with_nothing_missed_or_repeated() {
     let mut got: Vec<(String, String, String)> = Vec::new();
     let mut last_id = None;
     for _ in 0..30 {
-        let e = first.next(Duration::from_secs(10)).expect("an event");
+        let e = first
+            .next_change(Duration::from_secs(10))
+            .expect("an event");
         let d: Value = serde_json::from_str(&e.data).expect("json");
         got.push(key(&d));
         last_id = e.id.clone();
@@ -390,7 +394,7 @@ fn the_change_feed_resumes_after_a_reconnect_with_nothing_missed_or_repeated() {
     assert_eq!(second.status, 200);
     while got.len() < 80 {
         let e = second
-            .next(Duration::from_secs(10))
+            .next_change(Duration::from_secs(10))
             .expect("the rest after resuming");
         let d: Value = serde_json::from_str(&e.data).expect("json");
         got.push(key(&d));
@@ -406,10 +410,46 @@ fn the_change_feed_resumes_after_a_reconnect_with_nothing_missed_or_repeated() {
         assert!(unique.contains(&("regulars".into(), u.clone(), "enter".into())));
     }
 
-    // A filtered subscription, and a resume point the feed no longer holds.
-    let (status, body) = get_json(server.http, "/v1/stream/segments?last_event_id=x.y");
-    assert_eq!(status, 400, "{body}");
     drop(second);
+
+    // Read, then follow from the epoch the read answered at: exactly what came after.
+    let (_, page) = get_json(
+        server.http,
+        &format!("/v1/segments/regulars/members?limit=1&min_seq={seq}"),
+    );
+    let epoch = page["epoch"].as_u64().expect("epoch");
+    let more: Vec<Value> = (0..3)
+        .map(|i| view("late-joiner", T0 + (200 + i) * MINUTE))
+        .collect();
+    let seq = send_messages(server.tcp, &more).seq();
+    wait_visible_seq(&server, seq);
+    let third = SseClient::connect(
+        server.http,
+        "/v1/stream/segments?name=regulars",
+        Some(&epoch.to_string()),
+    );
+    let e = third
+        .next_change(Duration::from_secs(10))
+        .expect("the late joiner");
+    let d: Value = serde_json::from_str(&e.data).expect("json");
+    assert_eq!(
+        key(&d),
+        ("regulars".into(), "late-joiner".into(), "enter".into())
+    );
+    assert!(
+        third.next_change(Duration::from_millis(300)).is_none(),
+        "only that"
+    );
+    drop(third);
+
+    for path in [
+        "/v1/stream/segments?last_event_id=x.y",
+        "/v1/stream/segments?name=",
+        "/v1/stream/segments?name=,",
+    ] {
+        let (status, body) = get_json(server.http, path);
+        assert_eq!(status, 400, "{path}: {body}");
+    }
     server.shutdown();
 }
 
@@ -433,11 +473,14 @@ fn a_feed_too_old_to_resume_answers_gone() {
         c.feed_retention = 5;
     });
     define(&server, "viewers", "events.\"Product Viewed\" >= 1");
-    let messages: Vec<Value> = (0..20)
-        .map(|i| view(&format!("old-{i}"), T0 + i * MINUTE))
-        .collect();
-    let seq = send_messages(server.tcp, &messages).seq();
-    wait_visible_seq(&server, seq);
+    // Four epochs of five changes: whole epochs are evicted, never the newest.
+    for batch in 0..4 {
+        let messages: Vec<Value> = (0..5)
+            .map(|i| view(&format!("old-{batch}-{i}"), T0 + (batch * 5 + i) * MINUTE))
+            .collect();
+        let seq = send_messages(server.tcp, &messages).seq();
+        wait_visible_seq(&server, seq);
+    }
     let (status, body) = get_json(server.http, "/v1/stream/segments?last_event_id=0.0");
     assert_eq!(status, 410, "{body}");
     assert!(

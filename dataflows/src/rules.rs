@@ -423,8 +423,16 @@ fn compare(n: Num, op: CmpOp, lit: &Decimal, s: &Subject<'_>, money: u32) -> boo
         };
         let scale = lit.scale.max(money);
         let lhs = i128::from(l.revenue) * 10i128.pow(scale - money);
-        let rhs = lit.mantissa * 10i128.pow(scale - lit.scale) * i128::from(l.orders);
-        return op.test(lhs.cmp(&rhs));
+        let rhs = lit
+            .mantissa
+            .checked_mul(10i128.pow(scale - lit.scale))
+            .and_then(|r| r.checked_mul(i128::from(l.orders)));
+        return op.test(match rhs {
+            Some(rhs) => lhs.cmp(&rhs),
+            // Beyond i128: far beyond any revenue, on the literal's side of zero.
+            None if lit.mantissa > 0 => std::cmp::Ordering::Less,
+            None => std::cmp::Ordering::Greater,
+        });
     }
     match num_value(n, s, money) {
         Some((v, scale)) => op.test(lit.cmp_scaled(v, scale)),
@@ -1312,6 +1320,30 @@ mod tests {
         assert!(!check("rfm.r_score exists", 60));
         assert!(check("rfm.frequency = 3 and rfm.monetary >= 123", 60));
         assert!(check("order_gap_days = 30", 60));
+        // Literals far beyond i128 once scaled by the order count stay exact.
+        assert!(check("avg_order_value < 99999999999999999999999999999", 60));
+        assert!(!check(
+            "avg_order_value < -99999999999999999999999999999",
+            60
+        ));
+    }
+
+    #[test]
+    fn huge_literals_against_many_orders_do_not_overflow() {
+        let mut p = profile();
+        let l = p.lifetime.as_mut().expect("lifetime");
+        l.orders = 100_000_000;
+        l.revenue = 10_000_000_000;
+        let r = Rule::compile("avg_order_value > 99999999999999999999999999999", 2).expect("rule");
+        let s = Subject {
+            profile: &p,
+            scores: None,
+            clock: 0,
+            name_order: &no_names,
+        };
+        assert!(!r.eval(&s));
+        let r = Rule::compile("avg_order_value > -99999999999999999999999999999", 2).expect("rule");
+        assert!(r.eval(&s));
     }
 
     #[test]

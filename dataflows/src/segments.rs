@@ -46,8 +46,7 @@
 //! counts (sizes). Its updates are also what the change feed publishes.
 
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -131,6 +130,13 @@ impl SegmentInputs {
     /// Drops segment `id` at the current epoch: every member exits.
     pub fn drop_segment(&mut self, id: SegId) {
         self.send(Msg::Drop(id));
+    }
+
+    /// Moves to epoch `time` (no earlier than the current one).
+    pub fn advance_to(&mut self, time: Time) {
+        if time > *self.handle.time() {
+            self.handle.advance_to(time);
+        }
     }
 
     /// Closes the current epoch: its last sequence number and its clock, then
@@ -286,7 +292,9 @@ struct Evaluator {
     rules: BTreeMap<SegId, Arc<Rule>>,
     needs: Needs,
     users: IdMap<UserState>,
-    wakes: BinaryHeap<Reverse<(Millis, UserId)>>,
+    /// Pending wake-ups, one per user at most (`UserState::wake`): a set rather
+    /// than a heap, so a moved wake-up replaces the old one instead of piling up.
+    wakes: BTreeSet<(Millis, UserId)>,
     /// The latest epoch's `(seq, clock)`.
     last: Since,
     /// While a rule reads RFM scores: each `(bucket, score)` per dimension at the
@@ -309,7 +317,7 @@ impl Evaluator {
             rules: BTreeMap::new(),
             needs: Needs::default(),
             users: IdMap::default(),
-            wakes: BinaryHeap::new(),
+            wakes: BTreeSet::new(),
             last: Since {
                 seq: 0,
                 clock: Millis::MIN,
@@ -363,14 +371,15 @@ impl Evaluator {
             return;
         }
         let clock = self.last.clock;
-        while let Some(Reverse((w, u))) = self.wakes.peek().copied() {
+        while let Some(&(w, u)) = self.wakes.first() {
             if w > clock {
                 break;
             }
-            self.wakes.pop();
-            if self.users.get(&u).is_some_and(|st| st.wake == Some(w)) {
-                touched.push(u);
+            self.wakes.pop_first();
+            if let Some(st) = self.users.get_mut(&u) {
+                st.wake = None;
             }
+            touched.push(u);
         }
         if !self.needs.rfm {
             self.buckets.clear();
@@ -481,9 +490,12 @@ impl Evaluator {
         }
         st.segments = next;
         if wake != st.wake {
+            if let Some(old) = st.wake {
+                self.wakes.remove(&(old, user));
+            }
             st.wake = wake;
             if let Some(w) = wake {
-                self.wakes.push(Reverse((w, user)));
+                self.wakes.insert((w, user));
             }
         }
         if st.segments.is_empty() && st.wake.is_none() {

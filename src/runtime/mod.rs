@@ -270,6 +270,9 @@ pub struct Engine {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
     recovery: Recovery,
+    /// Held by whoever checks and then logs a definition change, so that two
+    /// concurrent requests cannot both pass a check the other invalidates.
+    pub definitions: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -369,6 +372,7 @@ impl Engine {
             threads: Mutex::new(vec![seq_thread]),
             guards: Mutex::new(Some(guards)),
             recovery,
+            definitions: tokio::sync::Mutex::new(()),
         });
         // Serve nothing until the views include the whole log.
         let target = engine.recovery.last_epoch.map_or(0, |e| e + 1);

@@ -88,6 +88,10 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
             }
             match ctx.epochs.try_recv() {
                 Ok(epoch) => {
+                    // A log that starts past epoch 0 (older segments removed)
+                    // still stamps each epoch's updates with its own number.
+                    inputs.advance_to(epoch.epoch);
+                    seg_inputs.advance_to(epoch.epoch);
                     feed(
                         &epoch,
                         index,

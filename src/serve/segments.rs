@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 use super::profile::rfc3339;
 use super::{engine_error, error, min_seq};
-use crate::runtime::Engine;
+use crate::runtime::{Engine, Readable};
 use crate::segments::{
     check_name, compile, format_position, parse_position, segment_id, Control, Definition,
     FeedEvent, Source,
@@ -33,6 +33,12 @@ use crate::segments::{
 /// Members per page unless `limit` says otherwise, and the most a page may hold.
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 10_000;
+
+/// The epoch a read answered at (`null` before anything is readable): follow the
+/// change feed from it with `Last-Event-ID: EPOCH` to miss nothing after the read.
+fn epoch(r: &Readable) -> Value {
+    r.done.checked_sub(1).map_or(Value::Null, |e| json!(e))
+}
 
 fn since_json(s: Since) -> Value {
     json!({"as_of": s.seq, "time": rfc3339(s.clock)})
@@ -110,10 +116,11 @@ fn owned_by_api(engine: &Engine, name: &str, replacing: bool) -> Result<(), Resp
 async fn apply(engine: &Engine, control: Control, name: &str, status: StatusCode) -> Response {
     match engine.define(vec![control]).await {
         Ok(readable) => {
-            let mut body = json!({"name": name, "as_of": readable.seq});
+            let mut body = json!({"name": name, "as_of": readable.seq, "epoch": readable.done - 1});
             if let Some(d) = engine.definition(name) {
                 body = definition_json(&d);
                 body["as_of"] = json!(readable.seq);
+                body["epoch"] = json!(readable.done - 1);
                 if let Ok((_, size)) = engine
                     .segment_size(segment_id(name), None, Some(d.epoch))
                     .await
@@ -144,6 +151,7 @@ pub async fn create(
             "expected both \"name\" and \"rule\" (strings)",
         );
     };
+    let _one_at_a_time = engine.definitions.lock().await;
     if let Err(r) = check_definition(&engine, &name, &rule, false) {
         return r;
     }
@@ -176,6 +184,7 @@ pub async fn replace(
             "the body's \"name\" differs from the path's",
         );
     }
+    let _one_at_a_time = engine.definitions.lock().await;
     if let Err(r) = check_definition(&engine, &name, &rule, true) {
         return r;
     }
@@ -195,6 +204,7 @@ pub async fn replace(
 
 /// `DELETE /v1/segments/{name}`: every member exits.
 pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    let _one_at_a_time = engine.definitions.lock().await;
     if engine.definition(&name).is_none() {
         return not_defined(&name);
     }
@@ -233,7 +243,7 @@ pub async fn list(
             v
         })
         .collect();
-    Json(json!({"as_of": as_of.seq, "segments": segments})).into_response()
+    Json(json!({"as_of": as_of.seq, "epoch": epoch(&as_of), "segments": segments})).into_response()
 }
 
 /// `GET /v1/segments/{name}`: the definition, its size, and its size over time.
@@ -264,6 +274,7 @@ pub async fn show(
     let mut body = definition_json(&d);
     body["size"] = json!(size);
     body["as_of"] = json!(as_of.seq);
+    body["epoch"] = json!(epoch(&as_of));
     body["history"] = json!(history);
     Json(body).into_response()
 }
@@ -311,6 +322,7 @@ pub async fn members(
         Ok((as_of, users, next)) => Json(json!({
             "segment": name,
             "as_of": as_of.seq,
+            "epoch": epoch(&as_of),
             "members": users.iter().map(|u| user_name(&engine, *u)).collect::<Vec<_>>(),
             "next": next.map(|n| format!("{n:016x}")),
         }))
@@ -342,6 +354,7 @@ pub async fn contains(
                 "member": since.is_some(),
                 "since": since.map(since_json),
                 "as_of": as_of.seq,
+                "epoch": epoch(&as_of),
             }))
             .into_response()
         }
@@ -369,7 +382,8 @@ pub async fn of_user(
                 })
                 .collect();
             list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            Json(json!({"user_id": user, "as_of": as_of.seq, "segments": list})).into_response()
+            Json(json!({"user_id": user, "as_of": as_of.seq, "epoch": epoch(&as_of), "segments": list}))
+                .into_response()
         }
         Err(e) => engine_error(e),
     }
@@ -379,7 +393,9 @@ pub async fn of_user(
 struct Feed {
     engine: Arc<Engine>,
     backlog: VecDeque<FeedEvent>,
-    live: broadcast::Receiver<FeedEvent>,
+    live: broadcast::Receiver<Arc<[FeedEvent]>>,
+    /// The live edge at subscription, sent first as a `ready` event (`None` once sent).
+    ready: Option<Option<(u64, u32)>>,
     closed: tokio::sync::watch::Receiver<bool>,
     /// Segment ids to send (`None`: all).
     only: Option<HashSet<u64>>,
@@ -422,6 +438,17 @@ impl Feed {
         if self.ended {
             return None;
         }
+        if let Some(edge) = self.ready.take() {
+            // Where this subscription stands: a client that reconnects before any
+            // change arrives resumes from here.
+            let mut e = SseEvent::default()
+                .event("ready")
+                .data(json!({"epoch": edge.map(|p| p.0)}).to_string());
+            if let Some(p) = edge.filter(|_| self.last.is_none()) {
+                e = e.id(format_position(p));
+            }
+            return Some(e);
+        }
         loop {
             let e = match self.backlog.pop_front() {
                 Some(e) => e,
@@ -429,7 +456,10 @@ impl Feed {
                     r = self.live.recv() => r,
                     _ = self.closed.wait_for(|c| *c) => return None,
                 } {
-                    Ok(e) => e,
+                    Ok(epoch) => {
+                        self.backlog.extend(epoch.iter().copied());
+                        continue;
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Too slow for the live buffer: say so and end; the client
                         // reconnects with its Last-Event-ID and misses nothing.
@@ -473,16 +503,27 @@ pub async fn stream(
             .map(str::to_owned)
             .collect::<HashSet<_>>()
     });
+    if only.as_ref().is_some_and(HashSet::is_empty) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name: expected one or more segment names, comma-separated (leave it out for all)",
+        );
+    }
     if let Some(only) = &only {
         if let Some(unknown) = only.iter().find(|n| engine.definition(n).is_none()) {
             return not_defined(unknown);
         }
     }
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| params.get("last_event_id").cloned());
+    let resume = match headers.get("last-event-id").map(|v| v.to_str()) {
+        Some(Ok(v)) => Some(v.to_owned()),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID: not valid text; expected an event id like \"12.0\" or an epoch like \"12\"",
+            )
+        }
+        None => params.get("last_event_id").cloned(),
+    };
     let after = match resume {
         None => None,
         Some(s) => match parse_position(&s) {
@@ -490,19 +531,20 @@ pub async fn stream(
             None => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("Last-Event-ID: expected an event id like \"12.0\", got {s:?}"),
+                    format!("Last-Event-ID: expected an event id like \"12.0\" or an epoch like \"12\", got {s:?}"),
                 )
             }
         },
     };
-    let (backlog, live) = match engine.hub().subscribe(after) {
+    let sub = match engine.hub().subscribe(after) {
         Ok(x) => x,
         Err(e) => return error(StatusCode::GONE, e.to_string()),
     };
     let feed = Feed {
         engine: engine.clone(),
-        backlog: backlog.into(),
-        live,
+        backlog: sub.backlog.into(),
+        live: sub.live,
+        ready: Some(sub.edge),
         closed: engine.hub().closed(),
         only: only.map(|o| o.iter().map(|n| segment_id(n)).collect()),
         last: after,

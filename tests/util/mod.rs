@@ -576,6 +576,18 @@ impl SseClient {
     pub fn next(&self, timeout: Duration) -> Option<Sse> {
         self.events.recv_timeout(timeout).ok()
     }
+
+    /// The next `segment` event (skipping `ready`), waiting at most `timeout`.
+    pub fn next_change(&self, timeout: Duration) -> Option<Sse> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let e = self.events.recv_timeout(left).ok()?;
+            if e.event.as_deref() == Some("segment") {
+                return Some(e);
+            }
+        }
+    }
 }
 
 impl Drop for SseClient {
