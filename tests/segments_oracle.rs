@@ -226,7 +226,7 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
         .build()
         .expect("runtime");
     let engine: Arc<Engine> = Engine::start(config(workers), |_, _| {}).expect("engine starts");
-    let (_, mut feed) = engine.hub().subscribe(None).expect("subscribe");
+    let mut feed = engine.hub().subscribe(None).expect("subscribe").live;
     let total: usize = plan.iter().map(|(_, _, ops)| ops.len()).sum();
     let ids: Vec<u64> = (0..total.max(1))
         .map(|i| shopstream::event::message_id_hash(&format!("m{i}")))
@@ -311,9 +311,11 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let mut got_feed = Vec::new();
-        while let Ok(e) = feed.try_recv() {
-            let (segment, user) = engine.hub().describe(&e);
-            got_feed.push((segment, user, if e.enter { "enter" } else { "exit" }));
+        while let Ok(epoch) = feed.try_recv() {
+            for e in epoch.iter() {
+                let (segment, user) = engine.hub().describe(e);
+                got_feed.push((segment, user, if e.enter { "enter" } else { "exit" }));
+            }
         }
         prop_assert_eq!(got_feed, want_feed);
         Ok(())
