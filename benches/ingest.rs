@@ -222,6 +222,8 @@ impl Settings {
         cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
         cfg.data_dir = data_dir.to_path_buf();
         cfg.workers = self.workers;
+        // The built-in segments stay (defaults); the example segment file does not.
+        cfg.segments_file = None;
         cfg
     }
 }

@@ -11,7 +11,8 @@
 //!    they made (the sum of the sizes): the operator's per-user state, the three
 //!    membership arrangements and the change feed's retained events.
 //! 3. **Feed latency.** With the 100 segments defined, a paced sender streams
-//!    `SEG_FEED_RATE` events/s for `SEG_FEED_SECS` while an SSE client follows
+//!    each of `SEG_FEED_RATES` events/s (25k, 50k, 100k) for `SEG_FEED_SECS` (8)
+//!    while an SSE client follows
 //!    `GET /v1/stream/segments`; for each change, from the arrival of the first
 //!    ack covering its `as_of` to its arrival at the client (hdrhistogram).
 //!
@@ -42,7 +43,7 @@ fn bad_env(key: &str, v: &str) -> ! {
 struct Settings {
     events: u64,
     segments: usize,
-    feed_rate: u64,
+    feed_rates: Vec<u64>,
     feed_secs: f64,
 }
 
@@ -79,6 +80,8 @@ fn config(dir: &Path, builtins: bool) -> Config {
     c.http_addr = "127.0.0.1:0".parse().expect("addr");
     c.data_dir = dir.to_path_buf();
     c.builtin_segments = builtins;
+    // Only the segments each row defines (not the repository's example file).
+    c.segments_file = None;
     c
 }
 
@@ -198,10 +201,16 @@ fn follow(http: SocketAddr, out: Arc<Mutex<Vec<(u64, Instant)>>>) -> std::thread
         let reader = BufReader::new(resp.into_body().into_reader());
         for line in reader.lines() {
             let Ok(line) = line else { return };
+            // `data:{"segment":…,"as_of":N}`: the number after the last `"as_of":`
+            // (no JSON parse, to keep this client's CPU off the server's cores).
             if let Some(data) = line.strip_prefix("data:") {
                 let now = Instant::now();
-                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
-                    if let Some(seq) = v["as_of"].as_u64() {
+                if let Some(i) = data.rfind("\"as_of\":") {
+                    let digits: String = data[i + 8..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    if let Ok(seq) = digits.parse::<u64>() {
                         out.lock().expect("poisoned").push((seq, now));
                     }
                 }
@@ -211,12 +220,18 @@ fn follow(http: SocketAddr, out: Arc<Mutex<Vec<(u64, Instant)>>>) -> std::thread
 }
 
 struct Feed {
+    rate: u64,
     changes: u64,
     sent: u64,
     latency: Histogram<u64>,
 }
 
-fn feed_latency(rt: &tokio::runtime::Runtime, s: &Settings, rules: &[(String, String)]) -> Feed {
+fn feed_latency(
+    rt: &tokio::runtime::Runtime,
+    s: &Settings,
+    rate: u64,
+    rules: &[(String, String)],
+) -> Feed {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = rt
         .block_on(Server::start(config(dir.path(), false), |_, _| {}))
@@ -249,7 +264,7 @@ fn feed_latency(rt: &tokio::runtime::Runtime, s: &Settings, rules: &[(String, St
     let mut sent = 0u64;
     let mut buf = Vec::new();
     while Instant::now() < end {
-        let due = (started.elapsed().as_secs_f64() * s.feed_rate as f64) as u64;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         buf.clear();
         while sent < due {
             let m = work.next().expect("endless");
@@ -274,6 +289,7 @@ fn feed_latency(rt: &tokio::runtime::Runtime, s: &Settings, rules: &[(String, St
     }
     rt.block_on(server.shutdown());
     Feed {
+        rate,
         changes: arrivals.len() as u64,
         sent,
         latency,
@@ -295,7 +311,15 @@ fn main() {
     let s = Settings {
         events: env_num("SEG_EVENTS", 1_000_000u64),
         segments: env_num("SEG_COUNT", 100usize),
-        feed_rate: env_num("SEG_FEED_RATE", 100_000u64),
+        feed_rates: std::env::var("SEG_FEED_RATES")
+            .unwrap_or_else(|_| "25000,50000,100000".into())
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|_| bad_env("SEG_FEED_RATES", v))
+            })
+            .collect(),
         feed_secs: env_num("SEG_FEED_SECS", 8.0f64),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -330,7 +354,11 @@ fn main() {
     rt.block_on(server.shutdown());
     let per_membership = after.saturating_sub(before) as f64 / members as f64;
 
-    let feed = feed_latency(&rt, &s, &rules);
+    let feeds: Vec<Feed> = s
+        .feed_rates
+        .iter()
+        .map(|rate| feed_latency(&rt, &s, *rate, &rules))
+        .collect();
 
     let base = costs[0].rate;
     println!("| segments defined | events/s to visible | vs none | CPU per event | memberships at the end |");
@@ -357,26 +385,34 @@ fn main() {
         per_membership
     );
     println!();
-    let l = &feed.latency;
     println!(
-        "Feed latency, ack → SSE delivery, {} events/s for {} s with {} segments: {} changes; p50 / p90 / p99 / p99.9 / max = {} / {} / {} / {} / {} ms.",
-        s.feed_rate,
+        "Feed latency, ack → SSE delivery, {} s per row with {} segments (all changes, one subscriber):",
         s.feed_secs,
-        rules.len(),
-        feed.changes,
-        ms(l.value_at_quantile(0.5)),
-        ms(l.value_at_quantile(0.9)),
-        ms(l.value_at_quantile(0.99)),
-        ms(l.value_at_quantile(0.999)),
-        ms(l.max())
+        rules.len()
     );
+    println!();
+    println!("| events/s | changes delivered | p50 | p90 | p99 | p99.9 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    for f in &feeds {
+        let l = &f.latency;
+        println!(
+            "| {} | {} | {} ms | {} ms | {} ms | {} ms | {} ms |",
+            f.rate,
+            f.changes,
+            ms(l.value_at_quantile(0.5)),
+            ms(l.value_at_quantile(0.9)),
+            ms(l.value_at_quantile(0.99)),
+            ms(l.value_at_quantile(0.999)),
+            ms(l.max())
+        );
+    }
     let json = json!({
         "events": s.events,
         "ingest": costs.iter().map(|c| json!({"label": c.label, "segments": c.segments, "events_per_s": c.rate, "cpu_us_per_event": c.cpu_us, "memberships": c.memberships})).collect::<Vec<_>>(),
         "memory": {"rss_growth_bytes": after.saturating_sub(before), "memberships": members, "bytes_per_membership": per_membership, "define_s": define_s},
-        "feed": {"rate": s.feed_rate, "secs": s.feed_secs, "sent": feed.sent, "changes": feed.changes,
+        "feed": feeds.iter().map(|f| { let l = &f.latency; json!({"rate": f.rate, "secs": s.feed_secs, "sent": f.sent, "changes": f.changes,
                  "p50_us": l.value_at_quantile(0.5), "p90_us": l.value_at_quantile(0.9), "p99_us": l.value_at_quantile(0.99),
-                 "p999_us": l.value_at_quantile(0.999), "max_us": l.max()},
+                 "p999_us": l.value_at_quantile(0.999), "max_us": l.max()}) }).collect::<Vec<_>>(),
     });
     println!("\nSEGMENTS_JSON {json}");
 }

@@ -324,6 +324,9 @@ fn config(data_dir: &Path, workers: usize) -> Config {
     cfg.data_dir = data_dir.to_path_buf();
     cfg.workers = workers;
     cfg.fsync = FsyncPolicy::Always;
+    // Every view with its defaults (the built-in segments included), but not the
+    // repository's example segment file.
+    cfg.segments_file = None;
     cfg
 }
 

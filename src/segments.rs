@@ -570,6 +570,15 @@ impl Hub {
         s.epoch_info = keep;
     }
 
+    /// A segment's name (also after it was dropped), or its id in hex.
+    pub fn segment_name(&self, id: SegId) -> String {
+        self.names
+            .lock()
+            .expect("poisoned")
+            .name(id)
+            .map_or_else(|| format!("#{id:016x}"), str::to_owned)
+    }
+
     /// The segment's name and the user's id text of an event.
     pub fn describe(&self, e: &FeedEvent) -> (String, String) {
         let segment = self

@@ -63,6 +63,14 @@ impl Symbols {
             .map(|s| s.to_string())
     }
 
+    /// Calls `f` with the text behind `id` (`None` if never interned), without
+    /// copying it.
+    pub fn with_resolved<T>(&self, id: Sym, f: impl FnOnce(Option<&str>) -> T) -> T {
+        let shard = &self.shards[(id as usize) % SHARDS];
+        let guard = shard.read().expect("poisoned");
+        f(guard.get(&id).map(|s| &**s))
+    }
+
     /// Number of strings held (for metrics).
     pub fn len(&self) -> usize {
         self.shards
