@@ -9,16 +9,15 @@
 //! Sharded `RwLock`s: nearly every lookup finds the string already present and
 //! takes only a read lock.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
-use shopstream_dataflows::types::{intern, IdSet, Sym};
+use shopstream_dataflows::types::{intern, IdMap, IdSet, Sym};
 
 const SHARDS: usize = 16;
 
 #[derive(Default)]
 pub struct Symbols {
-    shards: [RwLock<HashMap<Sym, Box<str>>>; SHARDS],
+    shards: [RwLock<IdMap<Box<str>>>; SHARDS],
 }
 
 impl Symbols {

@@ -43,7 +43,7 @@
 //! at the same logical time. Nothing is recomputed by polling.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use differential_dataflow::input::InputSession;
@@ -588,7 +588,7 @@ impl Expiry {
 /// amount the message itself names. Eviction follows log order, so a replay evicts
 /// exactly as live did.
 pub struct ProfileFeeder {
-    orders: HashMap<(UserId, Sym), OrderState>,
+    orders: FastMap<(UserId, Sym), OrderState>,
     order_fifo: std::collections::VecDeque<(UserId, Sym)>,
     order_horizon: usize,
     schedule: BinaryHeap<Reverse<Expiry>>,
@@ -607,7 +607,7 @@ impl ProfileFeeder {
     /// A feeder that remembers the last `order_horizon` orders.
     pub fn new(order_horizon: usize) -> Self {
         ProfileFeeder {
-            orders: HashMap::new(),
+            orders: FastMap::default(),
             order_fifo: Default::default(),
             order_horizon,
             schedule: BinaryHeap::new(),

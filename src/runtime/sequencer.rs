@@ -10,12 +10,12 @@
 //! deduplication horizon, so a restart reaches the same answers.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shopstream_dataflows::types::Millis;
+use shopstream_dataflows::types::{IdMap, Millis};
 
 use super::{EngineError, Epoch, SegmentChange, Shared};
 use crate::config::{ClockMode, Config};
@@ -49,7 +49,7 @@ pub struct SubmitAck {
 /// logged at (a duplicate is acknowledged as that event).
 struct Dedup {
     horizon: usize,
-    seen: HashMap<u64, u64>,
+    seen: IdMap<u64>,
     order: VecDeque<u64>,
 }
 
@@ -57,7 +57,7 @@ impl Dedup {
     fn new(horizon: usize) -> Self {
         Dedup {
             horizon,
-            seen: HashMap::with_capacity(horizon.min(1 << 20)),
+            seen: IdMap::with_capacity_and_hasher(horizon.min(1 << 20), Default::default()),
             order: VecDeque::new(),
         }
     }
