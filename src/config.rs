@@ -95,7 +95,8 @@ pub struct RawEngine {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSegments {
-    pub file: PathBuf,
+    /// `None`: the default file, optional; `""`: none; a path: required.
+    pub file: Option<PathBuf>,
     pub feed_retention: usize,
     pub builtins: bool,
     pub lifecycle: RawLifecycle,
@@ -139,7 +140,7 @@ pub struct RawConfig {
 impl Default for RawSegments {
     fn default() -> Self {
         RawSegments {
-            file: DEFAULT_SEGMENTS_FILE.into(),
+            file: None,
             feed_retention: 1_000_000,
             builtins: true,
             lifecycle: RawLifecycle::default(),
@@ -250,6 +251,10 @@ pub struct Config {
     /// A TOML file of segment definitions to apply at start: `segments.file`,
     /// `None` when it is empty, or when it is the default and absent.
     pub segments_file: Option<PathBuf>,
+    /// The default segment file was not found: segments defined from a file
+    /// earlier are kept as they are (the server may just have been started from
+    /// another directory), not dropped.
+    pub keep_file_segments: bool,
     pub feed_retention: usize,
     /// Define the lifecycle, tier and RFM segments.
     pub builtin_segments: bool,
@@ -363,13 +368,12 @@ impl RawConfig {
             order_horizon: e.order_horizon,
             reporting_currency: e.reporting_currency,
             currency_rates: e.currency_rates,
-            segments_file: if g.file.as_os_str().is_empty()
-                || (g.file == Path::new(DEFAULT_SEGMENTS_FILE) && !g.file.exists())
-            {
-                None
-            } else {
-                Some(g.file)
+            segments_file: match &g.file {
+                None => Some(PathBuf::from(DEFAULT_SEGMENTS_FILE)).filter(|p| p.exists()),
+                Some(p) if p.as_os_str().is_empty() => None,
+                Some(p) => Some(p.clone()),
             },
+            keep_file_segments: g.file.is_none() && !Path::new(DEFAULT_SEGMENTS_FILE).exists(),
             feed_retention: g.feed_retention,
             builtin_segments: g.builtins,
             lifecycle: g.lifecycle,

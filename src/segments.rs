@@ -264,7 +264,14 @@ pub fn wanted(config: &Config) -> Result<Vec<Wanted>, StartupError> {
 /// The definition changes that bring `current` to `wanted`: new and changed
 /// configured segments, and configured segments no longer wanted dropped.
 /// Segments defined through the API stay, unless the configuration now names them.
-pub fn startup_controls(current: &[Definition], wanted: &[Wanted]) -> Vec<Control> {
+///
+/// With `keep_file_segments` (the default file was not found), segments from a
+/// file are neither changed nor dropped.
+pub fn startup_controls(
+    current: &[Definition],
+    wanted: &[Wanted],
+    keep_file_segments: bool,
+) -> Vec<Control> {
     let mut out = Vec::new();
     for w in wanted {
         let same = current
@@ -279,7 +286,8 @@ pub fn startup_controls(current: &[Definition], wanted: &[Wanted]) -> Vec<Contro
         }
     }
     for d in current {
-        if d.source != Source::Api && !wanted.iter().any(|w| w.name == d.name) {
+        let kept = keep_file_segments && d.source == Source::Config;
+        if d.source != Source::Api && !kept && !wanted.iter().any(|w| w.name == d.name) {
             out.push(Control::Drop {
                 name: d.name.clone(),
             });
@@ -441,10 +449,13 @@ pub struct Subscription {
 
 /// Why a subscription cannot resume where it asked.
 #[derive(Debug, thiserror::Error)]
-#[error("the feed no longer holds position {asked}: the oldest retained is {oldest}; re-read the members and follow the feed from the `epoch` that read answers with (Last-Event-ID: EPOCH)")]
-pub struct TooOld {
-    pub asked: String,
-    pub oldest: String,
+pub enum Unresumable {
+    /// Changes after the position were evicted (410).
+    #[error("the feed no longer holds position {asked}: the oldest retained is {oldest}; re-read the members and follow the feed from the `epoch` that read answers with (Last-Event-ID: EPOCH)")]
+    TooOld { asked: String, oldest: String },
+    /// The position is past everything published (400).
+    #[error("position {asked} is ahead of the feed (published through {edge}): an event id or the `epoch` of a read is expected, not a sequence number")]
+    Ahead { asked: String, edge: String },
 }
 
 impl Hub {
@@ -553,15 +564,14 @@ impl Hub {
                 if history.len() > SIZE_HISTORY {
                     history.pop_front();
                 }
-                // A dropped segment's history goes once its last member has left.
-                if size == 0
-                    && registry
-                        .name(seg)
-                        .is_some_and(|n| registry.get(n).is_none())
-                {
-                    s.sizes.remove(&seg);
-                }
             }
+            // Dropped segments whose last member has left keep no history.
+            s.sizes.retain(|seg, (size, _)| {
+                *size != 0
+                    || registry
+                        .name(*seg)
+                        .is_some_and(|n| registry.get(n).is_some())
+            });
             drop(registry);
         }
         s.published_through = ready;
@@ -608,7 +618,7 @@ impl Hub {
     /// live edge (to resume from if nothing arrives before a reconnect). The
     /// backlog and the live receiver are taken under one lock, so nothing falls
     /// between them.
-    pub fn subscribe(&self, after: Option<(Time, u32)>) -> Result<Subscription, TooOld> {
+    pub fn subscribe(&self, after: Option<(Time, u32)>) -> Result<Subscription, Unresumable> {
         let s = self.state.lock().expect("poisoned");
         let live = self.tx.subscribe();
         let edge = (s.published_through > 0).then(|| (s.published_through - 1, u32::MAX));
@@ -619,11 +629,19 @@ impl Hub {
                 edge,
             });
         };
+        // A position the feed has not reached (a reset data directory, or a
+        // sequence number sent as an epoch) would silently skip what comes.
+        if after.0 >= s.published_through {
+            return Err(Unresumable::Ahead {
+                asked: format_position(after),
+                edge: edge.map_or_else(|| "none yet".to_owned(), format_position),
+            });
+        }
         // Resuming is exact only if nothing after `after` was dropped.
         if let Some(dropped) = s.dropped_through {
             if after < dropped {
                 let oldest = s.retained.front().map_or(dropped, |e| e.position);
-                return Err(TooOld {
+                return Err(Unresumable::TooOld {
                     asked: format_position(after),
                     oldest: format_position(oldest),
                 });
@@ -793,6 +811,10 @@ mod tests {
         let positions: Vec<u32> = sub.backlog.iter().map(|e| e.position.1).collect();
         assert_eq!(positions, [2, 3, 4]);
         assert!(hub.subscribe(Some((0, 0))).is_err(), "epoch 1 was dropped");
+        assert!(
+            matches!(hub.subscribe(Some((3, 0))), Err(Unresumable::Ahead { .. })),
+            "nothing was published at epoch 3"
+        );
         assert!(hub.subscribe(None).expect("live").backlog.is_empty());
         assert_eq!(parse_position("7"), Some((7, u32::MAX)));
         assert_eq!(parse_position("7.3"), Some((7, 3)));
@@ -827,7 +849,12 @@ mod tests {
             want("changed", "orders > 2", Source::Config),
             want("new", "orders > 3", Source::Builtin),
         ];
-        let controls = startup_controls(&current, &wanted);
+        let controls = startup_controls(&current, &wanted, false);
+        assert_eq!(
+            startup_controls(&current, &wanted, true).len(),
+            2,
+            "without the default file, file segments stay"
+        );
         assert_eq!(
             controls,
             [

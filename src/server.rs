@@ -24,6 +24,10 @@ pub enum ServerError {
     },
 }
 
+/// How long a graceful shutdown waits for open responses (SSE streams, slow
+/// readers) before it closes them.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     pub engine: Arc<Engine>,
@@ -48,7 +52,19 @@ impl Server {
         // Configured segments are logged like API definitions (so a replay sees
         // them at the same epoch), before anything is served.
         let _one_at_a_time = engine.definitions.lock().await;
-        let controls = crate::segments::startup_controls(&engine.definitions(), &wanted);
+        let keep = engine.config.keep_file_segments;
+        let current = engine.definitions();
+        if keep
+            && current
+                .iter()
+                .any(|d| d.source == crate::segments::Source::Config)
+        {
+            tracing::warn!(
+                file = crate::config::DEFAULT_SEGMENTS_FILE,
+                "the default segment file is not in the working directory; segments defined from a file earlier are kept as they are"
+            );
+        }
+        let controls = crate::segments::startup_controls(&current, &wanted, keep);
         if !controls.is_empty() {
             tracing::info!(
                 changes = controls.len(),
@@ -97,8 +113,14 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         self.engine.hub().close();
+        // A client that stops reading can hold a response open forever; after
+        // SHUTDOWN_GRACE the listeners are stopped regardless.
         for t in self.tasks {
-            let _ = t.await;
+            let abort = t.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, t).await.is_err() {
+                tracing::warn!("a connection did not finish within the shutdown grace; closing it");
+                abort.abort();
+            }
         }
         let engine = self.engine;
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;

@@ -483,6 +483,8 @@ fn a_feed_too_old_to_resume_answers_gone() {
     }
     let (status, body) = get_json(server.http, "/v1/stream/segments?last_event_id=0.0");
     assert_eq!(status, 410, "{body}");
+    let (ahead, ahead_body) = get_json(server.http, "/v1/stream/segments?last_event_id=999999");
+    assert_eq!(ahead, 400, "a position ahead of the feed: {ahead_body}");
     assert!(
         body["error"]
             .as_str()
@@ -652,4 +654,42 @@ fn the_segment_file_is_applied_at_start_and_followed_across_restarts() {
         .expect("a bad rule stops the start")
         .to_string();
     assert!(err.contains("broken") && err.contains("at 8"), "{err}");
+}
+
+#[test]
+fn a_filtered_subscriber_is_moved_past_changes_it_does_not_want() {
+    let server = TestServer::start_with(|c| {
+        c.builtin_segments = false;
+        c.feed_retention = 5;
+    });
+    define(&server, "quiet", "orders >= 1000");
+    define(&server, "busy", "events.\"Product Viewed\" >= 1");
+    let feed = SseClient::connect(server.http, "/v1/stream/segments?name=quiet", None);
+    for batch in 0..4 {
+        let messages: Vec<Value> = (0..5)
+            .map(|i| view(&format!("busy-{batch}-{i}"), T0 + (batch * 5 + i) * MINUTE))
+            .collect();
+        let seq = send_messages(server.tcp, &messages).seq();
+        wait_visible_seq(&server, seq);
+    }
+    // No change of "quiet", but ids that move past the others' epochs.
+    let mut last_id = None;
+    while let Some(e) = feed.next(Duration::from_millis(500)) {
+        assert_ne!(e.event.as_deref(), Some("segment"), "{e:?}");
+        if e.id.is_some() {
+            last_id = e.id;
+        }
+    }
+    let last_id = last_id.expect("an id past the busy epochs");
+    drop(feed);
+    // Other segments' changes went past the retention; this subscriber missed
+    // nothing and resumes.
+    let again = SseClient::connect(
+        server.http,
+        "/v1/stream/segments?name=quiet",
+        Some(&last_id),
+    );
+    assert_eq!(again.status, 200, "resumed at {last_id}");
+    drop(again);
+    server.shutdown();
 }

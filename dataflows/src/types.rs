@@ -219,53 +219,16 @@ pub fn intern(s: &str) -> u64 {
     }
 }
 
-/// A fast hasher for integer keys (interned ids, hashed message ids, tuples of
-/// them): the FxHash step (rotate, xor, multiply) per word, instead of SipHash.
-/// Keys here come from the engine's own hashing, not from an attacker choosing
-/// collisions, so a keyed hash buys nothing and costs a lot on the hot path.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IdHasher(u64);
-
-impl IdHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl std::hash::Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-}
+/// The hasher of every map keyed by ids: foldhash, seeded per process. Fast on
+/// integer keys (several times SipHash), and seeded because the keys come from
+/// client text (user ids, message ids): with a fixed hash anyone could send ids
+/// that all fall into one bucket and stall ingest. Nothing iterates these maps in
+/// an order that reaches an answer.
+pub type IdHasher = foldhash::fast::RandomState;
 
 /// A hash map keyed by interned ids.
-pub type IdMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+pub type IdMap<V> = std::collections::HashMap<u64, V, IdHasher>;
 /// A hash set of interned ids.
-pub type IdSet = std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
+pub type IdSet = std::collections::HashSet<u64, IdHasher>;
 /// A hash map with any key made of integers, hashed by [`IdHasher`].
-pub type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, IdHasher>;

@@ -27,7 +27,7 @@ use super::{engine_error, error, min_seq};
 use crate::runtime::{Engine, Readable};
 use crate::segments::{
     check_name, compile, format_position, parse_position, segment_id, Control, Definition,
-    FeedEvent, Source,
+    FeedEvent, Source, Unresumable,
 };
 
 /// Members per page unless `limit` says otherwise, and the most a page may hold.
@@ -400,6 +400,8 @@ struct Feed {
     /// Segment ids to send (`None`: all).
     only: Option<HashSet<u64>>,
     last: Option<(u64, u32)>,
+    /// The epoch whose changes were all passed over since the last event sent.
+    skipped: Option<u64>,
     ended: bool,
     /// Segment names seen so far (a segment's name never changes).
     names: HashMap<u64, Arc<str>>,
@@ -463,8 +465,18 @@ impl Feed {
             return Some(e);
         }
         loop {
+            if *self.closed.borrow() {
+                return None;
+            }
             let e = match self.backlog.pop_front() {
                 Some(e) => e,
+                None if self.skipped.is_some() => {
+                    // Changes of other segments were passed over: move the
+                    // client's Last-Event-ID past them (an id-only event fires no
+                    // handler), so a reconnect resumes here, not behind them.
+                    let epoch = self.skipped.take().unwrap_or_default();
+                    return Some(SseEvent::default().id(format_position((epoch, u32::MAX))));
+                }
                 None => match tokio::select! {
                     r = self.live.recv() => r,
                     _ = self.closed.wait_for(|c| *c) => return None,
@@ -479,7 +491,7 @@ impl Feed {
                         self.ended = true;
                         return Some(
                             SseEvent::default().event("lagged").data(
-                                json!({"error": format!("the subscriber fell {n} changes behind; reconnect with Last-Event-ID to resume")})
+                                json!({"error": format!("the subscriber fell {n} epochs behind; reconnect with Last-Event-ID to resume")})
                                     .to_string(),
                             ),
                         );
@@ -492,8 +504,17 @@ impl Feed {
             }
             self.last = Some(e.position);
             if self.only.as_ref().is_some_and(|o| !o.contains(&e.segment)) {
+                // Remember the epoch, once it is passed whole.
+                let last_of_epoch = self
+                    .backlog
+                    .front()
+                    .is_none_or(|n| n.position.0 != e.position.0);
+                if last_of_epoch {
+                    self.skipped = Some(e.position.0);
+                }
                 continue;
             }
+            self.skipped = None;
             let segment = match self.names.get(&e.segment) {
                 Some(n) => n.clone(),
                 None => {
@@ -563,7 +584,8 @@ pub async fn stream(
     };
     let sub = match engine.hub().subscribe(after) {
         Ok(x) => x,
-        Err(e) => return error(StatusCode::GONE, e.to_string()),
+        Err(e @ Unresumable::TooOld { .. }) => return error(StatusCode::GONE, e.to_string()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let feed = Feed {
         engine: engine.clone(),
@@ -573,6 +595,7 @@ pub async fn stream(
         closed: engine.hub().closed(),
         only: only.map(|o| o.iter().map(|n| segment_id(n)).collect()),
         last: after,
+        skipped: None,
         ended: false,
         names: HashMap::new(),
         buf: Vec::with_capacity(128),

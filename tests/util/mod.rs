@@ -540,7 +540,9 @@ impl SseClient {
                 }
                 let Ok(line) = line else { return };
                 if line.is_empty() {
-                    if !current.data.is_empty() || current.event.is_some() {
+                    // An id-only event fires no handler in a browser, but moves
+                    // its Last-Event-ID: hand it over too.
+                    if !current.data.is_empty() || current.event.is_some() || current.id.is_some() {
                         let done = std::mem::replace(
                             &mut current,
                             Sse {
