@@ -489,7 +489,16 @@ impl Evaluator {
             }
         }
         st.segments = next;
-        if wake != st.wake {
+        // Keep the earlier of the pending and the new wake-up: waking a user early
+        // only re-evaluates them (and schedules the right one), while moving the
+        // entry on every event (most events push `last_seen`-based wake-ups
+        // later) was a set removal and insertion per event.
+        let earlier = match (wake, st.wake) {
+            (Some(w), Some(old)) => w < old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if earlier {
             if let Some(old) = st.wake {
                 self.wakes.remove(&(old, user));
             }
