@@ -23,7 +23,7 @@ use model::{event, op, oracle, Op, T0, USERS};
 use proptest::prelude::*;
 use shopstream::config::Config;
 use shopstream::event::Event;
-use shopstream::runtime::{Engine, ProfileRead};
+use shopstream::runtime::Engine;
 use shopstream::segments::{segment_id, Control, Source};
 use shopstream_dataflows::rules::{Rule, Subject};
 use shopstream_dataflows::segments::Since;
@@ -90,21 +90,26 @@ fn plan() -> impl Strategy<Value = Plan> {
 /// Memberships by segment name: user → since.
 type State = BTreeMap<String, BTreeMap<String, Since>>;
 
-/// The brute-force answer at one step: every defined rule over every user's
-/// from-scratch profile, `since` carried over from the previous state.
+/// The brute-force answer after the events `logged` at `clock`: every defined rule
+/// over every user's from-scratch profile, `since` carried over from the previous
+/// state (a new member's is this step: the last sequence number and the clock).
 fn expected(
     rules: &BTreeMap<String, Rule>,
-    profiles: &BTreeMap<String, ProfileRead>,
+    logged: &[(u64, Event)],
     clock: i64,
-    now: Since,
     previous: &State,
     names: &HashMap<Sym, String>,
 ) -> State {
+    let profiles = oracle(logged, clock);
+    let now = Since {
+        seq: logged.len() as u64,
+        clock,
+    };
     let resolve = |a: Sym, b: Sym| names.get(&a).cmp(&names.get(&b));
     let mut state = State::new();
     for (name, rule) in rules {
         let members = state.entry(name.clone()).or_default();
-        for (user, p) in profiles {
+        for (user, p) in &profiles {
             let subject = Subject {
                 profile: &p.profile,
                 scores: p.rfm_ranks.map(|r| r.map(|x| x.score())),
@@ -147,11 +152,12 @@ fn transitions(before: &State, after: &State) -> Vec<(String, String, &'static s
 /// user's segments with `since`, and sizes, which must agree with each other.
 async fn observe(
     engine: &Engine,
-    defined: &BTreeSet<String>,
+    rules: &BTreeMap<String, Rule>,
     seq: u64,
 ) -> Result<State, TestCaseError> {
+    let defined: BTreeSet<&String> = rules.keys().collect();
     let mut by_members = State::new();
-    for name in defined {
+    for name in &defined {
         let def = engine.definition(name).expect("defined");
         let mut after = None;
         let mut members = BTreeMap::new();
@@ -182,11 +188,11 @@ async fn observe(
             .await
             .expect("size");
         prop_assert_eq!(size as usize, members.len(), "size of {}", name);
-        by_members.insert(name.clone(), members);
+        by_members.insert((*name).clone(), members);
     }
     let mut by_user = State::new();
-    for name in defined {
-        by_user.insert(name.clone(), BTreeMap::new());
+    for name in &defined {
+        by_user.insert((*name).clone(), BTreeMap::new());
     }
     for k in 0..USERS {
         let user = format!("u{k}");
@@ -265,16 +271,10 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
                 };
                 let readable = engine.define(vec![control]).await.expect("define");
                 prop_assert_eq!(readable.seq, logged.len() as u64);
-                let now = Since {
-                    seq: logged.len() as u64,
-                    clock,
-                };
-                let profiles = oracle(&logged, clock);
-                let next = expected(&rules, &profiles, clock, now, &state, &names);
+                let next = expected(&rules, &logged, clock, &state, &names);
                 want_feed.extend(transitions(&state, &next));
                 state = next;
-                let defined = rules.keys().cloned().collect();
-                let got = observe(&engine, &defined, logged.len() as u64).await?;
+                let got = observe(&engine, &rules, logged.len() as u64).await?;
                 prop_assert_eq!(&got, &state, "after {:?}", a);
             }
             base += advance * 3_600_000;
@@ -293,16 +293,10 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
                     logged.push((logged.len() as u64 + 1, e));
                 }
             }
-            let now = Since {
-                seq: logged.len() as u64,
-                clock,
-            };
-            let profiles = oracle(&logged, clock);
-            let next = expected(&rules, &profiles, clock, now, &state, &names);
+            let next = expected(&rules, &logged, clock, &state, &names);
             want_feed.extend(transitions(&state, &next));
             state = next;
-            let defined = rules.keys().cloned().collect();
-            let got = observe(&engine, &defined, logged.len() as u64).await?;
+            let got = observe(&engine, &rules, logged.len() as u64).await?;
             prop_assert_eq!(&got, &state, "at seq {} clock {}", logged.len(), clock);
         }
         // The feed published each step's enters and exits, exactly once.
@@ -327,8 +321,7 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
     let engine: Arc<Engine> =
         Engine::start(config(1 + workers % 3), |_, _| {}).expect("engine restarts");
     let replayed = rt.block_on(async {
-        let defined = rules.keys().cloned().collect();
-        let got = observe(&engine, &defined, logged.len() as u64).await?;
+        let got = observe(&engine, &rules, logged.len() as u64).await?;
         prop_assert_eq!(&got, &state, "after the replay");
         Ok(())
     });

@@ -983,34 +983,49 @@ impl ProfileTraces {
     /// For each dimension `d` and bucket `b` in `buckets`, how all users with orders
     /// stand against `b` in dimension `d`, from this worker's copy of the histogram.
     pub fn read_rfm_ranks(&mut self, worker: usize, buckets: [i64; 3], as_of: Time) -> [Rank; 3] {
-        let me = worker as u32;
         let mut out = [Rank::default(); 3];
-        let (mut cursor, storage) = cursor_at(&mut self.rfm);
         for (dim, bucket) in buckets.iter().enumerate() {
-            let dim = dim as u8;
-            cursor.rewind_keys(&storage);
-            cursor.seek_key(&storage, &(me, dim, i64::MIN));
-            while let Some(key) = cursor.get_key(&storage) {
-                if key.0 != me || key.1 != dim {
-                    break;
-                }
-                let mut n = 0;
-                cursor.map_times(&storage, |t, d| {
-                    if *t <= as_of {
-                        n += *d;
-                    }
-                });
-                let rank = &mut out[dim as usize];
+            let rank = &mut out[dim];
+            self.for_each_rfm_bucket(worker, dim as u8, as_of, |b, n| {
                 rank.total += n;
-                match key.2.cmp(bucket) {
+                match b.cmp(bucket) {
                     std::cmp::Ordering::Less => rank.below += n,
                     std::cmp::Ordering::Equal => rank.equal += n,
                     std::cmp::Ordering::Greater => {}
                 }
-                cursor.step_key(&storage);
-            }
+            });
         }
         out
+    }
+
+    /// Calls `each(bucket, users)` for every bucket of RFM dimension `dim` with
+    /// users at `as_of`, in bucket order, from worker `worker`'s copy of the
+    /// histogram.
+    pub fn for_each_rfm_bucket(
+        &mut self,
+        worker: usize,
+        dim: u8,
+        as_of: Time,
+        mut each: impl FnMut(i64, i64),
+    ) {
+        let me = worker as u32;
+        let (mut cursor, storage) = cursor_at(&mut self.rfm);
+        cursor.seek_key(&storage, &(me, dim, i64::MIN));
+        while let Some(key) = cursor.get_key(&storage) {
+            if key.0 != me || key.1 != dim {
+                break;
+            }
+            let mut n = 0;
+            cursor.map_times(&storage, |t, d| {
+                if *t <= as_of {
+                    n += *d;
+                }
+            });
+            if n != 0 {
+                each(key.2, n);
+            }
+            cursor.step_key(&storage);
+        }
     }
 }
 

@@ -879,28 +879,29 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, RuleError> {
-        let mut v = vec![self.and()?];
-        while self.keyword("or") {
-            self.pos += 1;
-            v.push(self.and()?);
-        }
-        Ok(if v.len() == 1 {
-            v.pop().expect("one")
-        } else {
-            Expr::Or(v)
-        })
+        self.chain("or", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr, RuleError> {
-        let mut v = vec![self.unary()?];
-        while self.keyword("and") {
+        self.chain("and", Self::unary, Expr::And)
+    }
+
+    /// `operand (keyword operand)*`: one operand as it is, several joined by `join`.
+    fn chain(
+        &mut self,
+        keyword: &str,
+        mut operand: impl FnMut(&mut Self) -> Result<Expr, RuleError>,
+        join: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr, RuleError> {
+        let mut v = vec![operand(self)?];
+        while self.keyword(keyword) {
             self.pos += 1;
-            v.push(self.unary()?);
+            v.push(operand(self)?);
         }
         Ok(if v.len() == 1 {
             v.pop().expect("one")
         } else {
-            Expr::And(v)
+            join(v)
         })
     }
 

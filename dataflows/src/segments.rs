@@ -543,28 +543,11 @@ impl Evaluator {
     /// bucket that was empty before or is empty now holds only users whose own
     /// buckets moved, who are evaluated anyway.
     fn refresh_scores(&mut self, t: Time) -> Vec<(u8, i64)> {
-        let me = self.worker as u32;
-        let (mut cursor, storage) = cursor_at(&mut self.traces.rfm);
         let mut table: [Vec<(i64, u8)>; 3] = Default::default();
         for dim in [RFM_RECENCY, RFM_FREQUENCY, RFM_MONETARY] {
             let mut counts: Vec<(i64, i64)> = Vec::new();
-            cursor.rewind_keys(&storage);
-            cursor.seek_key(&storage, &(me, dim, i64::MIN));
-            while let Some(key) = cursor.get_key(&storage) {
-                if key.0 != me || key.1 != dim {
-                    break;
-                }
-                let mut n = 0;
-                cursor.map_times(&storage, |time, d| {
-                    if *time <= t {
-                        n += *d;
-                    }
-                });
-                if n > 0 {
-                    counts.push((key.2, n));
-                }
-                cursor.step_key(&storage);
-            }
+            self.traces
+                .for_each_rfm_bucket(self.worker, dim, t, |b, n| counts.push((b, n)));
             let total: i64 = counts.iter().map(|c| c.1).sum();
             let mut below = 0;
             for (bucket, n) in counts {

@@ -53,6 +53,18 @@ fn definition_json(d: &Definition) -> Value {
     })
 }
 
+/// The `min_seq` of a per-segment read and the segment's definition (400 or 404
+/// otherwise).
+fn lookup(
+    engine: &Engine,
+    name: &str,
+    params: &HashMap<String, String>,
+) -> Result<(Option<u64>, Definition), Response> {
+    let min_seq = min_seq(params)?;
+    let d = engine.definition(name).ok_or_else(|| not_defined(name))?;
+    Ok((min_seq, d))
+}
+
 fn not_defined(name: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("no segment named {name:?}"))
 }
@@ -252,12 +264,9 @@ pub async fn show(
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let min_seq = match min_seq(&params) {
-        Ok(m) => m,
+    let (min_seq, d) = match lookup(&engine, &name, &params) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(d) = engine.definition(&name) else {
-        return not_defined(&name);
     };
     let id = segment_id(&name);
     let (as_of, size) = match engine.segment_size(id, min_seq, Some(d.epoch)).await {
@@ -337,12 +346,9 @@ pub async fn contains(
     Path((name, user)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let min_seq = match min_seq(&params) {
-        Ok(m) => m,
+    let (min_seq, d) = match lookup(&engine, &name, &params) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(d) = engine.definition(&name) else {
-        return not_defined(&name);
     };
     let id = segment_id(&name);
     match engine.user_segments(&user, min_seq, Some(d.epoch)).await {
