@@ -612,9 +612,21 @@ impl Engine {
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         let ack = rx.await.map_err(|_| EngineError::ShuttingDown)??;
-        match ack.epoch {
-            Some(epoch) => self.wait_for_epoch(epoch, Duration::from_secs(600)).await,
-            None => Ok(self.readable()),
+        let Some(epoch) = ack.epoch else {
+            return Ok(self.readable());
+        };
+        // Evaluating a definition over all history can take a while; wait as long
+        // as the workers are alive.
+        loop {
+            match self.wait_for_epoch(epoch, Duration::from_secs(1)).await {
+                Err(EngineError::Timeout { .. }) if !self.worker_failed() => continue,
+                Err(EngineError::Timeout { .. }) => {
+                    return Err(EngineError::Unavailable(
+                        "a dataflow worker failed; see the server log".into(),
+                    ))
+                }
+                other => return other,
+            }
         }
     }
 
