@@ -68,6 +68,7 @@ pub struct RawHttp {
     pub min_seq_timeout_ms: u64,
     pub max_pending_reads: usize,
     pub max_concurrent_requests: usize,
+    pub as_of_history: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -194,6 +195,7 @@ impl Default for RawHttp {
             min_seq_timeout_ms: 5_000,
             max_pending_reads: 4_096,
             max_concurrent_requests: 1_024,
+            as_of_history: 1_024,
         }
     }
 }
@@ -236,6 +238,8 @@ pub struct Config {
     pub min_seq_timeout: Duration,
     pub max_pending_reads: usize,
     pub max_concurrent_requests: usize,
+    /// Readable points kept for `as_of` reads (0: only the newest).
+    pub as_of_history: usize,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
@@ -356,6 +360,7 @@ impl RawConfig {
             min_seq_timeout: Duration::from_millis(h.min_seq_timeout_ms),
             max_pending_reads: h.max_pending_reads,
             max_concurrent_requests: h.max_concurrent_requests,
+            as_of_history: h.as_of_history,
             data_dir: l.data_dir,
             fsync: l.fsync,
             fsync_interval: Duration::from_millis(l.fsync_interval_ms),

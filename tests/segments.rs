@@ -280,8 +280,8 @@ fn bad_definitions_and_parameters_get_clear_errors() {
         "/v1/segments/x/members?after=zz",
         "/v1/segments/x?min_seq=-1",
         "/v1/users/u1/segments?min_seq=x",
-        "/v1/segments/x?as_of=3",
-        "/v1/users/u1/profile?as_of=3",
+        "/v1/segments/x?as_of=three",
+        "/v1/users/u1/profile?as_of=-3",
     ] {
         let (status, body) = get_json(server.http, path);
         assert_eq!(status, 400, "{path}: {body}");
@@ -691,5 +691,54 @@ fn a_filtered_subscriber_is_moved_past_changes_it_does_not_want() {
     );
     assert_eq!(again.status, 200, "resumed at {last_id}");
     drop(again);
+    server.shutdown();
+}
+
+#[test]
+fn reads_go_back_to_a_recent_as_of_and_say_when_it_is_no_longer_kept() {
+    let server = TestServer::start_with(|c| {
+        c.builtin_segments = false;
+        c.as_of_history = 3;
+    });
+    let first = send_messages(server.tcp, &[view("ivy", T0), view("ivy", T0 + MINUTE)]).seq();
+    wait_visible_seq(&server, first);
+    let second = send_messages(server.tcp, &[view("ivy", T0 + 2 * MINUTE)]).seq();
+    wait_visible_seq(&server, second);
+    // Defined after both: its record shares `second`'s sequence number, and
+    // `as_of=second` is the newest point at or below it, the definition's.
+    define(&server, "fans", "events.\"Product Viewed\" >= 3");
+
+    let at = |seq: u64| get_json(server.http, &format!("/v1/users/ivy/profile?as_of={seq}"));
+    let (status, then) = at(first);
+    assert_eq!(status, 200, "{then}");
+    assert_eq!(then["as_of"], first);
+    assert_eq!(then["profile"]["events_total"], 2);
+    let (_, now) = at(second);
+    assert_eq!(now["profile"]["events_total"], 3);
+    let (_, c) = get_json(
+        server.http,
+        &format!("/v1/segments/fans/contains/ivy?as_of={second}"),
+    );
+    assert_eq!(c["member"], true, "{c}");
+    let (status, body) = get_json(
+        server.http,
+        &format!("/v1/segments/fans/contains/ivy?as_of={first}"),
+    );
+    assert_eq!(status, 404, "fans did not exist at {first}: {body}");
+
+    // Three more points push the first out of the kept history.
+    for i in 0..3 {
+        let seq = send_messages(server.tcp, &[view("jay", T0 + (10 + i) * MINUTE)]).seq();
+        wait_visible_seq(&server, seq);
+    }
+    let (status, body) = at(first);
+    assert_eq!(status, 410, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("http.as_of_history"),
+        "{body}"
+    );
     server.shutdown();
 }

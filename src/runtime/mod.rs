@@ -116,6 +116,17 @@ pub enum EngineError {
         reached: u64,
         waited_ms: u64,
     },
+    #[error(
+        "as_of={asked} is not kept: reads can go back over the last {kept} readable points (http.as_of_history){}",
+        match oldest { Some(o) => format!(", the oldest now at as_of={o}"), None => String::new() }
+    )]
+    AsOfGone {
+        asked: u64,
+        oldest: Option<u64>,
+        kept: usize,
+    },
+    #[error("as_of={asked} is before this segment was defined")]
+    AsOfBeforeDefinition { asked: u64 },
     #[error("cannot start timely workers: {0}")]
     Timely(String),
     #[error("the log could not be replayed: {0}")]
@@ -165,6 +176,11 @@ pub(crate) enum Answer {
 pub(crate) struct ReadState {
     per_worker: Vec<Readable>,
     pins: BTreeMap<Time, usize>,
+    /// The most recent readable points, oldest first (at most `as_of_history`):
+    /// reads may ask for any of them with `as_of`, so traces are not compacted
+    /// past the oldest.
+    history: std::collections::VecDeque<Readable>,
+    as_of_history: usize,
 }
 
 pub(crate) struct Shared {
@@ -206,6 +222,12 @@ impl Shared {
         let min = *s.per_worker.iter().min_by_key(|r| r.done).expect("workers");
         if min.done > self.readable.borrow().done {
             self.readable.send_replace(min);
+            if s.as_of_history > 0 {
+                s.history.push_back(min);
+                while s.history.len() > s.as_of_history {
+                    s.history.pop_front();
+                }
+            }
             let lag = self
                 .logged_seq
                 .load(Ordering::Relaxed)
@@ -219,7 +241,12 @@ impl Shared {
     /// The epoch up to which traces may be compacted: every read is at or beyond it.
     fn compaction_frontier(s: &ReadState, readable: Readable) -> Time {
         let top = readable.done.saturating_sub(1);
-        s.pins.keys().next().map_or(top, |p| (*p).min(top))
+        let held = s.history.front().map_or(top, |r| r.done.saturating_sub(1));
+        s.pins
+            .keys()
+            .next()
+            .map_or(top, |p| (*p).min(top))
+            .min(held)
     }
 }
 
@@ -248,6 +275,25 @@ pub struct ProfileRead {
     pub profile: UserProfile,
     /// Per RFM dimension (recency, frequency, monetary): this user's standing.
     pub rfm_ranks: Option<[Rank; 3]>,
+}
+
+/// Which epoch a read is at: the newest complete one (at or after `min_seq`), or,
+/// with `as_of`, the newest kept one whose last sequence number is at most
+/// `as_of` (after waiting until `as_of` is readable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadAt {
+    pub min_seq: Option<u64>,
+    pub as_of: Option<u64>,
+}
+
+impl From<Option<u64>> for ReadAt {
+    /// A `min_seq`.
+    fn from(min_seq: Option<u64>) -> Self {
+        ReadAt {
+            min_seq,
+            as_of: None,
+        }
+    }
 }
 
 /// Which workers a read asks.
@@ -295,6 +341,8 @@ impl Engine {
             state: Mutex::new(ReadState {
                 per_worker: vec![Readable::default(); workers],
                 pins: BTreeMap::new(),
+                history: std::collections::VecDeque::new(),
+                as_of_history: config.as_of_history,
             }),
             readable: readable_tx,
             threads: Mutex::new(vec![None; workers]),
@@ -491,11 +539,11 @@ impl Engine {
     pub async fn read_profile(
         &self,
         user: &str,
-        min_seq: Option<u64>,
+        at: impl Into<ReadAt>,
     ) -> Result<ProfileRead, EngineError> {
         let user = intern(user);
         let (as_of, answers) = self
-            .read(min_seq, None, Target::Owner(user), Query::Profile(user))
+            .read(at, None, Target::Owner(user), Query::Profile(user))
             .await?;
         let (profile, rfm_ranks) = match answers.into_iter().next() {
             Some(Answer::Profile(read)) => *read,
@@ -508,29 +556,36 @@ impl Engine {
         })
     }
 
-    /// Asks `target` for `query` at one complete epoch (after `min_seq`, and at or
-    /// after `min_epoch`); the answers of the workers asked, in worker order, and
-    /// the epoch they are as of. No answers before anything is readable.
+    /// Asks `target` for `query` at one complete epoch: the newest (after
+    /// `at.min_seq`), or the one `at.as_of` names; at or after `min_epoch`. The
+    /// answers of the workers asked, in worker order, and the epoch they are as
+    /// of. No answers before anything is readable.
     pub(crate) async fn read(
         &self,
-        min_seq: Option<u64>,
+        at: impl Into<ReadAt>,
         min_epoch: Option<Time>,
         target: Target,
         query: Query,
     ) -> Result<(Readable, Vec<Answer>), EngineError> {
+        let at = at.into();
         // Reads waiting on `min_seq` count against the limit too.
         let _permit = self
             .read_permits
             .try_acquire()
             .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
-        if let Some(seq) = min_seq {
+        if let Some(seq) = at.min_seq.max(at.as_of) {
             self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
         }
-        if let Some(epoch) = min_epoch {
-            self.wait_for_epoch(epoch, self.config.min_seq_timeout)
-                .await?;
-        }
-        let (as_of, pin) = self.pin();
+        let (as_of, pin) = match at.as_of {
+            Some(seq) => self.pin_as_of(seq, min_epoch)?,
+            None => {
+                if let Some(epoch) = min_epoch {
+                    self.wait_for_epoch(epoch, self.config.min_seq_timeout)
+                        .await?;
+                }
+                self.pin()
+            }
+        };
         let Some(pin) = pin else {
             return Ok((as_of, Vec::new()));
         };
@@ -670,13 +725,13 @@ impl Engine {
     pub async fn user_segments(
         &self,
         user: &str,
-        min_seq: Option<u64>,
+        at: impl Into<ReadAt>,
         min_epoch: Option<Time>,
     ) -> Result<(Readable, Vec<(SegId, Since)>), EngineError> {
         let user = intern(user);
         let (as_of, answers) = self
             .read(
-                min_seq,
+                at,
                 min_epoch,
                 Target::Owner(user),
                 Query::UserSegments(user),
@@ -692,12 +747,10 @@ impl Engine {
     /// Members of every segment with members, summed over the workers.
     pub async fn segment_sizes(
         &self,
-        min_seq: Option<u64>,
+        at: impl Into<ReadAt>,
         min_epoch: Option<Time>,
     ) -> Result<(Readable, std::collections::HashMap<SegId, i64>), EngineError> {
-        let (as_of, answers) = self
-            .read(min_seq, min_epoch, Target::All, Query::Sizes)
-            .await?;
+        let (as_of, answers) = self.read(at, min_epoch, Target::All, Query::Sizes).await?;
         let mut sizes = std::collections::HashMap::new();
         for a in answers {
             if let Answer::Sizes(v) = a {
@@ -713,11 +766,11 @@ impl Engine {
     pub async fn segment_size(
         &self,
         id: SegId,
-        min_seq: Option<u64>,
+        at: impl Into<ReadAt>,
         min_epoch: Option<Time>,
     ) -> Result<(Readable, i64), EngineError> {
         let (as_of, answers) = self
-            .read(min_seq, min_epoch, Target::All, Query::Size(id))
+            .read(at, min_epoch, Target::All, Query::Size(id))
             .await?;
         let size = answers
             .into_iter()
@@ -736,7 +789,7 @@ impl Engine {
         id: SegId,
         after: Option<UserId>,
         limit: usize,
-        min_seq: Option<u64>,
+        at: impl Into<ReadAt>,
         min_epoch: Option<Time>,
     ) -> Result<(Readable, Vec<UserId>, Option<UserId>), EngineError> {
         let query = Query::Members {
@@ -744,7 +797,7 @@ impl Engine {
             after,
             limit: limit.saturating_add(1),
         };
-        let (as_of, answers) = self.read(min_seq, min_epoch, Target::All, query).await?;
+        let (as_of, answers) = self.read(at, min_epoch, Target::All, query).await?;
         let mut members: Vec<UserId> = answers
             .into_iter()
             .flat_map(|a| match a {
@@ -760,6 +813,37 @@ impl Engine {
             None
         };
         Ok((as_of, members, next))
+    }
+
+    /// Pins the newest kept epoch whose last sequence number is at most `seq`.
+    fn pin_as_of(
+        &self,
+        seq: u64,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, Option<Pin<'_>>), EngineError> {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        let found = s.history.iter().rev().find(|r| r.seq <= seq).copied();
+        let oldest = s.history.front().map(|r| r.seq);
+        let Some(r) = found else {
+            return Err(EngineError::AsOfGone {
+                asked: seq,
+                oldest,
+                kept: s.as_of_history,
+            });
+        };
+        if min_epoch.is_some_and(|e| r.done <= e) {
+            return Err(EngineError::AsOfBeforeDefinition { asked: seq });
+        }
+        let at = r.done - 1;
+        *s.pins.entry(at).or_insert(0) += 1;
+        drop(s);
+        Ok((
+            r,
+            Some(Pin {
+                shared: &self.shared,
+                at,
+            }),
+        ))
     }
 
     /// Pins the newest epoch that every worker has completed.

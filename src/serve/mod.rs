@@ -1,7 +1,8 @@
 //! Queries over HTTP: one module per query kind, plus health and metrics.
 //!
 //! Every answer is read from the arrangements at one complete epoch and says which
-//! (`as_of`: the last sequence number it includes). Unknown ids are 404, bad
+//! (`as_of`: the last sequence number it includes): the newest (after `min_seq`), or a
+//! recent one named by `as_of` (see [`min_seq`]). Unknown ids are 404, bad
 //! parameters 400, a `min_seq` the views do not reach in time 504, overload 503;
 //! every error is a JSON object `{"error": "..."}`.
 
@@ -20,7 +21,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
 use crate::ingest;
-use crate::runtime::{Engine, EngineError};
+use crate::runtime::{Engine, EngineError, ReadAt};
 
 /// A JSON error answer.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -31,6 +32,8 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn engine_error(e: EngineError) -> Response {
     let status = match &e {
         EngineError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        EngineError::AsOfGone { .. } => StatusCode::GONE,
+        EngineError::AsOfBeforeDefinition { .. } => StatusCode::NOT_FOUND,
         EngineError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -41,31 +44,26 @@ pub fn engine_error(e: EngineError) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Parses `min_seq` from a query string, with a clear 400 when it is not a number.
-///
-/// Every read answers at the newest epoch all workers have completed, at or after
-/// `min_seq`; the past is compacted away, so `as_of` names the epoch an answer is
-/// at and cannot ask for an older one: a request with `as_of=` gets a 400 that
-/// says so rather than a silently newer answer.
-pub fn min_seq(params: &HashMap<String, String>) -> Result<Option<u64>, Response> {
-    if let Some(v) = params.get("as_of") {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "as_of={v}: reads answer at the newest complete epoch (past epochs are compacted away); \
-                 use min_seq={v} to read at that point or later"
-            ),
-        ));
-    }
-    match params.get("min_seq") {
-        None => Ok(None),
-        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("min_seq: expected a non-negative integer, got {v:?}"),
-            )
-        }),
-    }
+/// Parses where a read is at from its query string: `min_seq=N` (the newest
+/// point, once it includes event `N`) and/or `as_of=N` (the newest kept point
+/// whose `as_of` is at most `N`: a recent past, while `http.as_of_history` keeps
+/// it), with a clear 400 when either is not a number.
+pub fn min_seq(params: &HashMap<String, String>) -> Result<ReadAt, Response> {
+    let number = |key: &str| -> Result<Option<u64>, Response> {
+        match params.get(key) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{key}: expected a non-negative integer, got {v:?}"),
+                )
+            }),
+        }
+    };
+    Ok(ReadAt {
+        min_seq: number("min_seq")?,
+        as_of: number("as_of")?,
+    })
 }
 
 /// The process-wide Prometheus recorder (installed once; tests start many servers).

@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 use super::profile::rfc3339;
 use super::{engine_error, error, min_seq};
-use crate::runtime::{Engine, Readable};
+use crate::runtime::{Engine, ReadAt, Readable};
 use crate::segments::{
     check_name, compile, format_position, parse_position, segment_id, Control, Definition,
     FeedEvent, Source, Unresumable,
@@ -59,7 +59,7 @@ fn lookup(
     engine: &Engine,
     name: &str,
     params: &HashMap<String, String>,
-) -> Result<(Option<u64>, Definition), Response> {
+) -> Result<(ReadAt, Definition), Response> {
     let min_seq = min_seq(params)?;
     let d = engine.definition(name).ok_or_else(|| not_defined(name))?;
     Ok((min_seq, d))
@@ -242,7 +242,13 @@ pub async fn list(
         Err(r) => return r,
     };
     let definitions = engine.definitions();
-    let newest = definitions.iter().map(|d| d.epoch).max();
+    // The newest definition is answered for, unless the read is of a past point
+    // (then a segment defined later has no members there).
+    let newest = definitions
+        .iter()
+        .map(|d| d.epoch)
+        .max()
+        .filter(|_| min_seq.as_of.is_none());
     let (as_of, sizes) = match engine.segment_sizes(min_seq, newest).await {
         Ok(x) => x,
         Err(e) => return engine_error(e),
