@@ -195,7 +195,7 @@ impl Default for RawHttp {
             min_seq_timeout_ms: 5_000,
             max_pending_reads: 4_096,
             max_concurrent_requests: 1_024,
-            as_of_history: 1_024,
+            as_of_history: 0,
         }
     }
 }

@@ -31,6 +31,8 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
     config.data_dir = dir.path().to_path_buf();
     config.workers = workers;
     config.fsync = shopstream::log::FsyncPolicy::Never;
+    // Every step is reread in the past at the end.
+    config.as_of_history = 1_024;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -126,6 +126,12 @@ fn segments_are_defined_queried_changed_and_deleted_over_http() {
     );
     assert_eq!(alice["buyers"]["as_of"], seq, "entered with the batch");
     assert!(!user_segments(&server, "carol", seq).contains_key("buyers"));
+    // With no history kept (the default), `as_of` reads the newest point when it
+    // is at or below it, and says 410 for an older one.
+    let (status, now) = get_json(server.http, &format!("/v1/users/alice/profile?as_of={seq}"));
+    assert_eq!((status, now["as_of"].as_u64()), (200, Some(seq)), "{now}");
+    let (status, body) = get_json(server.http, "/v1/users/alice/profile?as_of=1");
+    assert_eq!(status, 410, "{body}");
 
     let (status, c) = get_json(
         server.http,

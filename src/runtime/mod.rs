@@ -117,12 +117,11 @@ pub enum EngineError {
         waited_ms: u64,
     },
     #[error(
-        "as_of={asked} is not kept: reads can go back over the last {kept} readable points (http.as_of_history){}",
-        match oldest { Some(o) => format!(", the oldest now at as_of={o}"), None => String::new() }
+        "as_of={asked} is not kept: reads can go back over the last {kept} readable points (http.as_of_history), the oldest now at as_of={oldest}"
     )]
     AsOfGone {
         asked: u64,
-        oldest: Option<u64>,
+        oldest: u64,
         kept: usize,
     },
     #[error("as_of={asked} is before this segment was defined")]
@@ -822,8 +821,13 @@ impl Engine {
         min_epoch: Option<Time>,
     ) -> Result<(Readable, Option<Pin<'_>>), EngineError> {
         let mut s = self.shared.state.lock().expect("poisoned");
-        let found = s.history.iter().rev().find(|r| r.seq <= seq).copied();
-        let oldest = s.history.front().map(|r| r.seq);
+        // The newest point is always readable; older ones while history keeps them.
+        let newest = *self.shared.readable.borrow();
+        let found = std::iter::once(newest)
+            .filter(|r| r.done > 0)
+            .chain(s.history.iter().rev().copied())
+            .find(|r| r.seq <= seq);
+        let oldest = s.history.front().map_or(newest.seq, |r| r.seq);
         let Some(r) = found else {
             return Err(EngineError::AsOfGone {
                 asked: seq,
