@@ -405,6 +405,53 @@ pub type SizePoint = (Time, u64, Millis, i64);
 
 /// Size history kept per segment (the most recent changes of size).
 pub const SIZE_HISTORY: usize = 512;
+/// Per-minute sizes kept per segment (a day), and per-hour sizes (30 days).
+pub const SIZE_MINUTES: usize = 1_440;
+pub const SIZE_HOURS: usize = 720;
+
+/// A segment's size, and its size over time at three grains: each of the last
+/// [`SIZE_HISTORY`] changes, and the size at the end of each minute and hour of
+/// engine clock in which it changed (for a chart over a day or a month).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SizeTrack {
+    pub size: i64,
+    pub recent: VecDeque<SizePoint>,
+    /// `(start of the minute, size at its end)`, oldest first.
+    pub minutes: VecDeque<(Millis, i64)>,
+    /// `(start of the hour, size at its end)`, oldest first.
+    pub hours: VecDeque<(Millis, i64)>,
+}
+
+impl SizeTrack {
+    fn record(&mut self, epoch: Time, seq: u64, clock: Millis, delta: i64) {
+        self.size += delta;
+        push_bounded(
+            &mut self.recent,
+            (epoch, seq, clock, self.size),
+            SIZE_HISTORY,
+        );
+        if clock != Millis::MIN {
+            bucket(&mut self.minutes, clock, 60_000, self.size, SIZE_MINUTES);
+            bucket(&mut self.hours, clock, 3_600_000, self.size, SIZE_HOURS);
+        }
+    }
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, item: T, cap: usize) {
+    q.push_back(item);
+    while q.len() > cap {
+        q.pop_front();
+    }
+}
+
+/// Sets the size of the `width` bucket holding `clock` (the clock never goes back).
+fn bucket(q: &mut VecDeque<(Millis, i64)>, clock: Millis, width: Millis, size: i64, cap: usize) {
+    let start = clock - clock.rem_euclid(width);
+    match q.back_mut() {
+        Some(last) if last.0 == start => last.1 = size,
+        _ => push_bounded(q, (start, size), cap),
+    }
+}
 
 struct HubState {
     /// Per worker, the epochs it has staged (all epochs below are staged).
@@ -419,7 +466,7 @@ struct HubState {
     /// The newest position dropped from `retained`.
     dropped_through: Option<(Time, u32)>,
     /// Per segment: (epoch, as_of seq, clock, size) after each epoch that changed it.
-    sizes: HashMap<SegId, (i64, VecDeque<SizePoint>)>,
+    sizes: HashMap<SegId, SizeTrack>,
     /// Epoch → (seq, clock), for epochs with changes not yet published.
     epoch_info: BTreeMap<Time, (u64, Millis)>,
 }
@@ -557,17 +604,11 @@ impl Hub {
             }
             let registry = self.names.lock().expect("poisoned");
             for (seg, delta) in deltas {
-                let (size, history) = s.sizes.entry(seg).or_default();
-                *size += delta;
-                let size = *size;
-                history.push_back((t, seq, clock, size));
-                if history.len() > SIZE_HISTORY {
-                    history.pop_front();
-                }
+                s.sizes.entry(seg).or_default().record(t, seq, clock, delta);
             }
             // Dropped segments whose last member has left keep no history.
-            s.sizes.retain(|seg, (size, _)| {
-                *size != 0
+            s.sizes.retain(|seg, track| {
+                track.size != 0
                     || registry
                         .name(*seg)
                         .is_some_and(|n| registry.get(n).is_some())
@@ -604,13 +645,10 @@ impl Hub {
         (segment, user)
     }
 
-    /// The size history of a segment: `(epoch, as_of, clock, size)`, oldest first.
-    pub fn size_history(&self, seg: SegId) -> Vec<SizePoint> {
+    /// A segment's size over time (empty for one that never had a member).
+    pub fn size_history(&self, seg: SegId) -> SizeTrack {
         let s = self.state.lock().expect("poisoned");
-        s.sizes
-            .get(&seg)
-            .map(|(_, h)| h.iter().copied().collect())
-            .unwrap_or_default()
+        s.sizes.get(&seg).cloned().unwrap_or_default()
     }
 
     /// Subscribes: the retained events after `after` (none for `None`: a new
@@ -820,6 +858,28 @@ mod tests {
         assert_eq!(parse_position("7.3"), Some((7, 3)));
         assert_eq!(parse_position("x"), None);
         assert_eq!(format_position((7, u32::MAX)), "7");
+    }
+
+    #[test]
+    fn sizes_over_time_keep_the_last_size_of_each_minute_and_hour() {
+        let mut t = SizeTrack::default();
+        let minute = 60_000;
+        t.record(0, 1, 10 * minute + 5, 3);
+        t.record(1, 2, 10 * minute + 50_000, 2);
+        t.record(2, 3, 11 * minute, -1);
+        t.record(3, 4, 75 * minute, 1);
+        assert_eq!(t.size, 5);
+        assert_eq!(t.recent.len(), 4);
+        assert_eq!(
+            Vec::from(t.minutes.clone()),
+            [(10 * minute, 5), (11 * minute, 4), (75 * minute, 5)]
+        );
+        assert_eq!(Vec::from(t.hours.clone()), [(0, 4), (60 * minute, 5)]);
+        for i in 0..2_000 {
+            t.record(4 + i, 5 + i, (76 + i as i64) * minute, 0);
+        }
+        assert_eq!(t.minutes.len(), SIZE_MINUTES);
+        assert_eq!(t.recent.len(), SIZE_HISTORY);
     }
 
     #[test]

@@ -151,6 +151,14 @@ fn segments_are_defined_queried_changed_and_deleted_over_http() {
     assert_eq!(shown["defined_at"]["as_of"], defined_at);
     let history = shown["history"].as_array().expect("history");
     assert_eq!(history.last().expect("a point")["size"], 2, "{shown}");
+    for grain in ["per_minute", "per_hour"] {
+        let series = shown[grain].as_array().expect("a series");
+        assert_eq!(
+            series.last().expect("a bucket")["size"],
+            2,
+            "{grain}: {shown}"
+        );
+    }
 
     let (status, list) = get_json(server.http, &format!("/v1/segments?min_seq={seq}"));
     assert_eq!(status, 200, "{list}");

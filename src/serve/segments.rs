@@ -279,18 +279,26 @@ pub async fn show(
         Ok(x) => x,
         Err(e) => return engine_error(e),
     };
-    let history: Vec<Value> = engine
-        .hub()
-        .size_history(id)
-        .into_iter()
+    let track = engine.hub().size_history(id);
+    let history: Vec<Value> = track
+        .recent
+        .iter()
         .filter(|(epoch, ..)| *epoch >= d.created_epoch && *epoch < as_of.done)
-        .map(|(_, seq, clock, size)| json!({"as_of": seq, "time": rfc3339(clock), "size": size}))
+        .map(|(_, seq, clock, size)| json!({"as_of": seq, "time": rfc3339(*clock), "size": size}))
         .collect();
+    let series = |q: &std::collections::VecDeque<(i64, i64)>| -> Vec<Value> {
+        q.iter()
+            .filter(|(start, _)| *start <= as_of.clock)
+            .map(|(start, size)| json!({"time": rfc3339(*start), "size": size}))
+            .collect()
+    };
     let mut body = definition_json(&d);
     body["size"] = json!(size);
     body["as_of"] = json!(as_of.seq);
     body["epoch"] = json!(epoch(&as_of));
     body["history"] = json!(history);
+    body["per_minute"] = json!(series(&track.minutes));
+    body["per_hour"] = json!(series(&track.hours));
     Json(body).into_response()
 }
 
