@@ -650,8 +650,8 @@ fn lex(text: &str) -> Result<Vec<Token>, RuleError> {
             })
         );
         let after_dot = matches!(out.last(), Some(Token { kind: Tok::Dot, .. }));
-        if after_dot && c.is_ascii_alphanumeric() {
-            // A path segment may start with a digit: `windows.7d`.
+        // A name; after a dot it may start with a digit (`windows.7d`).
+        if c.is_ascii_alphabetic() || c == b'_' || (after_dot && c.is_ascii_digit()) {
             let start = i;
             while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                 i += 1;
@@ -716,17 +716,6 @@ fn lex(text: &str) -> Result<Vec<Token>, RuleError> {
                 at,
             });
             i = next;
-            continue;
-        }
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
-            out.push(Token {
-                kind: Tok::Ident(text[start..i].to_owned()),
-                at,
-            });
             continue;
         }
         let ch = text[i..].chars().next().unwrap_or('?');

@@ -163,16 +163,7 @@ pub async fn create(
             "expected both \"name\" and \"rule\" (strings)",
         );
     };
-    let _one_at_a_time = engine.definitions.lock().await;
-    if let Err(r) = check_definition(&engine, &name, &rule, false) {
-        return r;
-    }
-    let control = Control::Define {
-        name: name.clone(),
-        rule,
-        source: Source::Api,
-    };
-    apply(&engine, control, &name, StatusCode::CREATED).await
+    define_api(&engine, name, rule, false).await
 }
 
 /// `PUT /v1/segments/{name} {"rule"}`: creates or changes.
@@ -196,22 +187,27 @@ pub async fn replace(
             "the body's \"name\" differs from the path's",
         );
     }
+    define_api(&engine, name, rule, true).await
+}
+
+/// Checks and logs an API definition, one at a time: 201 for a new segment, 200
+/// for a changed one (`replacing` allows the latter).
+async fn define_api(engine: &Engine, name: String, rule: String, replacing: bool) -> Response {
     let _one_at_a_time = engine.definitions.lock().await;
-    if let Err(r) = check_definition(&engine, &name, &rule, true) {
+    if let Err(r) = check_definition(engine, &name, &rule, replacing) {
         return r;
     }
-    let existed = engine.definition(&name).is_some();
+    let status = if engine.definition(&name).is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let control = Control::Define {
         name: name.clone(),
         rule,
         source: Source::Api,
     };
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    apply(&engine, control, &name, status).await
+    apply(engine, control, &name, status).await
 }
 
 /// `DELETE /v1/segments/{name}`: every member exits.
