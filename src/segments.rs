@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use shopstream_dataflows::rules::{Rule, RuleError};
 use shopstream_dataflows::segments::{Change, SegId};
-use shopstream_dataflows::types::{intern, Diff, Millis, Time, UserId};
+use shopstream_dataflows::types::{intern, Millis, Time, UserId};
 use tokio::sync::broadcast;
 
 use crate::config::Config;
@@ -699,18 +699,9 @@ impl Hub {
         self.state.lock().expect("poisoned").published_through
     }
 
-    /// Memberships that changed in total (for metrics).
+    /// Changes retained for subscribers that resume.
     pub fn retained_len(&self) -> usize {
         self.state.lock().expect("poisoned").retained.len()
-    }
-}
-
-/// Diff of an update as a change name.
-pub fn change_name(d: Diff) -> &'static str {
-    if d > 0 {
-        "enter"
-    } else {
-        "exit"
     }
 }
 

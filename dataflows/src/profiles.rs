@@ -870,55 +870,24 @@ impl ProfileTraces {
     /// Lets the traces forget distinctions between times before `frontier`: every
     /// later read is at a time at or beyond it.
     pub fn compact_to(&mut self, frontier: Time) {
-        let f = [frontier];
-        let f = AntichainRef::new(&f);
-        self.lifetime.set_logical_compaction(f);
-        self.lifetime.set_physical_compaction(f);
-        self.windows.set_logical_compaction(f);
-        self.windows.set_physical_compaction(f);
-        self.facets.set_logical_compaction(f);
-        self.facets.set_physical_compaction(f);
-        self.traits.set_logical_compaction(f);
-        self.traits.set_physical_compaction(f);
-        self.rfm.set_logical_compaction(f);
-        self.rfm.set_physical_compaction(f);
+        compact(&mut self.lifetime, frontier);
+        compact(&mut self.windows, frontier);
+        compact(&mut self.facets, frontier);
+        compact(&mut self.traits, frontier);
+        compact(&mut self.rfm, frontier);
     }
 
     /// Reads what this worker holds for `user` at `as_of`, by seeking cursors.
     /// The caller ensures every trace is complete through `as_of`.
     pub fn read_user(&mut self, user: UserId, as_of: Time) -> UserProfile {
-        self.read_user_parts(user, as_of, true, true)
+        let mut out = UserProfile::default();
+        self.read_users(&[user], as_of, true, true, |_, p| out = p);
+        out
     }
 
-    /// [`Self::read_user`], leaving out the facets or the traits when not wanted.
-    pub fn read_user_parts(
-        &mut self,
-        user: UserId,
-        as_of: Time,
-        facets: bool,
-        traits: bool,
-    ) -> UserProfile {
-        let mut p = UserProfile {
-            lifetime: read_key(&mut self.lifetime, &user, as_of),
-            windows: read_key(&mut self.windows, &user, as_of).unwrap_or_default(),
-            ..UserProfile::default()
-        };
-        if facets {
-            read_vals(&mut self.facets, &user, as_of, |f, d| {
-                p.facets.push((*f, d))
-            });
-        }
-        if traits {
-            read_vals(&mut self.traits, &user, as_of, |k, d| {
-                p.traits.push((*k, d))
-            });
-        }
-        p
-    }
-
-    /// [`Self::read_user_parts`] for many users at once, `users` in increasing id
-    /// order: one cursor per trace walks forward through them all, instead of a
-    /// cursor over every batch per user.
+    /// What [`Self::read_user`] reads, for many users at once (`users` in increasing id
+    /// order; facets and traits only when asked): one cursor per trace walks
+    /// forward through them all, instead of a cursor over every batch per user.
     pub fn read_users(
         &mut self,
         users: &[UserId],
@@ -1027,6 +996,15 @@ impl ProfileTraces {
             cursor.step_key(&storage);
         }
     }
+}
+
+/// Lets `trace` forget distinctions between times before `frontier` (logically
+/// and physically: no read of this handle goes back before it).
+pub(crate) fn compact<Tr: TraceReader<Time = Time>>(trace: &mut Tr, frontier: Time) {
+    let f = [frontier];
+    let f = AntichainRef::new(&f);
+    trace.set_logical_compaction(f);
+    trace.set_physical_compaction(f);
 }
 
 pub(crate) type SpineCursor<Tr> =

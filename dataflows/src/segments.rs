@@ -62,12 +62,11 @@ use timely::dataflow::operators::vec::input::Handle as InputHandle;
 use timely::dataflow::operators::vec::{Input, Map};
 use timely::dataflow::operators::{Capability, Concatenate, Inspect, Probe};
 use timely::dataflow::{Scope, StreamVec};
-use timely::progress::frontier::AntichainRef;
 
 use crate::profiles::{
-    arrange_local_by_key, arrange_local_by_self, cursor_at, read_key, read_vals, rfm_buckets,
-    ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY, RFM_MONETARY,
-    RFM_RECENCY,
+    arrange_local_by_key, arrange_local_by_self, compact, cursor_at, read_key, read_vals,
+    rfm_buckets, ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY,
+    RFM_MONETARY, RFM_RECENCY,
 };
 use crate::rules::{Needs, Rule, Subject};
 use crate::types::{Diff, IdMap, IdSet, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
@@ -367,7 +366,8 @@ impl Evaluator {
         }
         if self.rules.is_empty() && self.users.is_empty() {
             self.wakes.clear();
-            self.compact(t);
+            // This operator reads nothing before `t` any more.
+            self.traces.compact_to(t);
             return;
         }
         let clock = self.last.clock;
@@ -416,7 +416,7 @@ impl Evaluator {
         for (user, profile) in profiles {
             self.evaluate(user, &profile, emit);
         }
-        self.compact(t);
+        self.traces.compact_to(t);
     }
 
     fn evaluate(
@@ -596,36 +596,14 @@ impl Evaluator {
         }
         Some(out)
     }
-
-    /// This operator reads nothing before `t` any more.
-    fn compact(&mut self, t: Time) {
-        let f = [t];
-        let f = AntichainRef::new(&f);
-        let tr = &mut self.traces;
-        tr.lifetime.set_logical_compaction(f);
-        tr.lifetime.set_physical_compaction(f);
-        tr.windows.set_logical_compaction(f);
-        tr.windows.set_physical_compaction(f);
-        tr.facets.set_logical_compaction(f);
-        tr.facets.set_physical_compaction(f);
-        tr.traits.set_logical_compaction(f);
-        tr.traits.set_physical_compaction(f);
-        tr.rfm.set_logical_compaction(f);
-        tr.rfm.set_physical_compaction(f);
-    }
 }
 
 impl SegmentTraces {
     /// Lets the traces forget distinctions between times before `frontier`.
     pub fn compact_to(&mut self, frontier: Time) {
-        let f = [frontier];
-        let f = AntichainRef::new(&f);
-        self.by_segment.set_logical_compaction(f);
-        self.by_segment.set_physical_compaction(f);
-        self.by_user.set_logical_compaction(f);
-        self.by_user.set_physical_compaction(f);
-        self.sizes.set_logical_compaction(f);
-        self.sizes.set_physical_compaction(f);
+        compact(&mut self.by_segment, frontier);
+        compact(&mut self.by_user, frontier);
+        compact(&mut self.sizes, frontier);
     }
 
     /// The segments `user` is in at `as_of`, with `since`, in segment-id order.

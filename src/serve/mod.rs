@@ -2,7 +2,7 @@
 //!
 //! Every answer is read from the arrangements at one complete epoch and says which
 //! (`as_of`: the last sequence number it includes): the newest (after `min_seq`), or a
-//! recent one named by `as_of` (see [`min_seq`]). Unknown ids are 404, bad
+//! recent one named by `as_of` (see [`read_at`]). Unknown ids are 404, bad
 //! parameters 400, a `min_seq` the views do not reach in time 504, overload 503;
 //! every error is a JSON object `{"error": "..."}`.
 
@@ -48,7 +48,7 @@ pub fn engine_error(e: EngineError) -> Response {
 /// point, once it includes event `N`) and/or `as_of=N` (the newest kept point
 /// whose `as_of` is at most `N`: a recent past, while `http.as_of_history` keeps
 /// it), with a clear 400 when either is not a number.
-pub fn min_seq(params: &HashMap<String, String>) -> Result<ReadAt, Response> {
+pub fn read_at(params: &HashMap<String, String>) -> Result<ReadAt, Response> {
     let number = |key: &str| -> Result<Option<u64>, Response> {
         match params.get(key) {
             None => Ok(None),

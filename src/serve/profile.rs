@@ -1,4 +1,4 @@
-//! `GET /v1/users/{id}/profile[?min_seq=N]`: the user's profile, read by cursor from
+//! `GET /v1/users/{id}/profile[?min_seq=N][?as_of=N]`: the user's profile, read by cursor from
 //! the profile arrangements at one epoch, rendered with names and major units.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use shopstream_dataflows::profiles::{
 };
 use shopstream_dataflows::types::{Millis, DAY_MS};
 
-use super::{engine_error, error, min_seq};
+use super::{engine_error, error, read_at};
 use crate::runtime::{Engine, ProfileRead};
 use crate::symbols::Symbols;
 
@@ -28,11 +28,11 @@ pub async fn get_profile(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = Instant::now();
-    let min_seq = match min_seq(&params) {
+    let at = match read_at(&params) {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let read = match engine.read_profile(&id, min_seq).await {
+    let read = match engine.read_profile(&id, at).await {
         Ok(r) => r,
         Err(e) => return engine_error(e),
     };

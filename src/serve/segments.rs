@@ -1,7 +1,7 @@
 //! Segment endpoints: definitions (create, change, drop), sizes, members, a user's
 //! segments, membership tests, and the Server-Sent Events change feed.
 //!
-//! Every read answers at one complete epoch (`as_of`) and honours `min_seq`. A
+//! Every read answers at one complete epoch (`as_of`) and honours `min_seq` and `as_of`. A
 //! segment answers from the epoch its rule was defined at on: a read of a segment
 //! just defined waits for that epoch (as a write of a definition does before it
 //! answers), so no answer mixes an old rule with a new one.
@@ -23,7 +23,7 @@ use shopstream_dataflows::types::UserId;
 use tokio::sync::broadcast;
 
 use super::profile::rfc3339;
-use super::{engine_error, error, min_seq};
+use super::{engine_error, error, read_at};
 use crate::runtime::{Engine, ReadAt, Readable};
 use crate::segments::{
     check_name, compile, format_position, parse_position, segment_id, Control, Definition,
@@ -53,16 +53,16 @@ fn definition_json(d: &Definition) -> Value {
     })
 }
 
-/// The `min_seq` of a per-segment read and the segment's definition (400 or 404
+/// Where a per-segment read is at (`min_seq`, `as_of`) and the segment's definition (400 or 404
 /// otherwise).
 fn lookup(
     engine: &Engine,
     name: &str,
     params: &HashMap<String, String>,
 ) -> Result<(ReadAt, Definition), Response> {
-    let min_seq = min_seq(params)?;
+    let at = read_at(params)?;
     let d = engine.definition(name).ok_or_else(|| not_defined(name))?;
-    Ok((min_seq, d))
+    Ok((at, d))
 }
 
 fn not_defined(name: &str) -> Response {
@@ -233,7 +233,7 @@ pub async fn list(
     State(engine): State<Arc<Engine>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let min_seq = match min_seq(&params) {
+    let at = match read_at(&params) {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -244,8 +244,8 @@ pub async fn list(
         .iter()
         .map(|d| d.epoch)
         .max()
-        .filter(|_| min_seq.as_of.is_none());
-    let (as_of, sizes) = match engine.segment_sizes(min_seq, newest).await {
+        .filter(|_| at.as_of.is_none());
+    let (as_of, sizes) = match engine.segment_sizes(at, newest).await {
         Ok(x) => x,
         Err(e) => return engine_error(e),
     };
@@ -266,12 +266,12 @@ pub async fn show(
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let (min_seq, d) = match lookup(&engine, &name, &params) {
+    let (at, d) = match lookup(&engine, &name, &params) {
         Ok(x) => x,
         Err(r) => return r,
     };
     let id = segment_id(&name);
-    let (as_of, size) = match engine.segment_size(id, min_seq, Some(d.epoch)).await {
+    let (as_of, size) = match engine.segment_size(id, at, Some(d.epoch)).await {
         Ok(x) => x,
         Err(e) => return engine_error(e),
     };
@@ -305,7 +305,7 @@ pub async fn members(
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let min_seq = match min_seq(&params) {
+    let at = match read_at(&params) {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -335,7 +335,7 @@ pub async fn members(
         return not_defined(&name);
     };
     match engine
-        .segment_members(segment_id(&name), after, limit, min_seq, Some(d.epoch))
+        .segment_members(segment_id(&name), after, limit, at, Some(d.epoch))
         .await
     {
         Ok((as_of, users, next)) => Json(json!({
@@ -356,12 +356,12 @@ pub async fn contains(
     Path((name, user)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let (min_seq, d) = match lookup(&engine, &name, &params) {
+    let (at, d) = match lookup(&engine, &name, &params) {
         Ok(x) => x,
         Err(r) => return r,
     };
     let id = segment_id(&name);
-    match engine.user_segments(&user, min_seq, Some(d.epoch)).await {
+    match engine.user_segments(&user, at, Some(d.epoch)).await {
         Ok((as_of, segments)) => {
             let since = segments.iter().find(|(s, _)| *s == id).map(|(_, s)| *s);
             Json(json!({
@@ -384,11 +384,11 @@ pub async fn of_user(
     Path(user): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let min_seq = match min_seq(&params) {
+    let at = match read_at(&params) {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match engine.user_segments(&user, min_seq, None).await {
+    match engine.user_segments(&user, at, None).await {
         Ok((as_of, segments)) => {
             let mut list: Vec<Value> = segments
                 .into_iter()
