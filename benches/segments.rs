@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use shopstream::catalog::{Control, Source};
 use shopstream::config::Config;
 use shopstream::gen::{write_json, GenOptions, Workload};
-use shopstream::segments::{Control, Source};
 use shopstream::server::Server;
 
 fn bad_env(key: &str, v: &str) -> ! {
@@ -136,18 +136,18 @@ fn stream(server: &Server, bytes: &[u8]) -> (f64, u64) {
 fn define_all(rt: &tokio::runtime::Runtime, server: &Server, rules: &[(String, String)]) {
     let controls = rules
         .iter()
-        .map(|(name, rule)| Control::Define {
-            name: name.clone(),
-            rule: rule.clone(),
-            source: Source::Api,
-        })
+        .map(|(name, rule)| Control::put("segment", name, rule, Source::Api))
         .collect();
     rt.block_on(server.engine.define(controls)).expect("define");
 }
 
 fn memberships(rt: &tokio::runtime::Runtime, server: &Server) -> i64 {
     let (_, sizes) = rt
-        .block_on(server.engine.segment_sizes(None, None))
+        .block_on(shopstream::serve::segments::segment_sizes(
+            &server.engine,
+            None,
+            None,
+        ))
         .expect("sizes");
     sizes.values().sum()
 }
@@ -179,7 +179,7 @@ fn ingest_cost(
     let (secs, _) = stream(&server, bytes);
     let cpu = cpu_seconds() - cpu;
     let memberships = memberships(rt, &server);
-    let segments = server.engine.definitions().len();
+    let segments = server.engine.catalog().definitions("segment").len();
     rt.block_on(server.shutdown());
     eprintln!("segments: {label}: {:.0} events/s", events as f64 / secs);
     Cost {

@@ -12,10 +12,15 @@
 //! * [`log`]: the durable event log: checksummed records in segment files, group
 //!   commit, recovery that truncates a torn tail.
 //! * [`runtime`]: the sequencer (the log's single writer) and the timely workers
-//!   that feed, step and read the dataflows.
-//! * [`segments`]: hosting the segment view: definitions as log records, the
-//!   registry, built-in and file definitions at start, the change feed.
-//! * [`serve`]: HTTP query handlers, one query kind per file; health and metrics.
+//!   that feed, step and read the views, knowing them only through the view
+//!   interface (`shopstream_dataflows::view`) and [`runtime::ViewHost`].
+//! * [`catalog`]: definitions of every kind as log records, and their compilers
+//!   (segment rules, built-in and file segments in [`catalog::segments`]).
+//! * [`serve`]: each view's host half, one file per view (its endpoints, its
+//!   services, its definitions at start), the change feed, health and metrics;
+//!   [`serve::views`] is the registration list.
+//! * [`reply`]: JSON errors, the status of each engine error, read positions.
+//! * [`http`]: the one router (ingest, views, health).
 //! * [`server`]: start and stop everything with one signal.
 //! * [`symbols`]: the reverse map of interned ids, for answers.
 //! * [`client`]: the `send` and `query` commands, and the demo workload.
@@ -23,15 +28,17 @@
 //! * [`load`]: the open-loop load driver (`shopstream load`): ack latency, freshness,
 //!   query latency against a running server.
 
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod event;
 pub mod gen;
+pub mod http;
 pub mod ingest;
 pub mod load;
 pub mod log;
+pub mod reply;
 pub mod runtime;
-pub mod segments;
 pub mod serve;
 pub mod server;
 pub mod symbols;

@@ -270,7 +270,7 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
                 let rate = (r.seq - last_seq) as f64 / last_tick.elapsed().as_secs_f64();
                 (last_seq, last_tick) = (r.seq, Instant::now());
                 let digits = shopstream::event::minor_unit_decimals(&server.engine.config.reporting_currency);
-                let summary = match server.engine.read_profile("u0", None).await {
+                let summary = match shopstream::serve::profile::read(&server.engine, "u0", None).await {
                     Ok(read) => match shopstream::serve::profile::render(&read, &server.engine.symbols, digits) {
                         Some(p) => format!(
                             "u0: {} events, {} orders, revenue {}, 7d views {}, top category {}, rfm {}",
@@ -281,12 +281,12 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
                     },
                     Err(e) => format!("read failed: {e}"),
                 };
-                let stages = match server.engine.segment_sizes(None, None).await {
+                let stages = match shopstream::serve::segments::segment_sizes(&server.engine, None, None).await {
                     Ok((_, sizes)) => {
                         let mut v: Vec<String> = sizes
                             .iter()
                             .filter_map(|(id, n)| {
-                                let name = server.engine.segment_name(*id)?;
+                                let name = server.engine.catalog().name("segment", *id)?;
                                 name.starts_with("lifecycle:").then(|| format!("{} {n}", &name[10..]))
                             })
                             .collect();

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::catalog::StartupError;
 use crate::config::Config;
-use crate::runtime::{Engine, EngineError};
+use crate::runtime::{Engine, EngineError, ReplayError};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +17,7 @@ pub enum ServerError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
-    Segments(#[from] crate::segments::StartupError),
+    Definitions(#[from] StartupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -44,35 +45,16 @@ impl Server {
         config: Config,
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<Server, ServerError> {
-        crate::serve::metrics_handle();
-        let wanted = crate::segments::wanted(&config)?;
-        let engine = tokio::task::spawn_blocking(move || Engine::start(config, progress))
+        crate::serve::health::metrics_handle();
+        let views = crate::serve::views();
+        let hosts = crate::serve::hosts(&views);
+        for h in &hosts {
+            h.check(&config)?;
+        }
+        let engine = tokio::task::spawn_blocking(move || Engine::start(config, &hosts, progress))
             .await
-            .map_err(|e| EngineError::Replay(e.to_string()))??;
-        // Configured segments are logged like API definitions (so a replay sees
-        // them at the same epoch), before anything is served.
-        let _one_at_a_time = engine.definitions.lock().await;
-        let keep = engine.config.keep_file_segments;
-        let current = engine.definitions();
-        if keep
-            && current
-                .iter()
-                .any(|d| d.source == crate::segments::Source::Config)
-        {
-            tracing::warn!(
-                file = crate::config::DEFAULT_SEGMENTS_FILE,
-                "the default segment file is not in the working directory; segments defined from a file earlier are kept as they are"
-            );
-        }
-        let controls = crate::segments::startup_controls(&current, &wanted, keep);
-        if !controls.is_empty() {
-            tracing::info!(
-                changes = controls.len(),
-                "applying the configured segment definitions"
-            );
-            engine.define(controls).await?;
-        }
-        drop(_one_at_a_time);
+            .map_err(|e| EngineError::Replay(ReplayError::Task(e.to_string())))??;
+        Self::apply_configured_definitions(&engine).await?;
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -89,7 +71,7 @@ impl Server {
             engine.clone(),
             rx.clone(),
         )));
-        let app = crate::serve::router(engine.clone());
+        let app = crate::http::router(engine.clone(), &views);
         let mut http_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
@@ -109,10 +91,26 @@ impl Server {
         })
     }
 
+    /// Logs what the configuration defines (built-in segments, the segment file)
+    /// like API definitions, so that a replay sees them at the same epoch, before
+    /// anything is served.
+    async fn apply_configured_definitions(engine: &Engine) -> Result<(), ServerError> {
+        let _one_at_a_time = engine.definitions.lock().await;
+        let controls = engine.startup_controls()?;
+        if !controls.is_empty() {
+            tracing::info!(
+                changes = controls.len(),
+                "applying the configured definitions"
+            );
+            engine.define(controls).await?;
+        }
+        Ok(())
+    }
+
     /// Stops the listeners, then the engine (which drains the log queue).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.engine.hub().close();
+        self.engine.close_feeds();
         // A client that stops reading can hold a response open forever; after
         // SHUTDOWN_GRACE the listeners are stopped regardless.
         for t in self.tasks {

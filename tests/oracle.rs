@@ -38,7 +38,8 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
         .enable_all()
         .build()
         .expect("runtime");
-    let engine: Arc<Engine> = Engine::start(config, |_, _| {}).expect("engine starts");
+    let engine: Arc<Engine> =
+        Engine::start(config, &shopstream::serve::all_hosts(), |_, _| {}).expect("engine starts");
     let total: usize = workload.iter().map(|(_, ops)| ops.len()).sum();
     let ids: Vec<u64> = (0..total.max(1))
         .map(|i| shopstream::event::message_id_hash(&format!("m{i}")))
@@ -71,10 +72,10 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
             let want = oracle(&logged, clock);
             for u in 0..USERS {
                 let user = format!("u{u}");
-                let got = engine
-                    .read_profile(&user, Some(logged.len() as u64))
-                    .await
-                    .expect("read");
+                let got =
+                    shopstream::serve::profile::read(&engine, &user, Some(logged.len() as u64))
+                        .await
+                        .expect("read");
                 prop_assert_eq!(got.as_of.seq, logged.len() as u64);
                 prop_assert_eq!(got.as_of.clock, clock);
                 match want.get(&user) {
@@ -105,7 +106,9 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
                     min_seq: None,
                     as_of: Some(n as u64),
                 };
-                let got = engine.read_profile(&user, at).await.expect("read as_of");
+                let got = shopstream::serve::profile::read(&engine, &user, at)
+                    .await
+                    .expect("read as_of");
                 prop_assert_eq!(got.as_of.seq, n as u64);
                 prop_assert_eq!(
                     got.profile.lifetime.is_some(),
@@ -131,12 +134,15 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
     config.data_dir = dir.path().to_path_buf();
     config.workers = 1 + workers % 3;
     config.fsync = shopstream::log::FsyncPolicy::Never;
-    let engine: Arc<Engine> = Engine::start(config, |_, _| {}).expect("engine restarts");
+    let engine: Arc<Engine> =
+        Engine::start(config, &shopstream::serve::all_hosts(), |_, _| {}).expect("engine restarts");
     let want = oracle(&logged, clock);
     let replayed = rt.block_on(async {
         for u in 0..USERS {
             let user = format!("u{u}");
-            let got = engine.read_profile(&user, None).await.expect("read");
+            let got = shopstream::serve::profile::read(&engine, &user, None)
+                .await
+                .expect("read");
             prop_assert_eq!(got.as_of.seq, logged.len() as u64);
             match want.get(&user) {
                 None => prop_assert!(got.profile.lifetime.is_none()),

@@ -21,13 +21,15 @@ use std::sync::Arc;
 
 use model::{event, op, oracle, Op, T0, USERS};
 use proptest::prelude::*;
+use shopstream::catalog::segments::{segment_id, KIND};
+use shopstream::catalog::{Control, Source};
 use shopstream::config::Config;
 use shopstream::event::Event;
 use shopstream::runtime::Engine;
-use shopstream::segments::{segment_id, Control, Source};
+use shopstream::serve::segments::{self as seg, hub};
 use shopstream_dataflows::rules::{Rule, Subject};
-use shopstream_dataflows::segments::Since;
 use shopstream_dataflows::types::{intern, Sym};
+use shopstream_dataflows::views::segments::Since;
 
 /// Rules over every kind of field, with random thresholds.
 fn rule() -> impl Strategy<Value = String> {
@@ -158,14 +160,20 @@ async fn observe(
     let defined: BTreeSet<&String> = rules.keys().collect();
     let mut by_members = State::new();
     for name in &defined {
-        let def = engine.definition(name).expect("defined");
+        let def = seg::definition(engine, name).expect("defined");
         let mut after = None;
         let mut members = BTreeMap::new();
         loop {
-            let (as_of, page, next) = engine
-                .segment_members(segment_id(name), after, 2, Some(seq), Some(def.epoch))
-                .await
-                .expect("members");
+            let (as_of, page, next) = seg::segment_members(
+                engine,
+                segment_id(name),
+                after,
+                2,
+                Some(seq),
+                Some(def.epoch),
+            )
+            .await
+            .expect("members");
             prop_assert_eq!(as_of.seq, seq);
             prop_assert!(page.len() <= 2);
             for u in &page {
@@ -183,8 +191,7 @@ async fn observe(
                 None => break,
             }
         }
-        let (_, size) = engine
-            .segment_size(segment_id(name), Some(seq), Some(def.epoch))
+        let (_, size) = seg::segment_size(engine, segment_id(name), Some(seq), Some(def.epoch))
             .await
             .expect("size");
         prop_assert_eq!(size as usize, members.len(), "size of {}", name);
@@ -196,13 +203,12 @@ async fn observe(
     }
     for k in 0..USERS {
         let user = format!("u{k}");
-        let (as_of, segments) = engine
-            .user_segments(&user, Some(seq), None)
+        let (as_of, segments) = seg::user_segments(engine, &user, Some(seq), None)
             .await
             .expect("user segments");
         prop_assert_eq!(as_of.seq, seq);
         for (id, since) in segments {
-            let name = engine.segment_name(id).expect("a defined segment");
+            let name = engine.catalog().name(KIND, id).expect("a defined segment");
             by_user
                 .get_mut(&name)
                 .expect("defined")
@@ -231,8 +237,10 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
         .enable_all()
         .build()
         .expect("runtime");
-    let engine: Arc<Engine> = Engine::start(config(workers), |_, _| {}).expect("engine starts");
-    let mut feed = engine.hub().subscribe(None).expect("subscribe").live;
+    let engine: Arc<Engine> =
+        Engine::start(config(workers), &shopstream::serve::all_hosts(), |_, _| {})
+            .expect("engine starts");
+    let mut feed = hub(&engine).subscribe(None).expect("subscribe").live;
     let total: usize = plan.iter().map(|(_, _, ops)| ops.len()).sum();
     let ids: Vec<u64> = (0..total.max(1))
         .map(|i| shopstream::event::message_id_hash(&format!("m{i}")))
@@ -256,17 +264,11 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
                 let control = match a {
                     Act::Define(k, rule) => {
                         rules.insert(format!("s{k}"), Rule::compile(rule, 2).expect("valid rule"));
-                        Control::Define {
-                            name: format!("s{k}"),
-                            rule: rule.clone(),
-                            source: Source::Api,
-                        }
+                        Control::put(KIND, format!("s{k}"), rule.clone(), Source::Api)
                     }
                     Act::Drop(k) => {
                         rules.remove(&format!("s{k}"));
-                        Control::Drop {
-                            name: format!("s{k}"),
-                        }
+                        Control::remove(KIND, format!("s{k}"))
                     }
                 };
                 let readable = engine.define(vec![control]).await.expect("define");
@@ -301,13 +303,13 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
         }
         // The feed published each step's enters and exits, exactly once.
         let last = engine.readable();
-        while engine.hub().published_through() < last.done {
+        while hub(&engine).published_through() < last.done {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let mut got_feed = Vec::new();
         while let Ok(epoch) = feed.try_recv() {
             for e in epoch.iter() {
-                let (segment, user) = engine.hub().describe(e);
+                let (segment, user) = hub(&engine).describe(e);
                 got_feed.push((segment, user, if e.enter { "enter" } else { "exit" }));
             }
         }
@@ -318,8 +320,12 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
     result?;
 
     // A restart replays events and definitions: the same members, the same `since`.
-    let engine: Arc<Engine> =
-        Engine::start(config(1 + workers % 3), |_, _| {}).expect("engine restarts");
+    let engine: Arc<Engine> = Engine::start(
+        config(1 + workers % 3),
+        &shopstream::serve::all_hosts(),
+        |_, _| {},
+    )
+    .expect("engine restarts");
     let replayed = rt.block_on(async {
         let got = observe(&engine, &rules, logged.len() as u64).await?;
         prop_assert_eq!(&got, &state, "after the replay");

@@ -1,10 +1,20 @@
 //! What shopstream maintains: pure timely/differential views, one per module, no I/O.
 //!
-//! A view is a function from input collections to arrangements (see
-//! [`profiles::profiles`]); the host (`shopstream`'s `runtime`) feeds the inputs,
-//! advances time and reads the traces by cursor.
+//! # Layout
+//! * [`types`]: `Time`, `Diff`, id types, the event as views see it, trace aliases.
+//! * [`view`]: the interface every view implements and the host drives
+//!   (feed per epoch, completion, compaction, reads at a pinned time).
+//! * [`views`]: the views ([`views::profiles`], [`views::segments`]) and the one
+//!   list that builds them ([`views::build`]).
+//! * [`read`]: trace helpers the views share (local arrangements, cursor reads at
+//!   a time, compaction).
+//! * [`rules`]: the segment rule language (compiled once, evaluated per user).
+//!
+//! The host (`shopstream`'s `runtime`) feeds the inputs, advances time and reads
+//! the traces by cursor, knowing the views only through [`view::View`].
 
-pub mod profiles;
+pub mod read;
 pub mod rules;
-pub mod segments;
 pub mod types;
+pub mod view;
+pub mod views;

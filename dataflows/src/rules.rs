@@ -53,11 +53,11 @@
 
 use std::fmt;
 
-use crate::profiles::{
+use crate::types::{intern, Millis, Sym, DAY_MS};
+use crate::views::profiles::{
     rfm_buckets, Lifetime, UserProfile, WindowCounts, FACET_BRAND, FACET_CART, FACET_CATEGORY,
     FACET_EVENT,
 };
-use crate::types::{intern, Millis, Sym, DAY_MS};
 
 /// The longest rule text accepted, in bytes.
 pub const MAX_RULE_BYTES: usize = 4096;
@@ -1203,7 +1203,7 @@ fn trait_text(l: &Lit) -> Sym {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profiles::{Latest, Windowed};
+    use crate::views::profiles::{Latest, Windowed};
 
     fn no_names(a: Sym, b: Sym) -> std::cmp::Ordering {
         a.cmp(&b)

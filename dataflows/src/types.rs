@@ -199,6 +199,13 @@ pub type UserValTrace<V, R> = TraceAgent<ValSpine<UserId, V, Time, R>>;
 /// A trace keyed by an arbitrary key with no value, counted.
 pub type KeyTrace<K> = TraceAgent<KeySpine<K, Time, Diff>>;
 
+/// The worker that owns key `key` (a user, an item) out of `peers`: the host feeds
+/// a user's events to that worker, user-keyed arrangements hold the user there,
+/// and a read of one key asks that worker only.
+pub fn owner(key: u64, peers: usize) -> usize {
+    (key % peers as u64) as usize
+}
+
 /// Stable 64-bit FNV-1a hash used to intern strings; the same in every process
 /// and version, so ids in the log, the dataflows and the serving layer agree.
 pub fn intern(s: &str) -> u64 {

@@ -19,8 +19,17 @@ use serde_json::value::RawValue;
 
 use super::{count_refusal, Validator};
 use crate::event::MessageType;
-use crate::runtime::{Engine, EngineError};
-use crate::serve::error;
+use crate::reply::{engine_error, error};
+use crate::runtime::Engine;
+
+/// `POST /v1/batch`, `/v1/track`, `/v1/identify`.
+pub fn routes() -> axum::Router<Arc<Engine>> {
+    use axum::routing::post;
+    axum::Router::new()
+        .route("/v1/batch", post(batch))
+        .route("/v1/track", post(track))
+        .route("/v1/identify", post(identify))
+}
 
 pub async fn batch(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match read_body(&engine, &headers, body).await {
@@ -105,13 +114,8 @@ async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType
     } else {
         match engine.try_submit(events).await {
             Ok(a) => Some(a),
-            Err(e @ EngineError::Overloaded(_)) => {
-                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                return r;
-            }
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // 503; with Retry-After when only overloaded.
+            Err(e) => return engine_error(e),
         }
     };
     let (seq, duplicates) = ack.map_or((engine.logged_seq(), 0), |a| {

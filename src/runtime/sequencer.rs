@@ -17,13 +17,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shopstream_dataflows::types::{IdMap, Millis};
 
-use super::{EngineError, Epoch, SegmentChange, Shared};
+use shopstream_dataflows::view::DefinitionChange;
+
+use super::shared::Shared;
+use super::{EngineError, Epoch, Unavailable};
+use crate::catalog::Control;
 use crate::config::{ClockMode, Config};
 use crate::event::Event;
 use crate::log::{self, LogConfig, LogError, LogWriter, RecordHeader, Recovery};
-use crate::segments::{self, Control};
 
-/// Events from one connection (or request), or segment definitions, and where to
+/// Events from one connection (or request), or definition changes, and where to
 /// acknowledge them.
 pub struct Submit {
     pub events: Vec<Event>,
@@ -197,9 +200,9 @@ impl Sequencer {
                 tracing::error!(error = %e, "log write failed; refusing further events");
                 self.shared.healthy.store(false, Ordering::SeqCst);
                 self.writer = None;
-                let msg = e.to_string();
+                let e = Arc::new(e);
                 for (reply, _) in acks {
-                    let _ = reply.send(Err(EngineError::Unavailable(msg.clone())));
+                    let _ = reply.send(Err(Unavailable::LogWrite(e.clone()).into()));
                 }
             }
         }
@@ -261,70 +264,36 @@ impl Sequencer {
             .logged_seq
             .store(self.next_seq - 1, Ordering::Relaxed);
         self.last_record = Instant::now();
-        let segments = self.apply_controls(&header, &controls);
+        let definitions = self.apply_controls(&header, &controls);
         Ok(Some(Epoch {
             epoch: header.epoch,
             first_seq: header.first_seq,
             clock: self.clock,
             chunks,
-            segments,
+            definitions,
         }))
     }
 
-    /// Records definitions in the registry and compiles them for the workers.
-    fn apply_controls(&self, header: &RecordHeader, controls: &[Control]) -> Vec<SegmentChange> {
+    /// Records a record's definitions in the catalog, compiled for the workers.
+    fn apply_controls(&self, header: &RecordHeader, controls: &[Control]) -> Vec<DefinitionChange> {
         if controls.is_empty() {
             return Vec::new();
         }
-        let seq = header.first_seq + u64::from(header.count) - 1;
-        let scale = crate::event::minor_unit_decimals(&self.config.reporting_currency);
-        let mut registry = self.shared.registry.lock().expect("poisoned");
-        metrics::counter!("shopstream_segment_definitions_total").increment(controls.len() as u64);
-        let mut out = Vec::with_capacity(controls.len());
         for c in controls {
-            match c {
-                Control::Define { name, rule, .. } => match segments::compile(rule, scale) {
-                    Ok(compiled) => {
-                        registry.apply(c, header.epoch, seq, header.clock_ms);
-                        out.push(SegmentChange {
-                            id: segments::segment_id(name),
-                            rule: Some(Arc::new(compiled)),
-                        });
-                    }
-                    Err(e) => {
-                        // Checked before logging; only a change of the language
-                        // between versions gets here.
-                        tracing::error!(segment = %name, epoch = header.epoch, error = %e,
-                            "a logged segment rule no longer compiles; the segment is dropped");
-                        registry.apply(
-                            &Control::Drop { name: name.clone() },
-                            header.epoch,
-                            seq,
-                            header.clock_ms,
-                        );
-                        out.push(SegmentChange {
-                            id: segments::segment_id(name),
-                            rule: None,
-                        });
-                    }
-                },
-                Control::Drop { name } => {
-                    registry.apply(c, header.epoch, seq, header.clock_ms);
-                    out.push(SegmentChange {
-                        id: segments::segment_id(name),
-                        rule: None,
-                    });
-                }
-            }
+            // One counter per kind: `shopstream_segment_definitions_total`, ...
+            metrics::counter!(format!("shopstream_{}_definitions_total", c.kind)).increment(1);
         }
-        out
+        let seq = header.first_seq + u64::from(header.count) - 1;
+        self.shared
+            .catalog
+            .apply(controls, header.epoch, seq, header.clock_ms)
     }
 }
 
 /// Encodes chunks of events exactly as `bincode::serialize` encodes one
 /// `Vec<Event>` of them all (a little-endian `u64` length, then each event), into a
-/// reused buffer, followed, when there are any, by the record's segment
-/// definitions as a bincode `Vec<Control>` ([`decode_payload`] reads both).
+/// reused buffer, followed, when there are any, by the record's definition
+/// changes as a bincode `Vec<Control>` ([`decode_payload`] reads both).
 fn encode_payload(chunks: &[Vec<Event>], count: usize, controls: &[Control], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&(count as u64).to_le_bytes());
@@ -336,8 +305,8 @@ fn encode_payload(chunks: &[Vec<Event>], count: usize, controls: &[Control], out
     }
 }
 
-/// Decodes a record's payload: its events and its segment definitions (none in a
-/// record without them, as every record before segments existed).
+/// Decodes a record's payload: its events and its definition changes (none in a
+/// record without them, as every record before definitions existed).
 pub(crate) fn decode_payload(payload: &[u8]) -> bincode::Result<(Vec<Event>, Vec<Control>)> {
     let mut reader = payload;
     let events: Vec<Event> = bincode::deserialize_from(&mut reader)?;
@@ -381,7 +350,7 @@ pub(super) fn run(
         let (events, controls) = decode_payload(payload).map_err(|e| {
             LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
         })?;
-        let segments = seq.apply_controls(header, &controls);
+        let definitions = seq.apply_controls(header, &controls);
         for (i, ev) in events.iter().enumerate() {
             if let Some(id) = ev.message_id {
                 let _ = seq.dedup.insert(id, header.first_seq + i as u64);
@@ -395,7 +364,7 @@ pub(super) fn run(
             first_seq: header.first_seq,
             clock: header.clock_ms,
             chunks: vec![events],
-            segments,
+            definitions,
         });
         progress(read, total);
         Ok(())
@@ -455,9 +424,7 @@ pub(super) fn run(
         }
         if seq.writer.is_none() {
             for s in group {
-                let _ = s.reply.send(Err(EngineError::Unavailable(
-                    "the log is not writable after an earlier failure".into(),
-                )));
+                let _ = s.reply.send(Err(Unavailable::LogNotWritable.into()));
             }
             continue;
         }
@@ -493,12 +460,8 @@ mod tests {
 
         // Definitions ride after the events; a record without them reads as before.
         let controls = vec![
-            Control::Define {
-                name: "s".into(),
-                rule: "orders > 1".into(),
-                source: segments::Source::Api,
-            },
-            Control::Drop { name: "t".into() },
+            Control::put("segment", "s", "orders > 1", crate::catalog::Source::Api),
+            Control::remove("segment", "t"),
         ];
         encode_payload(&chunks, 3, &controls, &mut out);
         assert_eq!(

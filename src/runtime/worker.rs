@@ -1,27 +1,40 @@
-//! A timely worker: feeds the epochs of the users it owns into the views, steps
-//! the dataflow, reports completed epochs, compacts its traces behind the readers,
-//! and serves cursor reads between steps.
+//! A timely worker: builds every view, feeds each epoch's events of the users it
+//! owns to all of them, steps the dataflow, reports completed epochs, compacts
+//! the views behind the readers, and serves reads between steps.
 
+use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shopstream_dataflows::profiles::{self, ProfileFeeder, ProfileInputs, ProfileTraces};
-use shopstream_dataflows::segments::{self, ChangeBuffer, Names, SegmentTraces};
-use shopstream_dataflows::types::{intern, IdSet, Line, ShopEvent, Time};
+use shopstream_dataflows::types::{intern, owner, IdSet, Line, ShopEvent, Time};
+use shopstream_dataflows::view::{Env, EpochBatch, ReadCtx, Views};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
 
-use super::{Answer, Epoch, Query, Readable, Request, Shared};
+use super::shared::Shared;
+use super::{Epoch, Readable};
 use crate::event::Event;
 use crate::symbols::Symbols;
+
+/// A read of one view on one worker: called with the view (`None` when no view
+/// of the asked type is registered) and where it runs.
+pub(crate) type ReadFn = Box<dyn FnOnce(Option<&mut dyn Any>, ReadCtx) + Send>;
+
+/// A read a worker serves between steps, at epoch `at`, against the view whose
+/// type is `view`.
+pub(crate) struct Request {
+    pub at: Time,
+    pub view: TypeId,
+    pub read: ReadFn,
+}
 
 pub(super) struct Context {
     pub shared: Arc<Shared>,
     pub symbols: Arc<Symbols>,
+    pub env: Env,
     pub epochs: flume::Receiver<Arc<Epoch>>,
     pub requests: flume::Receiver<Request>,
-    pub order_horizon: usize,
 }
 
 /// Epochs fed in one turn before the worker steps and serves reads again, so that
@@ -44,205 +57,172 @@ impl Drop for FailGuard {
     }
 }
 
+/// One worker's state between turns of its loop.
+struct Host {
+    index: usize,
+    peers: usize,
+    views: Views,
+    probe: ProbeHandle<Time>,
+    symbols: Arc<Symbols>,
+    /// Ids whose strings this worker has already handed to the shared symbol table.
+    known: IdSet,
+    /// Epochs fed and not yet complete, oldest first.
+    in_flight: VecDeque<Readable>,
+    done: Readable,
+    compacted: Option<Time>,
+    gauges: Vec<metrics::Gauge>,
+}
+
 pub(super) fn run(worker: &mut Worker, ctx: Context) {
     let _guard = FailGuard(ctx.shared.clone());
-    let index = worker.index();
-    let peers = worker.peers();
     let probe = ProbeHandle::new();
-    let names: Names = {
-        let symbols = ctx.symbols.clone();
-        Arc::new(move |id| symbols.resolve(id))
+    let views = worker.dataflow::<Time, _, _>(|scope| {
+        shopstream_dataflows::views::build(scope, &ctx.env, &probe)
+    });
+    ctx.shared.threads.lock().expect("poisoned")[worker.index()] = Some(std::thread::current());
+    let mut host = Host {
+        index: worker.index(),
+        peers: worker.peers(),
+        views,
+        probe,
+        symbols: ctx.symbols.clone(),
+        known: IdSet::default(),
+        in_flight: VecDeque::new(),
+        done: Readable {
+            clock: i64::MIN,
+            ..Readable::default()
+        },
+        compacted: None,
+        gauges: Vec::new(),
     };
-    let (mut inputs, mut traces, mut seg_inputs, mut seg_traces, changes) = worker
-        .dataflow::<Time, _, _>(|scope| {
-            let (inputs, arranged) = profiles::build(scope, &probe);
-            let (seg_inputs, seg_traces, changes) =
-                segments::build(scope, &arranged, names, &probe);
-            (inputs, arranged.traces(), seg_inputs, seg_traces, changes)
-        });
-    // Epochs fed whose membership changes are not staged yet: (epoch, seq, clock).
-    let mut unstaged: VecDeque<(Time, u64, i64)> = VecDeque::new();
-    ctx.shared.threads.lock().expect("poisoned")[index] = Some(std::thread::current());
-
-    let mut feeder = ProfileFeeder::new(ctx.order_horizon);
-    // Ids whose strings this worker has already handed to the shared symbol table.
-    let mut known = IdSet::default();
-    let mut in_flight: VecDeque<Readable> = VecDeque::new();
-    let mut done = Readable {
-        clock: i64::MIN,
-        ..Readable::default()
-    };
-    let mut compacted: Option<Time> = None;
-    // Window contributions waiting for their scheduled retraction, on this worker.
-    let schedule_gauge =
-        metrics::gauge!("shopstream_window_schedule_entries", "worker" => index.to_string());
-    let mut closed = false;
-
     loop {
-        let mut fed = 0;
-        while fed < FEED_PER_TURN {
-            // Reads are at epochs already complete, so they can be answered at any
-            // point of the loop: answer them between epochs rather than after a burst.
-            while let Ok(request) = ctx.requests.try_recv() {
-                serve(request, index, &mut traces, &mut seg_traces);
-            }
-            match ctx.epochs.try_recv() {
-                Ok(epoch) => {
-                    // A log that starts past epoch 0 (older segments removed)
-                    // still stamps each epoch's updates with its own number.
-                    inputs.advance_to(epoch.epoch);
-                    seg_inputs.advance_to(epoch.epoch);
-                    feed(
-                        &epoch,
-                        index,
-                        peers,
-                        &ctx.symbols,
-                        &mut known,
-                        &mut feeder,
-                        &mut inputs,
-                    );
-                    let seq = epoch.first_seq + epoch.len() as u64 - 1;
-                    for change in &epoch.segments {
-                        match &change.rule {
-                            Some(rule) => seg_inputs.define(change.id, rule.clone()),
-                            None => seg_inputs.drop_segment(change.id),
-                        }
-                    }
-                    seg_inputs.close_epoch(seq, epoch.clock, epoch.epoch + 1);
-                    unstaged.push_back((epoch.epoch, seq, epoch.clock));
-                    in_flight.push_back(Readable {
-                        done: epoch.epoch + 1,
-                        seq,
-                        clock: epoch.clock,
-                    });
-                    fed += 1;
-                    schedule_gauge.set(feeder.scheduled() as f64);
-                }
-                Err(flume::TryRecvError::Empty) => break,
-                Err(flume::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-
+        let (fed, closed) = host.feed_turn(&ctx);
         let idle = fed == 0 && ctx.requests.is_empty();
         let failed = ctx
             .shared
             .worker_failed
             .load(std::sync::atomic::Ordering::Relaxed);
-        if closed && (in_flight.is_empty() || failed) {
+        if closed && (host.in_flight.is_empty() || failed) {
             break;
         }
-        worker.step_or_park(if idle {
-            Some(Duration::from_millis(50))
+        worker.step_or_park(Some(if idle {
+            Duration::from_millis(50)
         } else {
-            Some(Duration::ZERO)
-        });
-
-        let mut advanced = false;
-        while let Some(front) = in_flight.front() {
-            if probe.less_equal(&(front.done - 1)) {
-                break;
-            }
-            done = *front;
-            in_flight.pop_front();
-            advanced = true;
-        }
-        if advanced {
-            stage_changes(&ctx.shared, index, done.done, &changes, &mut unstaged);
-            let frontier = ctx.shared.complete(index, done);
-            if compacted.is_none_or(|c| frontier > c) {
-                traces.compact_to(frontier);
-                seg_traces.compact_to(frontier);
-                compacted = Some(frontier);
-            }
-        }
-
-        while let Ok(request) = ctx.requests.try_recv() {
-            serve(request, index, &mut traces, &mut seg_traces);
-        }
+            Duration::ZERO
+        }));
+        host.advance(&ctx.shared);
+        host.serve_pending(&ctx.requests);
     }
     // Drain reads that raced with shutdown so no reader hangs.
-    while let Ok(request) = ctx.requests.try_recv() {
-        serve(request, index, &mut traces, &mut seg_traces);
-    }
+    host.serve_pending(&ctx.requests);
 }
 
-/// Hands the membership changes of the epochs below `through` (complete on this
-/// worker) to the change feed.
-fn stage_changes(
-    shared: &Shared,
-    index: usize,
-    through: Time,
-    changes: &ChangeBuffer,
-    unstaged: &mut VecDeque<(Time, u64, i64)>,
-) {
-    let mut buffer = changes.borrow_mut();
-    let (ready, later): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < through);
-    *buffer = later;
-    drop(buffer);
-    let mut info = Vec::new();
-    while unstaged.front().is_some_and(|(e, _, _)| *e < through) {
-        info.extend(unstaged.pop_front());
-    }
-    shared.hub.stage(index, through, ready, info);
-}
-
-/// Feeds the events of the users this worker owns, then the window retractions the
-/// epoch's clock triggers, and closes the epoch.
-fn feed(
-    epoch: &Epoch,
-    index: usize,
-    peers: usize,
-    symbols: &Symbols,
-    known: &mut IdSet,
-    feeder: &mut ProfileFeeder,
-    inputs: &mut ProfileInputs,
-) {
-    for (seq, ev) in epoch.events() {
-        let user = intern(&ev.user);
-        if profiles::owner(user, peers) != index {
-            continue;
+impl Host {
+    /// Feeds up to [`FEED_PER_TURN`] epochs, answering reads between them (reads
+    /// are at epochs already complete, so they can be answered at any point).
+    /// Returns how many were fed and whether the sequencer has gone.
+    fn feed_turn(&mut self, ctx: &Context) -> (usize, bool) {
+        let mut fed = 0;
+        while fed < FEED_PER_TURN {
+            self.serve_pending(&ctx.requests);
+            match ctx.epochs.try_recv() {
+                Ok(epoch) => {
+                    self.feed(&epoch);
+                    fed += 1;
+                }
+                Err(flume::TryRecvError::Empty) => return (fed, false),
+                Err(flume::TryRecvError::Disconnected) => return (fed, true),
+            }
         }
-        // Members and the change feed answer with the user's id text.
-        symbols.remember(user, &ev.user, known);
-        let shop = shop_event(ev, user, seq, symbols, known);
-        feeder.event(&shop, epoch.clock, inputs);
+        (fed, false)
     }
-    feeder.expire(epoch.clock, inputs);
-    inputs.advance_to(epoch.epoch + 1);
-    inputs.flush();
-}
 
-/// Reads are always at an epoch every worker has completed (the reader pinned it).
-fn serve(
-    request: Request,
-    worker: usize,
-    traces: &mut ProfileTraces,
-    segments: &mut SegmentTraces,
-) {
-    let at = request.at;
-    let answer = match request.query {
-        Query::Profile(user) => {
-            let profile = traces.read_user(user, at);
-            let ranks = profile
-                .lifetime
-                .as_ref()
-                .and_then(profiles::rfm_buckets)
-                .map(|buckets| traces.read_rfm_ranks(worker, buckets, at));
-            Answer::Profile(Box::new((profile, ranks)))
+    /// Interns the events of the users this worker owns and feeds the epoch to
+    /// every view.
+    fn feed(&mut self, epoch: &Epoch) {
+        let mut events = Vec::new();
+        for (seq, ev) in epoch.events() {
+            let user = intern(&ev.user);
+            if owner(user, self.peers) != self.index {
+                continue;
+            }
+            // Members and the change feed answer with the user's id text.
+            self.symbols.remember(user, &ev.user, &mut self.known);
+            events.push(shop_event(ev, user, seq, &self.symbols, &mut self.known));
         }
-        Query::UserSegments(user) => Answer::UserSegments(segments.user_segments(user, at)),
-        Query::Size(segment) => Answer::Size(segments.size(segment, at)),
-        Query::Sizes => Answer::Sizes(segments.sizes(at)),
-        Query::Members {
-            segment,
-            after,
-            limit,
-        } => Answer::Members(segments.members(segment, after, limit, at)),
-    };
-    let _ = request.reply.send(answer);
+        let batch = EpochBatch {
+            epoch: epoch.epoch,
+            seq: epoch.last_seq(),
+            clock: epoch.clock,
+            events: &events,
+            definitions: &epoch.definitions,
+        };
+        for view in self.views.iter_mut() {
+            view.feed(&batch);
+        }
+        self.in_flight.push_back(Readable {
+            done: epoch.epoch + 1,
+            seq: batch.seq,
+            clock: epoch.clock,
+        });
+        self.export_gauges();
+    }
+
+    fn export_gauges(&mut self) {
+        let index = self.index;
+        let mut i = 0;
+        for view in self.views.iter_mut() {
+            for (name, value) in view.gauges() {
+                if self.gauges.len() <= i {
+                    self.gauges
+                        .push(metrics::gauge!(name, "worker" => index.to_string()));
+                }
+                self.gauges[i].set(value);
+                i += 1;
+            }
+        }
+    }
+
+    /// Moves past the epochs the probe has passed: tells the views, reports them,
+    /// and compacts behind the readers.
+    fn advance(&mut self, shared: &Shared) {
+        let mut advanced = false;
+        while let Some(front) = self.in_flight.front() {
+            if self.probe.less_equal(&(front.done - 1)) {
+                break;
+            }
+            self.done = *front;
+            self.in_flight.pop_front();
+            advanced = true;
+        }
+        if !advanced {
+            return;
+        }
+        for view in self.views.iter_mut() {
+            view.completed(self.done.done);
+        }
+        let frontier = shared.complete(self.index, self.done);
+        if self.compacted.is_none_or(|c| frontier > c) {
+            for view in self.views.iter_mut() {
+                view.compact(frontier);
+            }
+            self.compacted = Some(frontier);
+        }
+    }
+
+    /// Answers every queued read. Reads are always at an epoch every worker has
+    /// completed (the reader pinned it).
+    fn serve_pending(&mut self, requests: &flume::Receiver<Request>) {
+        while let Ok(request) = requests.try_recv() {
+            let cx = ReadCtx {
+                at: request.at,
+                worker: self.index,
+                peers: self.peers,
+            };
+            let view = self.views.get_mut(request.view).map(|v| v.as_any_mut());
+            (request.read)(view, cx);
+        }
+    }
 }
 
 /// Interns an event's strings (remembering their text for answers) into what the

@@ -1,5 +1,6 @@
-//! `GET /v1/users/{id}/profile[?min_seq=N][?as_of=N]`: the user's profile, read by cursor from
-//! the profile arrangements at one epoch, rendered with names and major units.
+//! The profile view's host half: `GET /v1/users/{id}/profile[?min_seq=N][?as_of=N]`,
+//! the user's profile, read by cursor from the profile arrangements on the worker
+//! that owns the user at one epoch, rendered with names and major units.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,21 +9,80 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use shopstream_dataflows::profiles::{
-    Lifetime, WindowCounts, FACET_BRAND, FACET_CART, FACET_CATEGORY, FACET_EVENT,
+use shopstream_dataflows::types::{intern, DAY_MS};
+use shopstream_dataflows::view::Env;
+use shopstream_dataflows::views::profiles::{
+    Lifetime, ProfileSettings, ProfileView, Rank, UserProfile, WindowCounts, FACET_BRAND,
+    FACET_CART, FACET_CATEGORY, FACET_EVENT,
 };
-use shopstream_dataflows::types::{Millis, DAY_MS};
 
-use super::{engine_error, error, read_at};
-use crate::runtime::{Engine, ProfileRead};
+use super::ServeView;
+use crate::reply::{engine_error, error, money, read_at, rfc3339};
+use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
 use crate::symbols::Symbols;
+
+/// The profile view's registration.
+#[derive(Debug)]
+pub struct Profiles;
+
+impl ViewHost for Profiles {
+    fn name(&self) -> &'static str {
+        "profiles"
+    }
+
+    fn provide(&self, env: &mut Env, cx: HostContext<'_>) {
+        env.insert(ProfileSettings {
+            order_horizon: cx.config.order_horizon,
+        });
+    }
+}
+
+impl ServeView for Profiles {
+    fn routes(&self) -> Router<Arc<Engine>> {
+        Router::new().route("/v1/users/{id}/profile", get(get_profile))
+    }
+}
+
+/// A user's profile, read from the worker that owns the user, at one epoch.
+#[derive(Clone, Debug)]
+pub struct ProfileRead {
+    pub as_of: Readable,
+    pub profile: UserProfile,
+    /// Per RFM dimension (recency, frequency, monetary): this user's standing.
+    pub rfm_ranks: Option<[Rank; 3]>,
+}
+
+/// Reads `user`'s profile at one complete epoch (an empty profile for a user
+/// with no events there).
+pub async fn read(
+    engine: &Engine,
+    user: &str,
+    at: impl Into<ReadAt>,
+) -> Result<ProfileRead, EngineError> {
+    let user = intern(user);
+    let (as_of, answers) = engine
+        .read(
+            at,
+            None,
+            Route::Owner(user),
+            move |v: &mut ProfileView, cx| v.read(user, cx),
+        )
+        .await?;
+    let answer = answers.into_iter().next().unwrap_or_default();
+    Ok(ProfileRead {
+        as_of,
+        profile: answer.profile,
+        rfm_ranks: answer.rfm_ranks,
+    })
+}
 
 /// How many categories and brands a profile lists.
 pub const TOP_K: usize = 5;
 
-pub async fn get_profile(
+async fn get_profile(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -32,7 +92,7 @@ pub async fn get_profile(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let read = match engine.read_profile(&id, at).await {
+    let read = match read(&engine, &id, at).await {
         Ok(r) => r,
         Err(e) => return engine_error(e),
     };
@@ -59,27 +119,6 @@ pub async fn get_profile(
     metrics::histogram!("shopstream_query_seconds", "kind" => "profile")
         .record(started.elapsed().as_secs_f64());
     response
-}
-
-/// Minor units as a JSON number in major units, exact: the shortest decimal that
-/// round-trips an `f64` of `minor / 10^digits` is that decimal itself.
-pub fn money(minor: i64, digits: u32) -> Value {
-    let scale = 10f64.powi(digits as i32);
-    json!((minor as f64) / scale)
-}
-
-/// RFC 3339 text of a millisecond timestamp; `null` for "never".
-pub fn rfc3339(ms: Millis) -> Value {
-    if ms == Millis::MIN || ms == Millis::MAX {
-        return Value::Null;
-    }
-    let nanos = i128::from(ms) * 1_000_000;
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(t) => t
-            .format(&time::format_description::well_known::Rfc3339)
-            .map_or(Value::Null, Value::String),
-        Err(_) => Value::Null,
-    }
 }
 
 fn window(w: &WindowCounts, digits: u32) -> Value {

@@ -1,5 +1,8 @@
-//! Segment endpoints: definitions (create, change, drop), sizes, members, a user's
-//! segments, membership tests, and the Server-Sent Events change feed.
+//! The segment view's host half: its compiler and its definitions at start (see
+//! [`crate::catalog::segments`]), the change feed it publishes to
+//! ([`super::feed::Hub`]), and its endpoints: definitions (create, change, drop),
+//! sizes, members, a user's segments, membership tests, and the Server-Sent
+//! Events change feed.
 //!
 //! Every read answers at one complete epoch (`as_of`) and honours `min_seq` and `as_of`. A
 //! segment answers from the epoch its rule was defined at on: a read of a segment
@@ -15,20 +18,178 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Json;
+use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shopstream_dataflows::segments::Since;
-use shopstream_dataflows::types::UserId;
+use shopstream_dataflows::types::{intern, Time, UserId};
+use shopstream_dataflows::view::Env;
+use shopstream_dataflows::views::segments::{ChangeSink, SegId, SegmentView, Since};
 use tokio::sync::broadcast;
 
-use super::profile::rfc3339;
-use super::{engine_error, error, read_at};
-use crate::runtime::{Engine, ReadAt, Readable};
-use crate::segments::{
-    check_name, compile, format_position, parse_position, segment_id, Control, Definition,
-    FeedEvent, Source, Unresumable,
+use super::feed::{format_position, parse_position, FeedEvent, Hub, Unresumable};
+use super::ServeView;
+use crate::catalog::segments::{
+    check_name, compile, segment_id, startup_controls, wanted, SegmentCompiler, KIND,
 };
+use crate::catalog::{Catalog, Compiler, Control, Definition, Source, StartupError};
+use crate::config::Config;
+use crate::reply::{engine_error, error, read_at, rfc3339};
+use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
+
+/// The segment view's registration.
+#[derive(Debug)]
+pub struct Segments;
+
+impl ViewHost for Segments {
+    fn name(&self) -> &'static str {
+        "segments"
+    }
+
+    fn compilers(&self, config: &Config) -> Vec<Arc<dyn Compiler>> {
+        vec![Arc::new(SegmentCompiler::new(config))]
+    }
+
+    /// The change feed, as the workers' sink and for the handlers.
+    fn provide(&self, env: &mut Env, cx: HostContext<'_>) {
+        let hub = Arc::new(Hub::new(
+            cx.config.workers,
+            cx.config.feed_retention,
+            cx.catalog.clone(),
+            cx.symbols.clone(),
+        ));
+        env.insert::<Arc<dyn ChangeSink>>(hub.clone());
+        env.insert(hub);
+    }
+
+    fn check(&self, config: &Config) -> Result<(), StartupError> {
+        wanted(config).map(drop)
+    }
+
+    /// The built-in segments and the segment file, against what the log defines.
+    fn startup(&self, config: &Config, catalog: &Catalog) -> Result<Vec<Control>, StartupError> {
+        let wanted = wanted(config)?;
+        let keep = config.keep_file_segments;
+        let current = catalog.definitions(KIND);
+        if keep && current.iter().any(|d| d.source == Source::Config) {
+            tracing::warn!(
+                file = crate::config::DEFAULT_SEGMENTS_FILE,
+                "the default segment file is not in the working directory; segments defined from a file earlier are kept as they are"
+            );
+        }
+        Ok(startup_controls(&current, &wanted, keep))
+    }
+
+    fn close(&self, env: &Env) {
+        if let Some(hub) = env.get::<Arc<Hub>>() {
+            hub.close();
+        }
+    }
+}
+
+impl ServeView for Segments {
+    fn routes(&self) -> Router<Arc<Engine>> {
+        Router::new()
+            .route("/v1/users/{id}/segments", get(of_user))
+            .route("/v1/segments", get(list).post(create))
+            .route("/v1/segments/{name}", get(show).put(replace).delete(delete))
+            .route("/v1/segments/{name}/members", get(members))
+            .route("/v1/segments/{name}/contains/{user}", get(contains))
+            .route("/v1/stream/segments", get(stream))
+    }
+}
+
+/// The change feed of `engine`'s segment view.
+pub fn hub(engine: &Engine) -> Arc<Hub> {
+    engine
+        .service::<Arc<Hub>>()
+        .expect("the segment view provides its hub")
+}
+
+/// A segment's definition.
+pub fn definition(engine: &Engine, name: &str) -> Option<Definition> {
+    engine.catalog().get(KIND, name)
+}
+
+/// The segments a user is in, by id, with `since`, in id order.
+pub async fn user_segments(
+    engine: &Engine,
+    user: &str,
+    at: impl Into<ReadAt>,
+    min_epoch: Option<Time>,
+) -> Result<(Readable, Vec<(SegId, Since)>), EngineError> {
+    let user = intern(user);
+    let (as_of, answers) = engine
+        .read(
+            at,
+            min_epoch,
+            Route::Owner(user),
+            move |v: &mut SegmentView, cx| v.user_segments(user, cx),
+        )
+        .await?;
+    Ok((as_of, answers.into_iter().next().unwrap_or_default()))
+}
+
+/// Members of every segment with members, summed over the workers.
+pub async fn segment_sizes(
+    engine: &Engine,
+    at: impl Into<ReadAt>,
+    min_epoch: Option<Time>,
+) -> Result<(Readable, HashMap<SegId, i64>), EngineError> {
+    let (as_of, answers) = engine
+        .read(at, min_epoch, Route::All, |v: &mut SegmentView, cx| {
+            v.sizes(cx)
+        })
+        .await?;
+    let mut sizes = HashMap::new();
+    for (seg, n) in answers.into_iter().flatten() {
+        *sizes.entry(seg).or_insert(0) += n;
+    }
+    Ok((as_of, sizes))
+}
+
+/// The number of members of segment `id`, at an epoch at or after `min_epoch`.
+pub async fn segment_size(
+    engine: &Engine,
+    id: SegId,
+    at: impl Into<ReadAt>,
+    min_epoch: Option<Time>,
+) -> Result<(Readable, i64), EngineError> {
+    let (as_of, answers) = engine
+        .read(at, min_epoch, Route::All, move |v: &mut SegmentView, cx| {
+            v.size(id, cx)
+        })
+        .await?;
+    Ok((as_of, answers.into_iter().sum()))
+}
+
+/// Up to `limit` members of segment `id` with ids after `after`, in id order,
+/// and the cursor of the next page (`None`: this was the last).
+pub async fn segment_members(
+    engine: &Engine,
+    id: SegId,
+    after: Option<UserId>,
+    limit: usize,
+    at: impl Into<ReadAt>,
+    min_epoch: Option<Time>,
+) -> Result<(Readable, Vec<UserId>, Option<UserId>), EngineError> {
+    let ask = limit.saturating_add(1);
+    let (as_of, answers) = engine
+        .read(at, min_epoch, Route::All, move |v: &mut SegmentView, cx| {
+            v.members(id, after, ask, cx)
+        })
+        .await?;
+    let mut members: Vec<UserId> = answers.into_iter().flatten().collect();
+    members.sort_unstable();
+    let next = if members.len() > limit {
+        members.truncate(limit);
+        members.last().copied()
+    } else {
+        None
+    };
+    Ok((as_of, members, next))
+}
 
 /// Members per page unless `limit` says otherwise, and the most a page may hold.
 pub const DEFAULT_PAGE: usize = 100;
@@ -47,7 +208,7 @@ fn since_json(s: Since) -> Value {
 fn definition_json(d: &Definition) -> Value {
     json!({
         "name": d.name,
-        "rule": d.rule,
+        "rule": d.body,
         "source": d.source.name(),
         "defined_at": {"as_of": d.seq, "time": rfc3339(d.clock), "epoch": d.epoch},
     })
@@ -61,7 +222,7 @@ fn lookup(
     params: &HashMap<String, String>,
 ) -> Result<(ReadAt, Definition), Response> {
     let at = read_at(params)?;
-    let d = engine.definition(name).ok_or_else(|| not_defined(name))?;
+    let d = definition(engine, name).ok_or_else(|| not_defined(name))?;
     Ok((at, d))
 }
 
@@ -106,7 +267,7 @@ fn check_definition(
 }
 
 fn owned_by_api(engine: &Engine, name: &str, replacing: bool) -> Result<(), Response> {
-    match engine.definition(name) {
+    match definition(engine, name) {
         Some(d) if d.source != Source::Api => Err(error(
             StatusCode::CONFLICT,
             format!(
@@ -129,13 +290,12 @@ async fn apply(engine: &Engine, control: Control, name: &str, status: StatusCode
     match engine.define(vec![control]).await {
         Ok(readable) => {
             let mut body = json!({"name": name, "as_of": readable.seq, "epoch": readable.done - 1});
-            if let Some(d) = engine.definition(name) {
+            if let Some(d) = definition(engine, name) {
                 body = definition_json(&d);
                 body["as_of"] = json!(readable.seq);
                 body["epoch"] = json!(readable.done - 1);
-                if let Ok((_, size)) = engine
-                    .segment_size(segment_id(name), None, Some(d.epoch))
-                    .await
+                if let Ok((_, size)) =
+                    segment_size(engine, segment_id(name), None, Some(d.epoch)).await
                 {
                     body["size"] = json!(size);
                 }
@@ -147,7 +307,7 @@ async fn apply(engine: &Engine, control: Control, name: &str, status: StatusCode
 }
 
 /// `POST /v1/segments {"name", "rule"}`.
-pub async fn create(
+async fn create(
     State(engine): State<Arc<Engine>>,
     body: Result<Json<NewSegment>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -167,7 +327,7 @@ pub async fn create(
 }
 
 /// `PUT /v1/segments/{name} {"rule"}`: creates or changes.
-pub async fn replace(
+async fn replace(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
     body: Result<Json<NewSegment>, axum::extract::rejection::JsonRejection>,
@@ -197,29 +357,25 @@ async fn define_api(engine: &Engine, name: String, rule: String, replacing: bool
     if let Err(r) = check_definition(engine, &name, &rule, replacing) {
         return r;
     }
-    let status = if engine.definition(&name).is_some() {
+    let status = if definition(engine, &name).is_some() {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    let control = Control::Define {
-        name: name.clone(),
-        rule,
-        source: Source::Api,
-    };
+    let control = Control::put(KIND, &name, rule, Source::Api);
     apply(engine, control, &name, status).await
 }
 
 /// `DELETE /v1/segments/{name}`: every member exits.
-pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
     let _one_at_a_time = engine.definitions.lock().await;
-    if engine.definition(&name).is_none() {
+    if definition(&engine, &name).is_none() {
         return not_defined(&name);
     }
     if let Err(r) = owned_by_api(&engine, &name, true) {
         return r;
     }
-    let control = Control::Drop { name: name.clone() };
+    let control = Control::remove(KIND, &name);
     match engine.define(vec![control]).await {
         Ok(readable) => {
             Json(json!({"name": name, "deleted": true, "as_of": readable.seq})).into_response()
@@ -229,7 +385,7 @@ pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 }
 
 /// `GET /v1/segments`: definitions with sizes.
-pub async fn list(
+async fn list(
     State(engine): State<Arc<Engine>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -237,7 +393,7 @@ pub async fn list(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let definitions = engine.definitions();
+    let definitions = engine.catalog().definitions(KIND);
     // The newest definition is answered for, unless the read is of a past point
     // (then a segment defined later has no members there).
     let newest = definitions
@@ -245,7 +401,7 @@ pub async fn list(
         .map(|d| d.epoch)
         .max()
         .filter(|_| at.as_of.is_none());
-    let (as_of, sizes) = match engine.segment_sizes(at, newest).await {
+    let (as_of, sizes) = match segment_sizes(&engine, at, newest).await {
         Ok(x) => x,
         Err(e) => return engine_error(e),
     };
@@ -261,7 +417,7 @@ pub async fn list(
 }
 
 /// `GET /v1/segments/{name}`: the definition, its size, and its size over time.
-pub async fn show(
+async fn show(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -271,11 +427,11 @@ pub async fn show(
         Err(r) => return r,
     };
     let id = segment_id(&name);
-    let (as_of, size) = match engine.segment_size(id, at, Some(d.epoch)).await {
+    let (as_of, size) = match segment_size(&engine, id, at, Some(d.epoch)).await {
         Ok(x) => x,
         Err(e) => return engine_error(e),
     };
-    let track = engine.hub().size_history(id);
+    let track = hub(&engine).size_history(id);
     let history: Vec<Value> = track
         .recent
         .iter()
@@ -300,7 +456,7 @@ pub async fn show(
 
 /// `GET /v1/segments/{name}/members?limit=&after=`: a page of members in a stable
 /// order (by the hash of the user id), and the cursor of the next page.
-pub async fn members(
+async fn members(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -331,13 +487,10 @@ pub async fn members(
             }
         },
     };
-    let Some(d) = engine.definition(&name) else {
+    let Some(d) = definition(&engine, &name) else {
         return not_defined(&name);
     };
-    match engine
-        .segment_members(segment_id(&name), after, limit, at, Some(d.epoch))
-        .await
-    {
+    match segment_members(&engine, segment_id(&name), after, limit, at, Some(d.epoch)).await {
         Ok((as_of, users, next)) => Json(json!({
             "segment": name,
             "as_of": as_of.seq,
@@ -351,7 +504,7 @@ pub async fn members(
 }
 
 /// `GET /v1/segments/{name}/contains/{user}`.
-pub async fn contains(
+async fn contains(
     State(engine): State<Arc<Engine>>,
     Path((name, user)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
@@ -361,7 +514,7 @@ pub async fn contains(
         Err(r) => return r,
     };
     let id = segment_id(&name);
-    match engine.user_segments(&user, at, Some(d.epoch)).await {
+    match user_segments(&engine, &user, at, Some(d.epoch)).await {
         Ok((as_of, segments)) => {
             let since = segments.iter().find(|(s, _)| *s == id).map(|(_, s)| *s);
             Json(json!({
@@ -379,7 +532,7 @@ pub async fn contains(
 }
 
 /// `GET /v1/users/{id}/segments`: the user's segments, each with `since`.
-pub async fn of_user(
+async fn of_user(
     State(engine): State<Arc<Engine>>,
     Path(user): Path<String>,
     Query(params): Query<HashMap<String, String>>,
@@ -388,12 +541,12 @@ pub async fn of_user(
         Ok(m) => m,
         Err(r) => return r,
     };
-    match engine.user_segments(&user, at, None).await {
+    match user_segments(&engine, &user, at, None).await {
         Ok((as_of, segments)) => {
             let mut list: Vec<Value> = segments
                 .into_iter()
                 .filter_map(|(id, since)| {
-                    let name = engine.segment_name(id)?;
+                    let name = engine.catalog().name(KIND, id)?;
                     Some(json!({"name": name, "since": since_json(since)}))
                 })
                 .collect();
@@ -408,6 +561,7 @@ pub async fn of_user(
 /// The SSE change feed's state: the backlog to replay, then live events.
 struct Feed {
     engine: Arc<Engine>,
+    hub: Arc<Hub>,
     backlog: VecDeque<FeedEvent>,
     live: broadcast::Receiver<Arc<[FeedEvent]>>,
     /// The live edge at subscription, sent first as a `ready` event (`None` once sent).
@@ -534,7 +688,7 @@ impl Feed {
             let segment = match self.names.get(&e.segment) {
                 Some(n) => n.clone(),
                 None => {
-                    let n: Arc<str> = self.engine.hub().segment_name(e.segment).into();
+                    let n: Arc<str> = self.hub.segment_name(e.segment).into();
                     self.names.insert(e.segment, n.clone());
                     n
                 }
@@ -552,7 +706,7 @@ impl Feed {
 /// `GET /v1/stream/segments[?name=a,b]`: Server-Sent Events, one per enter or exit,
 /// `id` = position. With `Last-Event-ID` (header, or `last_event_id=` in the query)
 /// it resumes right after that position; without, it starts at the live edge.
-pub async fn stream(
+async fn stream(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
@@ -572,7 +726,7 @@ pub async fn stream(
         );
     }
     if let Some(only) = &only {
-        if let Some(unknown) = only.iter().find(|n| engine.definition(n).is_none()) {
+        if let Some(unknown) = only.iter().find(|n| definition(&engine, n).is_none()) {
             return not_defined(unknown);
         }
     }
@@ -598,7 +752,8 @@ pub async fn stream(
             }
         },
     };
-    let sub = match engine.hub().subscribe(after) {
+    let hub = hub(&engine);
+    let sub = match hub.subscribe(after) {
         Ok(x) => x,
         Err(e @ Unresumable::TooOld { .. }) => return error(StatusCode::GONE, e.to_string()),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -608,7 +763,8 @@ pub async fn stream(
         backlog: sub.backlog.into(),
         live: sub.live,
         ready: Some(sub.edge),
-        closed: engine.hub().closed(),
+        closed: hub.closed(),
+        hub,
         only: only.map(|o| o.iter().map(|n| segment_id(n)).collect()),
         last: after,
         skipped: None,

@@ -10,12 +10,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proptest::prelude::*;
 use shopstream::event::{Event, Kind, Product, Str};
-use shopstream::runtime::ProfileRead;
-use shopstream_dataflows::profiles::{
+use shopstream::serve::profile::ProfileRead;
+use shopstream_dataflows::types::intern;
+use shopstream_dataflows::views::profiles::{
     rfm_buckets, weight, Latest, Lifetime, Rank, WindowCounts, Windowed, FACET_BRAND, FACET_CART,
     FACET_CATEGORY, FACET_EVENT, WINDOW_30D, WINDOW_7D,
 };
-use shopstream_dataflows::types::intern;
 
 pub const T0: i64 = 1_700_000_000_000;
 pub const USERS: u64 = 6;
@@ -285,7 +285,7 @@ pub fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRe
                 add(&mut windows.d30, &w);
             }
         }
-        let mut profile = shopstream_dataflows::profiles::UserProfile {
+        let mut profile = shopstream_dataflows::views::profiles::UserProfile {
             lifetime: Some(life),
             windows,
             facets: facets.into_iter().filter(|(_, n)| *n != 0).collect(),

@@ -46,7 +46,7 @@
 //! counts (sizes). Its updates are also what the change feed publishes.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -63,13 +63,19 @@ use timely::dataflow::operators::vec::{Input, Map};
 use timely::dataflow::operators::{Capability, Concatenate, Inspect, Probe};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::profiles::{
-    arrange_local_by_key, arrange_local_by_self, compact, cursor_at, read_key, read_vals,
-    rfm_buckets, ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY,
-    RFM_MONETARY, RFM_RECENCY,
+use crate::read::{
+    arrange_local_by_key, arrange_local_by_self, compact, for_each_key, read_key, read_vals, Pipe,
 };
 use crate::rules::{Needs, Rule, Subject};
 use crate::types::{Diff, IdMap, IdSet, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
+use crate::view::{Env, EpochBatch, Names, ReadCtx, View};
+use crate::views::profiles::{
+    rfm_buckets, ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY,
+    RFM_MONETARY, RFM_RECENCY,
+};
+
+/// The catalog's name for segment definitions: their compiled value is a [`Rule`].
+pub const KIND: &str = "segment";
 
 /// A segment: the 64-bit hash of its name (stable across restarts and workers).
 pub type SegId = u64;
@@ -89,9 +95,6 @@ pub type Membership = (SegId, UserId, Since);
 
 /// A membership change at an epoch: `+1` enter, `-1` exit.
 pub type Change = (Membership, Time, Diff);
-
-/// Resolves an interned id to its text (to break `top_*` ties by name).
-pub type Names = Arc<dyn Fn(Sym) -> Option<String> + Send + Sync>;
 
 /// What the operator learns at an epoch.
 #[derive(Clone)]
@@ -161,14 +164,39 @@ pub struct SegmentTraces {
 /// their epoch is complete.
 pub type ChangeBuffer = Rc<RefCell<Vec<Change>>>;
 
+/// Where a worker hands the membership changes of its complete epochs: the
+/// host's change feed. `epochs` gives the `(epoch, seq, clock)` of each epoch
+/// below `through` not handed over before, whether or not it has changes.
+pub trait ChangeSink: Send + Sync {
+    fn stage(
+        &self,
+        worker: usize,
+        through: Time,
+        changes: Vec<Change>,
+        epochs: Vec<(Time, u64, Millis)>,
+    );
+}
+
+/// The segment view on one worker.
+pub struct SegmentView {
+    inputs: SegmentInputs,
+    pub traces: SegmentTraces,
+    changes: ChangeBuffer,
+    sink: Option<Arc<dyn ChangeSink>>,
+    /// Epochs fed whose changes are not staged yet: (epoch, seq, clock).
+    unstaged: VecDeque<(Time, u64, Millis)>,
+    worker: usize,
+}
+
 /// Builds the segment view over the profile view's arrangements, in the same
-/// dataflow.
+/// dataflow. Reads [`Names`] and, if provided, a [`ChangeSink`] from `env`.
 pub fn build<'scope>(
     scope: Scope<'scope, Time>,
-    profiles: &ProfileArrangements<'scope>,
-    names: Names,
+    env: &Env,
     probe: &ProbeHandle<Time>,
-) -> (SegmentInputs, SegmentTraces, ChangeBuffer) {
+    profiles: &ProfileArrangements<'scope>,
+) -> (SegmentView, ()) {
+    let names = env.get::<Names>().unwrap_or_else(|| Arc::new(|_| None));
     let (handle, control) = scope.new_input::<(Msg, Time)>();
     let touches = [
         touched(profiles.lifetime.clone()),
@@ -204,24 +232,95 @@ pub fn build<'scope>(
     by_segment.stream.clone().probe_with(probe);
     by_user.stream.clone().probe_with(probe);
     sizes.stream.clone().probe_with(probe);
-    (
-        SegmentInputs { handle },
-        SegmentTraces {
+    let view = SegmentView {
+        inputs: SegmentInputs { handle },
+        traces: SegmentTraces {
             by_segment: by_segment.trace,
             by_user: by_user.trace,
             sizes: sizes.trace,
         },
         changes,
-    )
+        sink: env.get::<Arc<dyn ChangeSink>>(),
+        unstaged: VecDeque::new(),
+        worker: scope.index(),
+    };
+    (view, ())
 }
 
-/// Method-call syntax for a function of a value.
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
+impl View for SegmentView {
+    fn name(&self) -> &'static str {
+        "segments"
+    }
+
+    /// Applies the epoch's segment definitions, then closes the epoch with its
+    /// sequence number and clock (the operator evaluates once it is complete).
+    fn feed(&mut self, epoch: &EpochBatch<'_>) {
+        // A log that starts past epoch 0 (older files removed) still stamps each
+        // epoch's updates with its own number.
+        self.inputs.advance_to(epoch.epoch);
+        for change in epoch.definitions.iter().filter(|c| c.kind == KIND) {
+            match change.compiled_as::<Rule>() {
+                Some(rule) => self.inputs.define(change.id, rule),
+                None => self.inputs.drop_segment(change.id),
+            }
+        }
+        self.inputs
+            .close_epoch(epoch.seq, epoch.clock, epoch.epoch + 1);
+        self.unstaged
+            .push_back((epoch.epoch, epoch.seq, epoch.clock));
+    }
+
+    /// Hands the membership changes of the epochs below `through` to the sink.
+    fn completed(&mut self, through: Time) {
+        let mut buffer = self.changes.borrow_mut();
+        let (ready, later): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < through);
+        *buffer = later;
+        drop(buffer);
+        let mut epochs = Vec::new();
+        while self.unstaged.front().is_some_and(|(e, _, _)| *e < through) {
+            epochs.extend(self.unstaged.pop_front());
+        }
+        if let Some(sink) = &self.sink {
+            sink.stage(self.worker, through, ready, epochs);
+        }
+    }
+
+    fn compact(&mut self, frontier: Time) {
+        self.traces.compact_to(frontier);
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
-impl<S> Pipe for S {}
+
+impl SegmentView {
+    /// The segments `user` is in at the read's time, with `since`.
+    pub fn user_segments(&mut self, user: UserId, cx: ReadCtx) -> Vec<(SegId, Since)> {
+        self.traces.user_segments(user, cx.at)
+    }
+
+    /// Members of `segment` on this worker.
+    pub fn size(&mut self, segment: SegId, cx: ReadCtx) -> i64 {
+        self.traces.size(segment, cx.at)
+    }
+
+    /// Every segment with members on this worker, with its count.
+    pub fn sizes(&mut self, cx: ReadCtx) -> Vec<(SegId, i64)> {
+        self.traces.sizes(cx.at)
+    }
+
+    /// Up to `limit` members of `segment` on this worker after `after`, in id order.
+    pub fn members(
+        &mut self,
+        segment: SegId,
+        after: Option<UserId>,
+        limit: usize,
+        cx: ReadCtx,
+    ) -> Vec<UserId> {
+        self.traces.members(segment, after, limit, cx.at)
+    }
+}
 
 /// The users whose entries in `arranged` changed, at the times they changed.
 fn touched<'scope, Tr>(arranged: Arranged<'scope, Tr>) -> StreamVec<'scope, Time, (Msg, Time)>
@@ -624,20 +723,8 @@ impl SegmentTraces {
 
     /// Every segment with members on this worker at `as_of`, with its count.
     pub fn sizes(&mut self, as_of: Time) -> Vec<(SegId, i64)> {
-        let (mut cursor, storage) = cursor_at(&mut self.sizes);
         let mut out = Vec::new();
-        while let Some(seg) = cursor.get_key(&storage) {
-            let mut n = 0;
-            cursor.map_times(&storage, |t, d| {
-                if *t <= as_of {
-                    n += *d;
-                }
-            });
-            if n != 0 {
-                out.push((*seg, n));
-            }
-            cursor.step_key(&storage);
-        }
+        for_each_key(&mut self.sizes, as_of, |seg, n| out.push((*seg, n)));
         out
     }
 

@@ -48,19 +48,21 @@ use std::collections::BinaryHeap;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
-use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::cursor::{cursor_list, Cursor};
-use differential_dataflow::trace::implementations::{KeyBatcher, ValBatcher, ValBuilder};
-use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
-use differential_dataflow::trace::TraceReader;
+use differential_dataflow::operators::arrange::Arranged;
+use differential_dataflow::trace::cursor::Cursor;
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
-use timely::progress::frontier::{Antichain, AntichainRef};
 
+use crate::read::{
+    arrange_local_by_key, arrange_local_by_self, compact, cursor_at, for_each_key, Pipe,
+};
+use crate::read_key_at;
 use crate::types::*;
+use crate::view::{Env, EpochBatch, ReadCtx, View};
 
 /// Width of the short window.
 pub const WINDOW_7D: Millis = 7 * DAY_MS;
@@ -330,7 +332,7 @@ pub struct ProfileArrangements<'scope> {
 /// derive the RFM histogram from order totals.
 ///
 /// Every input is keyed by user and arrives at the worker that owns the user
-/// ([`owner`]), because the feeder is per user (its order book and window schedule
+/// ([`owner`](crate::types::owner)), because the feeder is per user (its order book and window schedule
 /// are). So the per-user arrangements are built where the data already is, with no
 /// exchange at all, and a user's whole profile lives on one worker: a read asks that
 /// worker only. The RFM histogram is the one piece that spans users; its (small,
@@ -344,45 +346,6 @@ pub fn profiles<'scope>(c: ProfileCollections<'scope>) -> ProfileArrangements<'s
         traits: arrange_local_by_key(c.traits, "Profiles: traits"),
         rfm: rfm_histogram(c.orders),
     }
-}
-
-/// The worker that owns `user` out of `peers`: the feeder sends a user's events
-/// there, and its arrangements hold the user's profile.
-pub fn owner(user: UserId, peers: usize) -> usize {
-    (user % peers as u64) as usize
-}
-
-/// Arranges a user-keyed collection on the worker it is on (see [`profiles`]).
-pub(crate) fn arrange_local_by_self<'scope, R>(
-    c: VecCollection<'scope, Time, UserId, R>,
-    name: &str,
-) -> Arranged<'scope, UserKeyTrace<R>>
-where
-    R: differential_dataflow::ExchangeData + Semigroup,
-{
-    arrange_core::<_, _, KeyBatcher<UserId, Time, R>, KeySpine<UserId, Time, R>>(
-        c.map(|k| (k, ())).inner,
-        Pipeline,
-        name,
-        KeyBatcher::new,
-    )
-}
-
-/// Arranges a `(user, value)` collection by user on the worker it is on.
-pub(crate) fn arrange_local_by_key<'scope, V, R>(
-    c: VecCollection<'scope, Time, (UserId, V), R>,
-    name: &str,
-) -> Arranged<'scope, UserValTrace<V, R>>
-where
-    V: differential_dataflow::ExchangeData,
-    R: differential_dataflow::ExchangeData + Semigroup,
-{
-    arrange_core::<_, _, ValBatcher<UserId, V, Time, R>, ValSpine<UserId, V, Time, R>>(
-        c.inner,
-        Pipeline,
-        name,
-        ValBatcher::new,
-    )
 }
 
 /// Counts users per `(dimension, bucket)`, replicated on every worker as keys
@@ -423,14 +386,6 @@ fn rfm_histogram<'scope>(
         })
 }
 
-/// Method-call syntax for a function of a value (keeps the operator chain readable).
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<S> Pipe for S {}
-
 /// Input handles of the profile view, fed by [`ProfileFeeder`].
 pub struct ProfileInputs {
     pub lifetime: InputSession<Time, UserId, Lifetime>,
@@ -451,21 +406,37 @@ pub struct ProfileTraces {
     pub rfm: KeyTrace<RfmKey>,
 }
 
+/// Settings of the profile view, provided by the host in the [`Env`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileSettings {
+    /// Orders remembered per worker to resolve refunds and cancellations.
+    pub order_horizon: usize,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            order_horizon: DEFAULT_ORDER_HORIZON,
+        }
+    }
+}
+
 /// Builds the profile view in `scope`: its inputs and its arrangements, each
-/// probed by `probe`. Other views build on the arrangements (see
-/// [`ProfileArrangements::traces`]).
+/// probed by `probe`. Views built after it read the arrangements it exports
+/// (see [`ProfileArrangements::traces`]).
 pub fn build<'scope>(
     scope: timely::dataflow::Scope<'scope, Time>,
+    env: &Env,
     probe: &ProbeHandle<Time>,
-) -> (ProfileInputs, ProfileArrangements<'scope>) {
-    let inputs = ProfileInputs {
+) -> (ProfileView, ProfileArrangements<'scope>) {
+    let settings = env.get::<ProfileSettings>().unwrap_or_default();
+    let mut inputs = ProfileInputs {
         lifetime: InputSession::new(),
         orders: InputSession::new(),
         windows: InputSession::new(),
         facets: InputSession::new(),
         traits: InputSession::new(),
     };
-    let mut inputs = inputs;
     let arranged = profiles(ProfileCollections {
         lifetime: inputs.lifetime.to_collection(scope),
         orders: inputs.orders.to_collection(scope),
@@ -478,7 +449,77 @@ pub fn build<'scope>(
     arranged.facets.stream.clone().probe_with(probe);
     arranged.traits.stream.clone().probe_with(probe);
     arranged.rfm.stream.clone().probe_with(probe);
-    (inputs, arranged)
+    let view = ProfileView {
+        inputs,
+        traces: arranged.traces(),
+        feeder: ProfileFeeder::new(settings.order_horizon),
+    };
+    (view, arranged)
+}
+
+/// The profile view on one worker: its inputs, fed by the [`ProfileFeeder`], and
+/// its traces, read by [`ProfileView::read`].
+pub struct ProfileView {
+    pub inputs: ProfileInputs,
+    pub traces: ProfileTraces,
+    feeder: ProfileFeeder,
+}
+
+/// A user's profile as one read answers it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProfileAnswer {
+    pub profile: UserProfile,
+    /// Per RFM dimension (recency, frequency, monetary): this user's standing
+    /// among all users with orders (`None` without orders).
+    pub rfm_ranks: Option<[Rank; 3]>,
+}
+
+impl ProfileView {
+    /// The profile of `user` (a user this worker owns) at the read's time, with
+    /// the user's RFM ranks from this worker's copy of the histogram.
+    pub fn read(&mut self, user: UserId, cx: ReadCtx) -> ProfileAnswer {
+        let profile = self.traces.read_user(user, cx.at);
+        let rfm_ranks = profile
+            .lifetime
+            .as_ref()
+            .and_then(rfm_buckets)
+            .map(|buckets| self.traces.read_rfm_ranks(cx.worker, buckets, cx.at));
+        ProfileAnswer { profile, rfm_ranks }
+    }
+}
+
+impl View for ProfileView {
+    fn name(&self) -> &'static str {
+        "profiles"
+    }
+
+    /// Feeds the epoch's events, then the window retractions its clock triggers,
+    /// and closes the epoch.
+    fn feed(&mut self, epoch: &EpochBatch<'_>) {
+        self.inputs.advance_to(epoch.epoch);
+        for ev in epoch.events {
+            self.feeder.event(ev, epoch.clock, &mut self.inputs);
+        }
+        self.feeder.expire(epoch.clock, &mut self.inputs);
+        self.inputs.advance_to(epoch.epoch + 1);
+        self.inputs.flush();
+    }
+
+    fn compact(&mut self, frontier: Time) {
+        self.traces.compact_to(frontier);
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        // Window contributions waiting for their scheduled retraction.
+        vec![(
+            "shopstream_window_schedule_entries",
+            self.feeder.scheduled() as f64,
+        )]
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 impl ProfileArrangements<'_> {
@@ -841,31 +882,6 @@ pub struct UserProfile {
     pub traits: Vec<(Sym, Latest)>,
 }
 
-macro_rules! read_key_impl {
-    ($cursor:ident, $storage:ident, $key:ident, $as_of:ident, $each:ident, $val:ident => $arg:expr) => {{
-        $cursor.seek_key(&$storage, $key);
-        if $cursor.get_key(&$storage) == Some($key) {
-            while let Some($val) = $cursor.get_val(&$storage) {
-                let mut acc = None;
-                $cursor.map_times(&$storage, |t, d| {
-                    if *t <= $as_of {
-                        match &mut acc {
-                            None => acc = Some(d.clone()),
-                            Some(a) => a.plus_equals(d),
-                        }
-                    }
-                });
-                if let Some(a) = acc {
-                    if !a.is_zero() {
-                        $each($arg, a);
-                    }
-                }
-                $cursor.step_val(&$storage);
-            }
-        }
-    }};
-}
-
 impl ProfileTraces {
     /// Lets the traces forget distinctions between times before `frontier`: every
     /// later read is at a time at or beyond it.
@@ -906,22 +922,22 @@ impl ProfileTraces {
             {
                 let mut out = None;
                 let mut each = |_: (), r: Lifetime| out = Some(r);
-                read_key_impl!(lc, ls, key, as_of, each, _val => ());
+                read_key_at!(lc, ls, key, as_of, each, _val => ());
                 p.lifetime = out;
             }
             {
                 let mut out = None;
                 let mut each = |_: (), r: Windowed| out = Some(r);
-                read_key_impl!(wc, ws, key, as_of, each, _val => ());
+                read_key_at!(wc, ws, key, as_of, each, _val => ());
                 p.windows = out.unwrap_or_default();
             }
             if let Some((c, st)) = fc.as_mut() {
                 let mut each = |f: &Facet, d: Diff| p.facets.push((*f, d));
-                read_key_impl!(c, st, key, as_of, each, val => val);
+                read_key_at!(c, st, key, as_of, each, val => val);
             }
             if let Some((c, st)) = tc.as_mut() {
                 let mut each = |k: &Sym, d: Latest| p.traits.push((*k, d));
-                read_key_impl!(c, st, key, as_of, each, val => val);
+                read_key_at!(c, st, key, as_of, each, val => val);
             }
             each(*user, p);
         }
@@ -929,23 +945,8 @@ impl ProfileTraces {
 
     /// Every user this worker holds a profile for at `as_of`, in id order.
     pub fn users(&mut self, as_of: Time) -> Vec<UserId> {
-        let (mut cursor, storage) = cursor_at(&mut self.lifetime);
         let mut out = Vec::new();
-        while let Some(user) = cursor.get_key(&storage) {
-            let mut acc: Option<Lifetime> = None;
-            cursor.map_times(&storage, |t, d| {
-                if *t <= as_of {
-                    match &mut acc {
-                        None => acc = Some(*d),
-                        Some(a) => a.plus_equals(d),
-                    }
-                }
-            });
-            if acc.is_some_and(|a| !a.is_zero()) {
-                out.push(*user);
-            }
-            cursor.step_key(&storage);
-        }
+        for_each_key(&mut self.lifetime, as_of, |user, _| out.push(*user));
         out
     }
 
@@ -996,62 +997,6 @@ impl ProfileTraces {
             cursor.step_key(&storage);
         }
     }
-}
-
-/// Lets `trace` forget distinctions between times before `frontier` (logically
-/// and physically: no read of this handle goes back before it).
-pub(crate) fn compact<Tr: TraceReader<Time = Time>>(trace: &mut Tr, frontier: Time) {
-    let f = [frontier];
-    let f = AntichainRef::new(&f);
-    trace.set_logical_compaction(f);
-    trace.set_physical_compaction(f);
-}
-
-pub(crate) type SpineCursor<Tr> =
-    differential_dataflow::trace::cursor::CursorList<differential_dataflow::trace::BatchCursor<Tr>>;
-
-/// A cursor over every batch of `trace` up to its current upper frontier.
-pub(crate) fn cursor_at<Tr>(trace: &mut Tr) -> (SpineCursor<Tr>, Vec<Tr::Batch>)
-where
-    Tr: TraceReader<Time = Time>,
-    Tr::Batch: differential_dataflow::trace::Navigable,
-{
-    let mut upper = Antichain::new();
-    trace.read_upper(&mut upper);
-    let batches = trace
-        .batches_through(upper.borrow())
-        .expect("the trace's own upper is a clean cut");
-    cursor_list(batches)
-}
-
-/// Accumulates, at `as_of`, the values of `key` in a `(key, val)` trace.
-pub(crate) fn read_vals<V, R>(
-    trace: &mut TraceAgent<ValSpine<UserId, V, Time, R>>,
-    key: &UserId,
-    as_of: Time,
-    mut each: impl FnMut(&V, R),
-) where
-    V: differential_dataflow::ExchangeData,
-    R: differential_dataflow::ExchangeData + Semigroup,
-{
-    let (mut cursor, storage) = cursor_at(trace);
-    read_key_impl!(cursor, storage, key, as_of, each, val => val);
-}
-
-/// Accumulates, at `as_of`, the difference of `key` in a key-only trace.
-pub(crate) fn read_key<R>(
-    trace: &mut TraceAgent<KeySpine<UserId, Time, R>>,
-    key: &UserId,
-    as_of: Time,
-) -> Option<R>
-where
-    R: differential_dataflow::ExchangeData + Semigroup,
-{
-    let (mut cursor, storage) = cursor_at(trace);
-    let mut out = None;
-    let mut each = |_: (), r: R| out = Some(r);
-    read_key_impl!(cursor, storage, key, as_of, each, _val => ());
-    out
 }
 
 #[cfg(test)]

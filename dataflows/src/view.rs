@@ -1,0 +1,200 @@
+//! The view interface: what the host knows of a view, and all it knows.
+//!
+//! A view is built once per worker into the worker's one dataflow (by
+//! [`crate::views::build`], the registration list), and is then driven through the
+//! [`View`] trait alone:
+//!
+//! 1. **Fed** each epoch, on every worker, in log order, with an [`EpochBatch`]:
+//!    the epoch's number, last sequence number and clock, the events of the keys
+//!    this worker owns (already interned), and the definitions of every kind that
+//!    take effect at it (already compiled by the host's catalog). A view keeps
+//!    what it needs of them and ignores the rest.
+//! 2. **Told** when epochs complete on this worker ([`View::completed`]): the
+//!    probe has passed them, so the view's traces hold them. A view that hands
+//!    results to the host (the segment change feed) does it here, through a
+//!    service the host provided in the [`Env`].
+//! 3. **Compacted** behind the oldest time any reader may still ask for
+//!    ([`View::compact`]).
+//! 4. **Read** between steps, at a time complete on every worker that the host
+//!    pinned: the host routes a read to the worker owning its key (or to every
+//!    worker), downcasts the view ([`View::as_any_mut`]) and runs the read
+//!    function of the view's own type against it. So a read is an ordinary method
+//!    of the view, not a variant of a host-wide enum.
+//!
+//! Definitions (segment rules today; funnels, experiments, campaign costs next)
+//! are compiled by the host once per record, for every worker, and reach the
+//! views as a [`DefinitionChange`] with their kind and an opaque compiled value.
+//!
+//! Nothing here does I/O: a view's only channels to the outside are its
+//! [`EpochBatch`] in and the services of the [`Env`] out.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::types::{Millis, ShopEvent, Sym, Time};
+
+/// A definition taking effect at an epoch: of kind `kind` (the catalog's name for
+/// its compiler), id `id`, compiled (`Some`) or dropped (`None`).
+#[derive(Clone)]
+pub struct DefinitionChange {
+    pub kind: &'static str,
+    pub id: u64,
+    pub compiled: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for DefinitionChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DefinitionChange")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .field("defined", &self.compiled.is_some())
+            .finish()
+    }
+}
+
+impl DefinitionChange {
+    /// The compiled definition as a `T` (`None` for a drop). Panics when the
+    /// compiler of this kind produced another type: a registration bug.
+    pub fn compiled_as<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.compiled.clone().map(|c| {
+            c.downcast::<T>()
+                .unwrap_or_else(|_| panic!("definitions of kind {:?}: wrong type", self.kind))
+        })
+    }
+}
+
+/// One epoch as a view on one worker sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochBatch<'a> {
+    pub epoch: Time,
+    /// The last sequence number the epoch includes.
+    pub seq: u64,
+    /// The engine clock after the epoch.
+    pub clock: Millis,
+    /// The events of the keys this worker owns, in sequence order.
+    pub events: &'a [ShopEvent],
+    /// Definitions of every kind taking effect at this epoch, in log order (the
+    /// same on every worker).
+    pub definitions: &'a [DefinitionChange],
+}
+
+/// Where a read runs: the pinned time and the worker answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadCtx {
+    /// A time complete on every worker; the view's traces are not compacted past it.
+    pub at: Time,
+    pub worker: usize,
+    pub peers: usize,
+}
+
+/// A view's worker-side half: its input handles and trace handles on one worker.
+pub trait View: Any {
+    /// A short name, for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Feeds one epoch (see [`EpochBatch`]) and closes it at the view's inputs.
+    fn feed(&mut self, epoch: &EpochBatch<'_>);
+
+    /// Epochs before `through` are complete on this worker.
+    fn completed(&mut self, _through: Time) {}
+
+    /// Lets the traces forget distinctions before `frontier`: no read goes back
+    /// before it.
+    fn compact(&mut self, frontier: Time);
+
+    /// Gauges worth exporting, as `(metric name, value)`; read after each feed.
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+
+    /// The view as `Any`, for a read to downcast to the view's own type.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A view built on a worker, with its type's id (what reads are routed by).
+pub struct Hosted {
+    pub type_id: TypeId,
+    pub view: Box<dyn View>,
+}
+
+impl Hosted {
+    pub fn new<V: View>(view: V) -> Self {
+        Hosted {
+            type_id: TypeId::of::<V>(),
+            view: Box::new(view),
+        }
+    }
+}
+
+/// The views of one worker, in registration order.
+#[derive(Default)]
+pub struct Views {
+    pub views: Vec<Hosted>,
+}
+
+impl Views {
+    /// Registers a built view; hands back what it exports to views built after
+    /// it (its arrangements).
+    pub fn add<V: View, Up>(&mut self, (view, exports): (V, Up)) -> Up {
+        self.views.push(Hosted::new(view));
+        exports
+    }
+
+    /// The view of type `id`, if registered.
+    pub fn get_mut(&mut self, id: TypeId) -> Option<&mut dyn View> {
+        self.views
+            .iter_mut()
+            .find(|h| h.type_id == id)
+            .map(|h| &mut *h.view)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn View>> {
+        self.views.iter_mut().map(|h| &mut h.view)
+    }
+}
+
+/// Resolves an interned id to its text (e.g. to break ties by name).
+pub type Names = Arc<dyn Fn(Sym) -> Option<String> + Send + Sync>;
+
+/// Services and settings the host provides to the views, by type: the one way
+/// in for what a view needs from outside the dataflow (settings, the symbol
+/// table, a sink for results). The same on every worker.
+#[derive(Clone, Default)]
+pub struct Env {
+    services: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Env {
+    /// Provides `value` to whoever asks for a `T` (replacing an earlier one).
+    pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
+        self.services.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The `T` provided, if any.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.services
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    /// The `T` provided; panics naming the type when the host did not provide it
+    /// (a registration bug, found by the first test that starts a worker).
+    pub fn expect<T: Clone + Send + Sync + 'static>(&self) -> T {
+        self.get().unwrap_or_else(|| {
+            panic!(
+                "the host provides no {} to the views",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("services", &self.services.len())
+            .finish()
+    }
+}

@@ -1,0 +1,437 @@
+//! The catalog: definitions of every kind (segment rules today; funnels,
+//! experiments and campaign costs next), as logged, and the compilers that turn
+//! them into what the views evaluate.
+//!
+//! # Definitions go through the log
+//! A definition change is a [`Control`] record in the durable log, ordered with
+//! the events: it takes effect at the epoch of its record, on every worker, and a
+//! replay applies it at the same epoch again. So definitions survive restarts, and
+//! what a restart rebuilds is what the live engine had.
+//!
+//! A control names its **kind**; the [`Compiler`] registered for that kind (by
+//! the view that evaluates it, see `serve::views`) checks its name and compiles
+//! its body once per record, for every worker. The sequencer only hands the
+//! record's controls to [`Catalog::apply`]; it knows no kind. The HTTP layer
+//! checks a body with the same compiler before anything is logged, so a bad
+//! definition is refused with its reason and never reaches the log.
+//!
+//! # Compatibility
+//! Records written before kinds existed hold segment rules as `Define`/`Drop`;
+//! they read as kind [`segments::KIND`]. New records are written as `Put`/`Remove`
+//! with their kind.
+
+pub mod segments;
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use shopstream_dataflows::types::{intern, Millis, Time};
+use shopstream_dataflows::view::DefinitionChange;
+
+/// Where a definition came from: API definitions are changed through the API,
+/// the others through their configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Api,
+    /// A definitions file (for segments, `config/segments.toml` or the file
+    /// `segments.file` names).
+    Config,
+    /// Built in, from settings (lifecycle stages, tiers and RFM segments).
+    Builtin,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Config => "config",
+            Source::Builtin => "builtin",
+        }
+    }
+}
+
+/// A definition change, as logged: of kind `kind`, named `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Wire", into = "Wire")]
+pub struct Control {
+    pub kind: String,
+    pub name: String,
+    pub op: Op,
+}
+
+/// What a [`Control`] does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Defines or redefines with `body` (a segment's rule text).
+    Put { body: String, source: Source },
+    /// Drops the definition.
+    Remove,
+}
+
+impl Control {
+    pub fn put(
+        kind: &str,
+        name: impl Into<String>,
+        body: impl Into<String>,
+        source: Source,
+    ) -> Self {
+        Control {
+            kind: kind.to_owned(),
+            name: name.into(),
+            op: Op::Put {
+                body: body.into(),
+                source,
+            },
+        }
+    }
+
+    pub fn remove(kind: &str, name: impl Into<String>) -> Self {
+        Control {
+            kind: kind.to_owned(),
+            name: name.into(),
+            op: Op::Remove,
+        }
+    }
+}
+
+/// The log's encoding of a [`Control`] (bincode numbers the variants in this
+/// order: never reorder them).
+#[derive(Clone, Serialize, Deserialize)]
+enum Wire {
+    /// Before kinds: a segment rule.
+    Define {
+        name: String,
+        rule: String,
+        source: Source,
+    },
+    /// Before kinds: a segment dropped.
+    Drop {
+        name: String,
+    },
+    Put {
+        kind: String,
+        name: String,
+        body: String,
+        source: Source,
+    },
+    Remove {
+        kind: String,
+        name: String,
+    },
+}
+
+impl From<Wire> for Control {
+    fn from(w: Wire) -> Self {
+        match w {
+            Wire::Define { name, rule, source } => Control::put(segments::KIND, name, rule, source),
+            Wire::Drop { name } => Control::remove(segments::KIND, name),
+            Wire::Put {
+                kind,
+                name,
+                body,
+                source,
+            } => Control {
+                kind,
+                name,
+                op: Op::Put { body, source },
+            },
+            Wire::Remove { kind, name } => Control {
+                kind,
+                name,
+                op: Op::Remove,
+            },
+        }
+    }
+}
+
+impl From<Control> for Wire {
+    fn from(c: Control) -> Self {
+        match c.op {
+            Op::Put { body, source } => Wire::Put {
+                kind: c.kind,
+                name: c.name,
+                body,
+                source,
+            },
+            Op::Remove => Wire::Remove {
+                kind: c.kind,
+                name: c.name,
+            },
+        }
+    }
+}
+
+/// Why a definition is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no definitions of kind {0:?} (known: {1})")]
+    UnknownKind(String, String),
+    #[error("name: {0}")]
+    Name(String),
+    #[error("{0}")]
+    Compile(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why the configured definitions cannot be applied at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{kind} file {path}: {reason}")]
+    File {
+        kind: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{origin}: {kind} {name:?}: {reason}")]
+    Invalid {
+        kind: &'static str,
+        origin: String,
+        name: String,
+        reason: String,
+    },
+}
+
+/// Checks and compiles the definitions of one kind; registered by the view that
+/// evaluates them.
+pub trait Compiler: Send + Sync {
+    /// The kind's name, as logged (and matched by the view's `feed`).
+    fn kind(&self) -> &'static str;
+
+    /// Refuses a name this kind does not accept.
+    fn check_name(&self, name: &str) -> Result<(), String>;
+
+    /// Compiles a body into the value the view downcasts.
+    fn compile(
+        &self,
+        body: &str,
+    ) -> Result<Arc<dyn Any + Send + Sync>, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// A definition's id in the views: the hash of its name.
+    fn id(&self, name: &str) -> u64 {
+        intern(name)
+    }
+}
+
+/// A definition as defined now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Definition {
+    pub kind: &'static str,
+    pub name: String,
+    /// The body as logged (a segment's rule text).
+    pub body: String,
+    pub source: Source,
+    /// The epoch of the record that set this body (answers follow it from then on).
+    pub epoch: Time,
+    /// The last sequence number before that record's events, and its clock.
+    pub seq: u64,
+    pub clock: Millis,
+    /// The epoch at which the definition was first created (unchanged by a
+    /// redefinition).
+    pub created_epoch: Time,
+}
+
+/// What is defined, by kind and name, and every name ever defined, by id (ids
+/// are hashes of names, so this is stable): the exits of a dropped segment are
+/// published after the drop and still name it.
+#[derive(Debug, Default)]
+struct Registry {
+    by_name: BTreeMap<(&'static str, String), Definition>,
+    names: HashMap<(&'static str, u64), String>,
+}
+
+/// The compilers of every kind and what is defined now. Updated by the
+/// sequencer as records are logged (or replayed); read by handlers.
+pub struct Catalog {
+    compilers: Vec<Arc<dyn Compiler>>,
+    registry: Mutex<Registry>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<_> = self.compilers.iter().map(|c| c.kind()).collect();
+        f.debug_struct("Catalog").field("kinds", &kinds).finish()
+    }
+}
+
+impl Catalog {
+    pub fn new(compilers: Vec<Arc<dyn Compiler>>) -> Self {
+        Catalog {
+            compilers,
+            registry: Mutex::default(),
+        }
+    }
+
+    /// The compiler of `kind`.
+    pub fn compiler(&self, kind: &str) -> Result<&Arc<dyn Compiler>, CatalogError> {
+        self.compilers
+            .iter()
+            .find(|c| c.kind() == kind)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.compilers.iter().map(|c| c.kind()).collect();
+                CatalogError::UnknownKind(kind.to_owned(), known.join(", "))
+            })
+    }
+
+    /// Checks a control before it is logged: a known kind, a valid name, a body
+    /// that compiles.
+    pub fn check(&self, c: &Control) -> Result<(), CatalogError> {
+        let compiler = self.compiler(&c.kind)?;
+        compiler.check_name(&c.name).map_err(CatalogError::Name)?;
+        if let Op::Put { body, .. } = &c.op {
+            compiler.compile(body).map_err(CatalogError::Compile)?;
+        }
+        Ok(())
+    }
+
+    /// Records a logged record's controls (epoch `epoch`, last sequence number
+    /// `seq`, clock `clock`) and compiles them for the workers, in order.
+    ///
+    /// Controls were checked before they were logged, so a failure here means the
+    /// language changed between versions: the definition is dropped (and said so
+    /// in the server log) rather than stopping a replay. A kind this version does
+    /// not know is skipped the same way.
+    pub fn apply(
+        &self,
+        controls: &[Control],
+        epoch: Time,
+        seq: u64,
+        clock: Millis,
+    ) -> Vec<DefinitionChange> {
+        let mut out = Vec::with_capacity(controls.len());
+        let mut registry = self.registry.lock().expect("poisoned");
+        for c in controls {
+            let compiler = match self.compiler(&c.kind) {
+                Ok(compiler) => compiler,
+                Err(e) => {
+                    tracing::error!(epoch, name = %c.name, error = %e,
+                        "a logged definition is of a kind this version does not know; skipped");
+                    continue;
+                }
+            };
+            let kind = compiler.kind();
+            let id = compiler.id(&c.name);
+            let compiled = match &c.op {
+                Op::Put { body, source } => match compiler.compile(body) {
+                    Ok(compiled) => {
+                        registry.define(kind, id, &c.name, body, *source, epoch, seq, clock);
+                        Some(compiled)
+                    }
+                    Err(e) => {
+                        tracing::error!(kind, name = %c.name, epoch, error = %e,
+                            "a logged definition no longer compiles; it is dropped");
+                        registry.by_name.remove(&(kind, c.name.clone()));
+                        None
+                    }
+                },
+                Op::Remove => {
+                    registry.by_name.remove(&(kind, c.name.clone()));
+                    None
+                }
+            };
+            out.push(DefinitionChange { kind, id, compiled });
+        }
+        out
+    }
+
+    /// The definitions of `kind`, in name order (a snapshot).
+    pub fn definitions(&self, kind: &str) -> Vec<Definition> {
+        let registry = self.registry.lock().expect("poisoned");
+        registry
+            .by_name
+            .values()
+            .filter(|d| d.kind == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// One definition.
+    pub fn get(&self, kind: &str, name: &str) -> Option<Definition> {
+        let registry = self.registry.lock().expect("poisoned");
+        let kind = self.compiler(kind).ok()?.kind();
+        registry.by_name.get(&(kind, name.to_owned())).cloned()
+    }
+
+    /// The name of definition `id` of `kind`, dropped ones included.
+    pub fn name(&self, kind: &str, id: u64) -> Option<String> {
+        let kind = self.compiler(kind).ok()?.kind();
+        let registry = self.registry.lock().expect("poisoned");
+        registry.names.get(&(kind, id)).cloned()
+    }
+
+    /// How many definitions of every kind there are.
+    pub fn len(&self) -> usize {
+        self.registry.lock().expect("poisoned").by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Registry {
+    #[allow(clippy::too_many_arguments)]
+    fn define(
+        &mut self,
+        kind: &'static str,
+        id: u64,
+        name: &str,
+        body: &str,
+        source: Source,
+        epoch: Time,
+        seq: u64,
+        clock: Millis,
+    ) {
+        let key = (kind, name.to_owned());
+        let created_epoch = self.by_name.get(&key).map_or(epoch, |d| d.created_epoch);
+        self.names.insert((kind, id), name.to_owned());
+        self.by_name.insert(
+            key,
+            Definition {
+                kind,
+                name: name.to_owned(),
+                body: body.to_owned(),
+                source,
+                epoch,
+                seq,
+                clock,
+                created_epoch,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_before_kinds_read_as_segments() {
+        let old = Wire::Define {
+            name: "vip".into(),
+            rule: "orders > 1".into(),
+            source: Source::Api,
+        };
+        let bytes = bincode::serialize(&old).expect("encode");
+        let c: Control = bincode::deserialize(&bytes).expect("decode");
+        assert_eq!(
+            c,
+            Control::put(segments::KIND, "vip", "orders > 1", Source::Api)
+        );
+        let bytes = bincode::serialize(&Wire::Drop { name: "vip".into() }).expect("encode");
+        let c: Control = bincode::deserialize(&bytes).expect("decode");
+        assert_eq!(c, Control::remove(segments::KIND, "vip"));
+    }
+
+    #[test]
+    fn controls_round_trip_with_their_kind() {
+        for c in [
+            Control::put("funnel", "checkout", "a -> b", Source::Config),
+            Control::remove("segment", "vip"),
+        ] {
+            let bytes = bincode::serialize(&c).expect("encode");
+            assert_eq!(bincode::deserialize::<Control>(&bytes).expect("decode"), c);
+        }
+    }
+}

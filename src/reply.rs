@@ -1,0 +1,98 @@
+//! HTTP replies every handler shares, ingest and views alike: JSON errors, the
+//! one mapping of engine errors to status codes, read positions (`min_seq`,
+//! `as_of`), and the rendering of times and money.
+//!
+//! Unknown ids are 404, bad parameters 400, a `min_seq` the views do not reach in
+//! time 504, a past point no longer kept 410, overload 503 with `Retry-After`;
+//! every error is a JSON object `{"error": "..."}`.
+
+use std::collections::HashMap;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use shopstream_dataflows::types::Millis;
+
+use crate::runtime::{EngineError, ReadAt};
+
+/// A JSON error answer.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// The HTTP status of an engine error: the one place this is decided.
+pub fn status_of(e: &EngineError) -> StatusCode {
+    match e {
+        EngineError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        EngineError::AsOfGone { .. } => StatusCode::GONE,
+        EngineError::AsOfBeforeDefinition { .. } => StatusCode::NOT_FOUND,
+        EngineError::Definition(_) => StatusCode::BAD_REQUEST,
+        EngineError::Overloaded(_)
+        | EngineError::Unavailable(_)
+        | EngineError::ShuttingDown
+        | EngineError::Log(_)
+        | EngineError::NoSuchView(_)
+        | EngineError::Timely(_)
+        | EngineError::Replay(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// An engine error as an HTTP answer (a timeout says how far the views got;
+/// overload asks the client to retry).
+pub fn engine_error(e: EngineError) -> Response {
+    let status = status_of(&e);
+    let mut body = json!({"error": e.to_string()});
+    if let EngineError::Timeout { reached, .. } = e {
+        body["as_of"] = json!(reached);
+    }
+    let mut r = (status, Json(body)).into_response();
+    if matches!(e, EngineError::Overloaded(_)) {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Parses where a read is at from its query string: `min_seq=N` (the newest
+/// point, once it includes event `N`) and/or `as_of=N` (the newest kept point
+/// whose `as_of` is at most `N`: a recent past, while `http.as_of_history` keeps
+/// it), with a clear 400 when either is not a number.
+pub fn read_at(params: &HashMap<String, String>) -> Result<ReadAt, Response> {
+    let number = |key: &str| -> Result<Option<u64>, Response> {
+        match params.get(key) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{key}: expected a non-negative integer, got {v:?}"),
+                )
+            }),
+        }
+    };
+    Ok(ReadAt {
+        min_seq: number("min_seq")?,
+        as_of: number("as_of")?,
+    })
+}
+
+/// Minor units as a JSON number in major units, exact: the shortest decimal that
+/// round-trips an `f64` of `minor / 10^digits` is that decimal itself.
+pub fn money(minor: i64, digits: u32) -> Value {
+    let scale = 10f64.powi(digits as i32);
+    json!((minor as f64) / scale)
+}
+
+/// RFC 3339 text of a millisecond timestamp; `null` for "never".
+pub fn rfc3339(ms: Millis) -> Value {
+    if ms == Millis::MIN || ms == Millis::MAX {
+        return Value::Null;
+    }
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_or(Value::Null, Value::String),
+        Err(_) => Value::Null,
+    }
+}

@@ -1,0 +1,548 @@
+//! The running engine: start-up (catalog, services, workers, sequencer, replay),
+//! submissions, definitions, and reads of any view at one pinned epoch.
+
+use std::any::TypeId;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shopstream_dataflows::types::{owner, Time};
+use shopstream_dataflows::view::{Env, Names, ReadCtx, View};
+
+use super::host::{HostContext, ViewHost};
+use super::shared::{Pin, Shared};
+use super::worker::{self, Request};
+use super::{sequencer, EngineError, Readable, ReplayError, SubmitAck, Unavailable};
+use crate::catalog::{Catalog, Control};
+use crate::config::Config;
+use crate::event::Event;
+use crate::log::Recovery;
+use crate::symbols::Symbols;
+
+/// Which epoch a read is at: the newest complete one (at or after `min_seq`), or,
+/// with `as_of`, the newest kept one whose last sequence number is at most
+/// `as_of` (after waiting until `as_of` is readable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadAt {
+    pub min_seq: Option<u64>,
+    pub as_of: Option<u64>,
+}
+
+impl From<Option<u64>> for ReadAt {
+    /// A `min_seq`.
+    fn from(min_seq: Option<u64>) -> Self {
+        ReadAt {
+            min_seq,
+            as_of: None,
+        }
+    }
+}
+
+/// Which workers a read asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The worker that owns this key (a user, an item).
+    Owner(u64),
+    /// Every worker (each answers for the keys it owns).
+    All,
+}
+
+/// The running engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    shared: Arc<Shared>,
+    submit: flume::Sender<sequencer::Submit>,
+    requests: Vec<flume::Sender<Request>>,
+    pub symbols: Arc<Symbols>,
+    read_permits: Arc<tokio::sync::Semaphore>,
+    pub config: Config,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
+    recovery: Recovery,
+    hosts: Vec<Arc<dyn ViewHost>>,
+    env: Env,
+    /// Held by whoever checks and then logs a definition change, so that two
+    /// concurrent requests cannot both pass a check the other invalidates.
+    pub definitions: tokio::sync::Mutex<()>,
+}
+
+/// What a worker receives: epochs from the sequencer, reads from handlers.
+type Inbox = (flume::Receiver<Arc<super::Epoch>>, flume::Receiver<Request>);
+
+/// The channels between the engine and its workers, before the workers start.
+struct Wiring {
+    epoch_txs: Vec<flume::Sender<Arc<super::Epoch>>>,
+    request_txs: Vec<flume::Sender<Request>>,
+    inboxes: Vec<Option<Inbox>>,
+}
+
+impl Wiring {
+    fn new(workers: usize) -> Self {
+        let mut w = Wiring {
+            epoch_txs: Vec::new(),
+            request_txs: Vec::new(),
+            inboxes: Vec::new(),
+        };
+        for _ in 0..workers {
+            let (etx, erx) = flume::bounded(64);
+            let (rtx, rrx) = flume::unbounded();
+            w.epoch_txs.push(etx);
+            w.request_txs.push(rtx);
+            w.inboxes.push(Some((erx, rrx)));
+        }
+        w
+    }
+}
+
+impl Engine {
+    /// Opens the log, replays it through the views `hosts` registers (see
+    /// `crate::serve::views`) and returns once every view includes the whole log.
+    /// `progress` is told (bytes read, bytes total).
+    pub fn start(
+        config: Config,
+        hosts: &[Arc<dyn ViewHost>],
+        progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let symbols = Arc::new(Symbols::default());
+        let catalog = Arc::new(Catalog::new(
+            hosts.iter().flat_map(|h| h.compilers(&config)).collect(),
+        ));
+        let env = Self::provide(&config, hosts, &symbols, &catalog);
+        let shared = Arc::new(Shared::new(config.workers, config.as_of_history, catalog));
+        let mut wiring = Wiring::new(config.workers);
+        let guards = Self::start_workers(&config, &shared, &symbols, &env, &mut wiring)?;
+        let (submit_tx, submit_rx) = flume::bounded(config.queue_depth);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let seq_thread = {
+            let shared = shared.clone();
+            let config = config.clone();
+            let epoch_txs = std::mem::take(&mut wiring.epoch_txs);
+            std::thread::Builder::new()
+                .name("shopstream-sequencer".into())
+                .spawn(move || {
+                    sequencer::run(config, shared, submit_rx, epoch_txs, ready_tx, progress)
+                })
+                .expect("spawn sequencer")
+        };
+        let recovery = match ready_rx.recv() {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ReplayError::SequencerStopped.into()),
+        };
+        let engine = Arc::new(Engine {
+            shared,
+            submit: submit_tx,
+            requests: wiring.request_txs,
+            symbols,
+            read_permits: Arc::new(tokio::sync::Semaphore::new(config.max_pending_reads)),
+            config,
+            threads: Mutex::new(vec![seq_thread]),
+            guards: Mutex::new(Some(guards)),
+            recovery,
+            hosts: hosts.to_vec(),
+            env,
+            definitions: tokio::sync::Mutex::new(()),
+        });
+        engine.wait_for_replay()?;
+        Ok(engine)
+    }
+
+    /// The services every view's dataflow and handlers share: the symbol table's
+    /// names, then what each view provides.
+    fn provide(
+        config: &Config,
+        hosts: &[Arc<dyn ViewHost>],
+        symbols: &Arc<Symbols>,
+        catalog: &Arc<Catalog>,
+    ) -> Env {
+        let mut env = Env::default();
+        let names: Names = {
+            let symbols = symbols.clone();
+            Arc::new(move |id| symbols.resolve(id))
+        };
+        env.insert(names);
+        let cx = HostContext {
+            config,
+            symbols,
+            catalog,
+        };
+        for h in hosts {
+            h.provide(&mut env, cx);
+        }
+        env
+    }
+
+    /// Starts the timely workers, each building every view.
+    fn start_workers(
+        config: &Config,
+        shared: &Arc<Shared>,
+        symbols: &Arc<Symbols>,
+        env: &Env,
+        wiring: &mut Wiring,
+    ) -> Result<timely::communication::WorkerGuards<()>, EngineError> {
+        let inbox = Arc::new(Mutex::new(std::mem::take(&mut wiring.inboxes)));
+        let shared = shared.clone();
+        let symbols = symbols.clone();
+        let env = env.clone();
+        timely::execute(timely::Config::process(config.workers), move |w| {
+            let (epochs, requests) = inbox.lock().expect("poisoned")[w.index()]
+                .take()
+                .expect("each worker starts once");
+            worker::run(
+                w,
+                worker::Context {
+                    shared: shared.clone(),
+                    symbols: symbols.clone(),
+                    env: env.clone(),
+                    epochs,
+                    requests,
+                },
+            )
+        })
+        .map_err(EngineError::Timely)
+    }
+
+    /// Serves nothing until the views include the whole log.
+    fn wait_for_replay(&self) -> Result<(), EngineError> {
+        let target = self.recovery.last_epoch.map_or(0, |e| e + 1);
+        let mut rx = self.shared.readable.subscribe();
+        while rx.borrow_and_update().done < target {
+            if rx.has_changed().is_err() {
+                return Err(EngineError::ShuttingDown);
+            }
+            if self.shared.worker_failed.load(Ordering::SeqCst) {
+                self.shutdown();
+                return Err(ReplayError::WorkerFailed.into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// What the log held at start.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// What the views include now.
+    pub fn readable(&self) -> Readable {
+        *self.shared.readable.borrow()
+    }
+
+    /// Last sequence number in the log.
+    pub fn logged_seq(&self) -> u64 {
+        self.shared.logged_seq.load(Ordering::Relaxed)
+    }
+
+    /// Whether events are still accepted: the log is writable and every worker runs.
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed) && !self.worker_failed()
+    }
+
+    /// Whether a dataflow worker has failed.
+    pub fn worker_failed(&self) -> bool {
+        self.shared.worker_failed.load(Ordering::Relaxed)
+    }
+
+    /// Why nothing more is accepted, when it is not.
+    fn refuse_when_unhealthy(&self) -> Result<(), EngineError> {
+        if self.worker_failed() {
+            return Err(Unavailable::WorkerFailed.into());
+        }
+        if !self.shared.healthy.load(Ordering::Relaxed) {
+            return Err(Unavailable::LogFailed.into());
+        }
+        Ok(())
+    }
+
+    /// The definitions of every kind.
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    /// A service a view provided (see [`ViewHost::provide`]).
+    pub fn service<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.env.get()
+    }
+
+    fn submission(
+        events: Vec<Event>,
+        controls: Vec<Control>,
+    ) -> (
+        sequencer::Submit,
+        tokio::sync::oneshot::Receiver<Result<SubmitAck, EngineError>>,
+    ) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let submit = sequencer::Submit {
+            events,
+            controls,
+            reply,
+        };
+        (submit, rx)
+    }
+
+    /// Queues validated events for the log, waiting for room in the queue (the
+    /// caller is slowed down; memory stays bounded). The receiver resolves once they
+    /// are durable (or recognised as duplicates).
+    pub async fn enqueue(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<SubmitAck, EngineError>>, EngineError> {
+        self.refuse_when_unhealthy()?;
+        let (submit, rx) = Self::submission(events, Vec::new());
+        self.submit
+            .send_async(submit)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Submits validated events; resolves once they are durable.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<SubmitAck, EngineError> {
+        let rx = self.enqueue(events).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// As [`submit`](Self::submit), but answers `Overloaded` at once when the queue is full.
+    pub async fn try_submit(&self, events: Vec<Event>) -> Result<SubmitAck, EngineError> {
+        self.refuse_when_unhealthy()?;
+        let (submit, rx) = Self::submission(events, Vec::new());
+        self.submit.try_send(submit).map_err(|e| match e {
+            flume::TrySendError::Full(_) => EngineError::Overloaded(self.submit.len()),
+            flume::TrySendError::Disconnected(_) => EngineError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Waits until the readable point satisfies `reached`, up to `timeout`;
+    /// `wanted` is the sequence number a timeout reports waiting for.
+    async fn wait_until(
+        &self,
+        reached: impl FnMut(&Readable) -> bool,
+        wanted: u64,
+        timeout: Duration,
+    ) -> Result<Readable, EngineError> {
+        let mut rx = self.shared.readable.subscribe();
+        let started = std::time::Instant::now();
+        let waited =
+            tokio::time::timeout(timeout, async { rx.wait_for(reached).await.map(|r| *r) }).await;
+        match waited {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(EngineError::ShuttingDown),
+            Err(_) => Err(EngineError::Timeout {
+                wanted,
+                reached: self.readable().seq,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Waits until the views include `seq` (read-your-writes), up to `timeout`.
+    pub async fn wait_for_seq(&self, seq: u64, timeout: Duration) -> Result<Readable, EngineError> {
+        self.wait_until(|r| r.seq >= seq, seq, timeout).await
+    }
+
+    /// Waits until the views include epoch `epoch`, up to `timeout`.
+    pub async fn wait_for_epoch(
+        &self,
+        epoch: Time,
+        timeout: Duration,
+    ) -> Result<Readable, EngineError> {
+        self.wait_until(|r| r.done > epoch, self.logged_seq(), timeout)
+            .await
+    }
+
+    /// Reads view `V` at one complete epoch: the newest (after `at.min_seq`), or
+    /// the one `at.as_of` names; at or after `min_epoch`. `read` runs on each
+    /// worker `route` names, against that worker's `V`, between steps; the answers
+    /// come in worker order, with the epoch they are as of. No answers before
+    /// anything is readable.
+    pub async fn read<V, A, F>(
+        &self,
+        at: impl Into<ReadAt>,
+        min_epoch: Option<Time>,
+        route: Route,
+        read: F,
+    ) -> Result<(Readable, Vec<A>), EngineError>
+    where
+        V: View,
+        A: Send + 'static,
+        F: Fn(&mut V, ReadCtx) -> A + Send + Sync + 'static,
+    {
+        let at = at.into();
+        // Reads waiting on `min_seq` count against the limit too.
+        let _permit = self
+            .read_permits
+            .try_acquire()
+            .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
+        let (as_of, pin) = self.pin_for(at, min_epoch).await?;
+        let Some(pin) = pin else {
+            return Ok((as_of, Vec::new()));
+        };
+        let peers = self.requests.len();
+        let workers: Vec<usize> = match route {
+            Route::Owner(key) => vec![owner(key, peers)],
+            Route::All => (0..peers).collect(),
+        };
+        let read = Arc::new(read);
+        let mut replies = Vec::with_capacity(workers.len());
+        for w in workers {
+            let (tx, rx) = flume::bounded(1);
+            let read = read.clone();
+            let request = Request {
+                at: pin.at,
+                view: TypeId::of::<V>(),
+                read: Box::new(move |view, cx| {
+                    let answer = view
+                        .and_then(|v| v.downcast_mut::<V>())
+                        .map(|v| read(v, cx));
+                    let _ = tx.send(answer);
+                }),
+            };
+            self.requests[w].send(request).map_err(|_| self.gone())?;
+            self.shared.unpark(w);
+            replies.push(rx);
+        }
+        let mut answers = Vec::with_capacity(replies.len());
+        for rx in replies {
+            match rx.recv_async().await.map_err(|_| self.gone())? {
+                Some(a) => answers.push(a),
+                None => return Err(EngineError::NoSuchView(std::any::type_name::<V>())),
+            }
+        }
+        drop(pin);
+        Ok((as_of, answers))
+    }
+
+    /// What a read reports when its worker went away.
+    fn gone(&self) -> EngineError {
+        if self.worker_failed() {
+            Unavailable::WorkerFailed.into()
+        } else {
+            EngineError::ShuttingDown
+        }
+    }
+
+    /// Waits for and pins the epoch a read is at (`None` before anything is readable).
+    async fn pin_for(
+        &self,
+        at: ReadAt,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, Option<Pin>), EngineError> {
+        if let Some(seq) = at.min_seq.max(at.as_of) {
+            self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
+        }
+        match at.as_of {
+            Some(seq) => self.pin_as_of(seq, min_epoch),
+            None => {
+                if let Some(epoch) = min_epoch {
+                    self.wait_for_epoch(epoch, self.config.min_seq_timeout)
+                        .await?;
+                }
+                Ok(self.pin())
+            }
+        }
+    }
+
+    /// Logs definition changes and waits until the views answer with them: the
+    /// readable state returned is the first that includes them. Each is checked by
+    /// its kind's compiler first, so a bad one is refused before anything is logged.
+    pub async fn define(&self, controls: Vec<Control>) -> Result<Readable, EngineError> {
+        self.refuse_when_unhealthy()?;
+        for c in &controls {
+            self.catalog().check(c)?;
+        }
+        let (submit, rx) = Self::submission(Vec::new(), controls);
+        self.submit
+            .send_async(submit)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        let ack = rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        let Some(epoch) = ack.epoch else {
+            return Ok(self.readable());
+        };
+        // Evaluating a definition over all history can take a while; wait as long
+        // as the workers are alive.
+        loop {
+            match self.wait_for_epoch(epoch, Duration::from_secs(1)).await {
+                Err(EngineError::Timeout { .. }) if !self.worker_failed() => continue,
+                Err(EngineError::Timeout { .. }) => return Err(Unavailable::WorkerFailed.into()),
+                other => return other,
+            }
+        }
+    }
+
+    /// Definition changes every view's configuration asks for at start, given
+    /// what the log defines.
+    pub fn startup_controls(&self) -> Result<Vec<Control>, crate::catalog::StartupError> {
+        let mut out = Vec::new();
+        for h in &self.hosts {
+            out.extend(h.startup(&self.config, self.catalog())?);
+        }
+        Ok(out)
+    }
+
+    /// Pins the newest kept epoch whose last sequence number is at most `seq`.
+    fn pin_as_of(
+        &self,
+        seq: u64,
+        min_epoch: Option<Time>,
+    ) -> Result<(Readable, Option<Pin>), EngineError> {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        // The newest point is always readable; older ones while history keeps them.
+        let newest = *self.shared.readable.borrow();
+        let found = std::iter::once(newest)
+            .filter(|r| r.done > 0)
+            .chain(s.history.iter().rev().copied())
+            .find(|r| r.seq <= seq);
+        let oldest = s.history.front().map_or(newest.seq, |r| r.seq);
+        let Some(r) = found else {
+            return Err(EngineError::AsOfGone {
+                asked: seq,
+                oldest,
+                kept: s.as_of_history,
+            });
+        };
+        if min_epoch.is_some_and(|e| r.done <= e) {
+            return Err(EngineError::AsOfBeforeDefinition { asked: seq });
+        }
+        let pin = self.shared.pin_locked(&mut s, r.done - 1);
+        Ok((r, Some(pin)))
+    }
+
+    /// Pins the newest epoch that every worker has completed.
+    fn pin(&self) -> (Readable, Option<Pin>) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        let r = *self.shared.readable.borrow();
+        if r.done == 0 {
+            return (r, None);
+        }
+        let pin = self.shared.pin_locked(&mut s, r.done - 1);
+        (r, Some(pin))
+    }
+
+    /// Ends what outlives requests (open feeds), before the listeners stop.
+    pub fn close_feeds(&self) {
+        for h in &self.hosts {
+            h.close(&self.env);
+        }
+    }
+
+    /// Stops accepting submissions, lets the sequencer drain, and joins every thread.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.unpark_all();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("poisoned"));
+        // The sequencer exits when every submitter is gone or on the shutdown flag.
+        for t in threads {
+            let _ = t.join();
+        }
+        self.shared.unpark_all();
+        if let Some(g) = self.guards.lock().expect("poisoned").take() {
+            for (i, r) in g.join().into_iter().enumerate() {
+                if let Err(e) = r {
+                    tracing::error!(worker = i, error = %e, "worker had failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The epoch model: what a log record is to the workers, and what the views
+//! include once they have completed a run of them.
+
+use shopstream_dataflows::types::{Millis, Time};
+use shopstream_dataflows::view::DefinitionChange;
+
+use crate::event::Event;
+
+/// One log record as the workers see it: a run of consecutive sequence numbers and
+/// the engine clock after them. The events stay in the chunks they were submitted
+/// in; in order, they have sequence numbers `first_seq..`.
+#[derive(Debug)]
+pub struct Epoch {
+    pub epoch: Time,
+    pub first_seq: u64,
+    pub clock: Millis,
+    pub chunks: Vec<Vec<Event>>,
+    /// Definitions (of every kind) that take effect at this epoch, compiled.
+    pub definitions: Vec<DefinitionChange>,
+}
+
+impl Epoch {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(Vec::is_empty)
+    }
+
+    /// The last sequence number the epoch includes (`first_seq - 1` when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.len() as u64 - 1
+    }
+
+    /// The events with their sequence numbers, in order.
+    pub fn events(&self) -> impl Iterator<Item = (u64, &Event)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, e)| (self.first_seq + i as u64, e))
+    }
+}
+
+/// What the views include: epochs `0..done`, events `1..=seq`, at clock `clock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Readable {
+    /// Number of complete epochs; `0` means nothing is readable yet.
+    pub done: u64,
+    /// Last sequence number included (`0`: none).
+    pub seq: u64,
+    /// Engine clock at that epoch (`Millis::MIN` before any event).
+    pub clock: Millis,
+}
