@@ -77,7 +77,11 @@ pub struct RawLog {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub fsync_interval_ms: u64,
-    pub segment_mb: u64,
+    /// Size after which a new log file is started, in MiB. Read from
+    /// `segment_mb` too, the key's name before "segment" came to mean an
+    /// audience only, so older config files still load.
+    #[serde(alias = "segment_mb")]
+    pub file_mb: u64,
     pub max_record_events: usize,
 }
 
@@ -205,7 +209,7 @@ impl Default for RawLog {
             data_dir: "shopstream-data".into(),
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: 10,
-            segment_mb: 128,
+            file_mb: 128,
             max_record_events: 65_536,
         }
     }
@@ -243,7 +247,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
-    pub segment_bytes: u64,
+    /// Size after which a new log file is started (`log.file_mb`).
+    pub file_bytes: u64,
     pub max_record_events: usize,
     pub workers: usize,
     pub clock: ClockMode,
@@ -323,7 +328,7 @@ impl RawConfig {
             h.max_concurrent_requests as u64,
         )?;
         positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
-        positive("log.segment_mb", l.segment_mb)?;
+        positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
         positive("engine.clock_tick_ms", e.clock_tick_ms)?;
         if e.workers == 0 || e.workers > 256 {
@@ -364,7 +369,7 @@ impl RawConfig {
             data_dir: l.data_dir,
             fsync: l.fsync,
             fsync_interval: Duration::from_millis(l.fsync_interval_ms),
-            segment_bytes: l.segment_mb * 1024 * 1024,
+            file_bytes: l.file_mb * 1024 * 1024,
             max_record_events: l.max_record_events,
             workers: e.workers,
             clock: e.clock,
@@ -415,5 +420,13 @@ mod tests {
         assert!(err.contains("engine.workers"), "{err}");
         let err = toml::from_str::<RawConfig>("[ingest]\nmax_lines = 3\n").unwrap_err();
         assert!(err.to_string().contains("max_lines"), "{err}");
+    }
+
+    #[test]
+    fn log_segment_mb_still_loads_as_file_mb() {
+        let old: RawConfig = toml::from_str("[log]\nsegment_mb = 3\n").unwrap();
+        let new: RawConfig = toml::from_str("[log]\nfile_mb = 3\n").unwrap();
+        assert_eq!((old.log.file_mb, new.log.file_mb), (3, 3));
+        assert_eq!(old.validate().unwrap().file_bytes, 3 << 20);
     }
 }

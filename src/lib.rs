@@ -9,7 +9,7 @@
 //! * [`config`]: raw TOML/CLI settings → validated [`config::Config`].
 //! * [`event`]: the event model and its validation (Segment names, GA4 aliases).
 //! * [`ingest`]: TCP (NDJSON and bincode frames) and HTTP listeners, limits, acks.
-//! * [`log`]: the durable event log: checksummed records in segment files, group
+//! * [`log`]: the durable event log: checksummed records in log files, group
 //!   commit, recovery that truncates a torn tail.
 //! * [`runtime`]: the sequencer (the log's single writer) and the timely workers
 //!   that feed, step and read the views, knowing them only through the view

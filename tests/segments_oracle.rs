@@ -8,7 +8,7 @@
 //! restarted on its log with another worker count and must answer the same.
 //!
 //! The brute-force side uses the rule's own evaluation (its semantics have unit
-//! tests of their own in `dataflows/src/rules.rs`) on profiles from the
+//! tests of their own in `dataflows/src/rules/`) on profiles from the
 //! independent oracle of `tests/util/oracle.rs`; what is under test is everything
 //! incremental: which users get re-evaluated when, time-driven exits, definitions
 //! over all history, drops, `since`, paging, the feed, and replay.

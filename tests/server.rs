@@ -942,12 +942,12 @@ fn crash_keeps_every_acked_event_and_recovers_a_torn_tail() {
     restarted.kill();
 
     // Garbage after the last record: cut off at start, nothing lost.
-    let segment = segment_files(dir.path()).pop().expect("a segment file");
+    let segment = log_files(dir.path()).pop().expect("a log file");
     {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&segment)
-            .expect("open segment");
+            .expect("open log file");
         f.write_all(&[0xab; 100]).expect("append garbage");
     }
     let mut p = ServerProcess::spawn(dir.path());
@@ -965,12 +965,12 @@ fn crash_keeps_every_acked_event_and_recovers_a_torn_tail() {
     );
 
     // A torn last record: the log keeps the records before it.
-    let segment = segment_files(dir.path()).pop().expect("a segment file");
+    let segment = log_files(dir.path()).pop().expect("a log file");
     let len = std::fs::metadata(&segment).expect("stat").len();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&segment)
-        .expect("open segment")
+        .expect("open log file")
         .set_len(len - 3)
         .expect("truncate");
     let p = ServerProcess::spawn(dir.path());

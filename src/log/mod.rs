@@ -22,7 +22,7 @@
 //!
 //! - [`FsyncPolicy::Always`] (the default): when [`LogWriter::commit`]
 //!   returns `Ok`, every record appended before it is on stable storage
-//!   (written and `fdatasync`ed; new segment files also have their directory
+//!   (written and `fdatasync`ed; new log files also have their directory
 //!   entry fsynced). *Acknowledged = durable*: acknowledge events only after
 //!   the commit that holds them. Group commit: one `fdatasync` per `commit`,
 //!   however many records (epochs) were appended since the last one.
@@ -34,7 +34,7 @@
 //!   from a timer or at shutdown otherwise). [`LogWriter::durable_next_seq`]
 //!   says what is known to be durable.
 //! - [`FsyncPolicy::Never`]: `commit` only writes; the OS decides when data
-//!   reaches the disk (segments are still fsynced when they are closed at a
+//!   reaches the disk (log files are still fsynced when they are closed at a
 //!   rotation). Survives a process crash, not a power loss.
 //!
 //! In every case what survives is a *prefix* of the appended records: the
@@ -43,18 +43,18 @@
 //!
 //! # Format
 //!
-//! The log is a directory of segment files named `{first_epoch:020}.log`
+//! The log is a directory of log files named `{first_epoch:020}.log`
 //! (zero-padded so that names sort in epoch order). Other files in the
 //! directory are ignored. All integers are little-endian.
 //!
-//! A segment starts with a 32-byte **segment header**:
+//! A log file starts with a 32-byte **file header**:
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `"SSEG"` |
 //! | 4 | 4 | format version, 1 |
-//! | 8 | 8 | `first_epoch` of the segment (equals the file name) |
-//! | 16 | 8 | `first_seq` of the segment |
+//! | 8 | 8 | `first_epoch` of the file (equals the file name) |
+//! | 16 | 8 | `first_seq` of the file |
 //! | 24 | 4 | CRC-32 (IEEE) of bytes 0..24 |
 //! | 28 | 4 | reserved, 0 |
 //!
@@ -71,44 +71,44 @@
 //! | 32 | 8 | `clock_ms` (the engine clock, i64) |
 //! | 40 | `len` | payload |
 //!
-//! The segment header (rather than a bare sequence of records) makes every segment
-//! self-describing: a segment that holds no record yet still says which
-//! epoch and sequence number come next, so continuity across segment
-//! boundaries is checked, and a log whose oldest segments were removed
-//! (retention) still knows where it starts.
+//! The file header (rather than a bare sequence of records) makes every file
+//! self-describing: a file that holds no record yet still says which epoch
+//! and sequence number come next, so continuity across file boundaries is
+//! checked, and a log whose oldest files were removed (retention) still
+//! knows where it starts.
 //!
-//! A segment is closed once it holds at least `segment_bytes` bytes; the
-//! next record goes to a new segment. Rotation happens at record boundaries
-//! (a record never spans two files) and lazily, when the first record for the
-//! new segment is committed, so no empty segment files pile up. Before the
+//! A file is closed once it holds at least [`LogConfig::file_bytes`]
+//! bytes; the next record goes to a new file. Rotation happens at record
+//! boundaries (a record never spans two files) and lazily, when the first
+//! record for the new file is committed, so no empty log files pile up. Before the
 //! new file is created the old one is fsynced; the new one is created with
 //! its header, fsynced, and the directory is fsynced.
 //!
 //! # Recovery
 //!
-//! [`open`] reads the segments in order and passes every valid record to the
+//! [`open`] reads the log files in order and passes every valid record to the
 //! caller's callback. It stops at the first sign of a torn or corrupt tail:
 //!
-//! - a segment header that is short, has a bad magic, checksum or version,
+//! - a file header that is short, has a bad magic, checksum or version,
 //!   or whose `first_epoch`/`first_seq` does not continue the previous
-//!   segment (or whose epoch differs from its file name);
+//!   file (or whose epoch differs from its file name);
 //! - a short record header or short payload (a torn write);
 //! - a bad record magic (e.g. a zero-filled tail after a crash);
 //! - a checksum mismatch;
 //! - a record whose `epoch`/`first_seq` does not follow the previous record.
 //!
-//! The log is then cut right after the last good record: that segment is
-//! truncated (or removed, if its own header is bad), every later segment
+//! The log is then cut right after the last good record: that file is
+//! truncated (or removed, if its own header is bad), every later log
 //! file is deleted, the directory is fsynced, and a `tracing::warn!` names the
 //! file, the offset and the number of bytes dropped. Corruption is never a
 //! panic and never an error; I/O errors while reading (and callback errors)
 //! are, and leave the log untouched. Because the policy keeps a prefix, a
-//! flipped byte in an old segment loses everything after it: that is the
+//! flipped byte in an old file loses everything after it: that is the
 //! price of never replaying a log with a hole in its sequence numbers.
 //!
 //! Only one writer may use a directory at a time; nothing here locks it.
 
-mod segment;
+mod file;
 mod writer;
 
 #[cfg(test)]
@@ -119,12 +119,12 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use segment::{io_err, read_full, RECORD_MAGIC};
-pub use segment::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use file::{io_err, read_full, RECORD_MAGIC};
+pub use file::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
 pub use writer::LogWriter;
 
-/// Default size after which a segment is closed: 128 MiB.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
+/// Default size after which a log file is closed: 128 MiB.
+pub const DEFAULT_FILE_BYTES: u64 = 128 << 20;
 /// Default interval for [`FsyncPolicy::Interval`].
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -144,10 +144,10 @@ pub enum FsyncPolicy {
 /// Where and how the log is kept.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
-    /// Directory of the segment files (created if missing).
+    /// Directory of the log files (created if missing).
     pub dir: PathBuf,
-    /// Rotate to a new segment file after this many bytes (default 128 MiB).
-    pub segment_bytes: u64,
+    /// Rotate to a new log file after this many bytes (default 128 MiB).
+    pub file_bytes: u64,
     /// When commits fsync.
     pub fsync: FsyncPolicy,
     /// For [`FsyncPolicy::Interval`]: the longest time between fsyncs (while commits come).
@@ -159,7 +159,7 @@ impl LogConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         LogConfig {
             dir: dir.into(),
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            file_bytes: DEFAULT_FILE_BYTES,
             fsync: FsyncPolicy::Always,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
         }
@@ -208,7 +208,7 @@ pub enum LogError {
     /// An I/O operation failed.
     #[error("log I/O error: cannot {op} {}: {source}", path.display())]
     Io {
-        /// What was being done ("write", "fsync segment", ...).
+        /// What was being done ("write", "fsync log file", ...).
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
@@ -240,21 +240,21 @@ pub enum LogError {
     Callback(String),
 }
 
-/// Total bytes of all segment files in `dir`, without reading them (0 when
+/// Total bytes of all log files in `dir`, without reading them (0 when
 /// the directory does not exist). For a replay progress bar: the last
 /// argument of [`open`]'s callback counts up to this.
 pub fn size_on_disk(dir: &Path) -> Result<u64, LogError> {
-    let segments = match segment::list_segments(dir) {
-        Ok(segments) => segments,
+    let files = match file::list_files(dir) {
+        Ok(files) => files,
         Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Ok(0)
         }
         Err(e) => return Err(e),
     };
     let mut total = 0;
-    for seg in segments {
-        total += fs::metadata(&seg.path)
-            .map_err(io_err("stat", &seg.path))?
+    for log_file in files {
+        total += fs::metadata(&log_file.path)
+            .map_err(io_err("stat", &log_file.path))?
             .len();
     }
     Ok(total)
@@ -262,8 +262,8 @@ pub fn size_on_disk(dir: &Path) -> Result<u64, LogError> {
 
 /// Where replay stopped early.
 struct Corruption {
-    /// Index of the segment in the listing.
-    segment: usize,
+    /// Index of the file in the listing.
+    file: usize,
     /// Its length.
     len: u64,
     /// Offset of the first bad byte in it (0: its header is bad).
@@ -275,7 +275,7 @@ struct Corruption {
 struct Replay {
     /// (epoch, seq) the next record must have, once known.
     next: Option<(u64, u64)>,
-    /// Bytes of valid log read so far (segment headers included).
+    /// Bytes of valid log read so far (file headers included).
     bytes: u64,
     records: u64,
     events: u64,
@@ -294,7 +294,7 @@ pub fn open(
     mut on_record: impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
 ) -> Result<(LogWriter, Recovery), LogError> {
     fs::create_dir_all(&cfg.dir).map_err(io_err("create directory", &cfg.dir))?;
-    let segments = segment::list_segments(&cfg.dir)?;
+    let files = file::list_files(&cfg.dir)?;
 
     let mut replay = Replay {
         next: None,
@@ -305,11 +305,11 @@ pub fn open(
     };
     let mut corruption = None;
     let mut payload = Vec::new();
-    for (index, seg) in segments.iter().enumerate() {
-        let (len, bad) = replay_segment(seg, &mut replay, &mut payload, &mut on_record)?;
+    for (index, log_file) in files.iter().enumerate() {
+        let (len, bad) = replay_file(log_file, &mut replay, &mut payload, &mut on_record)?;
         if let Some((offset, reason)) = bad {
             corruption = Some(Corruption {
-                segment: index,
+                file: index,
                 len,
                 offset,
                 reason,
@@ -320,26 +320,26 @@ pub fn open(
 
     // Cut the log after the last good record.
     let (kept, truncated_bytes) = match corruption {
-        None => (segments.len(), 0),
-        Some(c) => cut_tail(&cfg.dir, &segments, &c)?,
+        None => (files.len(), 0),
+        Some(c) => cut_tail(&cfg.dir, &files, &c)?,
     };
 
     let (next_epoch, next_seq) = replay.next.unwrap_or((0, 1));
     let mut bytes = replay.bytes;
     let writer = if kept == 0 {
-        let (file, path, _) = segment::create_segment(&cfg.dir, next_epoch, next_seq)?;
-        bytes += SEGMENT_HEADER_LEN;
-        LogWriter::new(cfg, file, path, SEGMENT_HEADER_LEN, next_epoch, next_seq)
+        let (file, path, _) = file::create_file(&cfg.dir, next_epoch, next_seq)?;
+        bytes += FILE_HEADER_LEN;
+        LogWriter::new(cfg, file, path, FILE_HEADER_LEN, next_epoch, next_seq)
     } else {
-        let tail = &segments[kept - 1];
+        let tail = &files[kept - 1];
         let file = OpenOptions::new()
             .append(true)
             .open(&tail.path)
-            .map_err(io_err("open segment for append", &tail.path))?;
+            .map_err(io_err("open log file for append", &tail.path))?;
         // What is on disk may still sit in the page cache after a process
         // crash; make it durable before the writer calls it durable.
         file.sync_data()
-            .map_err(io_err("fsync segment", &tail.path))?;
+            .map_err(io_err("fsync log file", &tail.path))?;
         let len = file.metadata().map_err(io_err("stat", &tail.path))?.len();
         LogWriter::new(cfg, file, tail.path.clone(), len, next_epoch, next_seq)
     };
@@ -365,15 +365,11 @@ pub fn open(
 }
 
 /// Cuts the log at `c`: truncates (or, if its header is bad, removes) the
-/// corrupt segment and deletes every later one. `len` is the corrupt
-/// segment's length. Returns how many segments remain and the bytes dropped.
-fn cut_tail(
-    dir: &Path,
-    segments: &[segment::SegmentFile],
-    c: &Corruption,
-) -> Result<(usize, u64), LogError> {
-    let seg = &segments[c.segment];
-    let later = &segments[c.segment + 1..];
+/// corrupt file and deletes every later one. `len` is the corrupt file's
+/// length. Returns how many files remain and the bytes dropped.
+fn cut_tail(dir: &Path, files: &[file::LogFile], c: &Corruption) -> Result<(usize, u64), LogError> {
+    let corrupt = &files[c.file];
+    let later = &files[c.file + 1..];
     let mut later_lens = Vec::with_capacity(later.len());
     for s in later {
         later_lens.push(
@@ -384,65 +380,65 @@ fn cut_tail(
     }
     let dropped = c.len - c.offset + later_lens.iter().sum::<u64>();
     tracing::warn!(
-        file = %seg.path.display(),
+        file = %corrupt.path.display(),
         offset = c.offset,
         dropped_bytes = dropped,
-        later_segments_deleted = later.len(),
+        later_files_deleted = later.len(),
         reason = %c.reason,
         "log: torn or corrupt tail; truncating the log after the last good record"
     );
     // Newest first, so that a crash half-way leaves a log that recovery
     // cuts at the same place.
     for (s, len) in later.iter().zip(&later_lens).rev() {
-        tracing::warn!(file = %s.path.display(), bytes = len, "log: deleting segment after the corrupt one");
-        fs::remove_file(&s.path).map_err(io_err("remove later segment", &s.path))?;
+        tracing::warn!(file = %s.path.display(), bytes = len, "log: deleting log file after the corrupt one");
+        fs::remove_file(&s.path).map_err(io_err("remove later log file", &s.path))?;
     }
     let kept = if c.offset == 0 {
-        fs::remove_file(&seg.path).map_err(io_err("remove corrupt segment", &seg.path))?;
-        c.segment
+        fs::remove_file(&corrupt.path).map_err(io_err("remove corrupt log file", &corrupt.path))?;
+        c.file
     } else {
         let file = OpenOptions::new()
             .write(true)
-            .open(&seg.path)
-            .map_err(io_err("open for truncation", &seg.path))?;
+            .open(&corrupt.path)
+            .map_err(io_err("open for truncation", &corrupt.path))?;
         file.set_len(c.offset)
-            .map_err(io_err("truncate", &seg.path))?;
+            .map_err(io_err("truncate", &corrupt.path))?;
         file.sync_all()
-            .map_err(io_err("fsync truncated segment", &seg.path))?;
-        c.segment + 1
+            .map_err(io_err("fsync truncated log file", &corrupt.path))?;
+        c.file + 1
     };
-    segment::sync_dir(dir)?;
+    file::sync_dir(dir)?;
     Ok((kept, dropped))
 }
 
-/// Replays one segment. Returns its length and, if it is torn or corrupt,
+/// Replays one log file. Returns its length and, if it is torn or corrupt,
 /// the offset of the first bad byte and why.
-fn replay_segment(
-    seg: &segment::SegmentFile,
+fn replay_file(
+    log_file: &file::LogFile,
     replay: &mut Replay,
     payload: &mut Vec<u8>,
     on_record: &mut impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
 ) -> Result<(u64, Option<(u64, String)>), LogError> {
-    let path = &seg.path;
-    let file = File::open(path).map_err(io_err("open segment", path))?;
+    let path = &log_file.path;
+    let file = File::open(path).map_err(io_err("open log file", path))?;
     let len = file.metadata().map_err(io_err("stat", path))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let corrupt = |offset: u64, reason: String| Ok((len, Some((offset, reason))));
 
-    let mut sh = [0u8; SEGMENT_HEADER_LEN as usize];
-    if read_full(&mut reader, &mut sh).map_err(io_err("read", path))? < sh.len() {
-        return corrupt(0, "short segment header".into());
+    let mut fh = [0u8; FILE_HEADER_LEN as usize];
+    if read_full(&mut reader, &mut fh).map_err(io_err("read", path))? < fh.len() {
+        return corrupt(0, "short file header".into());
     }
-    let (first_epoch, first_seq) = match segment::decode_segment_header(&sh) {
+    let (first_epoch, first_seq) = match file::decode_file_header(&fh) {
         Ok(start) => start,
         Err(reason) => return corrupt(0, reason.into()),
     };
-    if first_epoch != seg.epoch {
+    if first_epoch != log_file.epoch {
         return corrupt(
             0,
             format!(
-                "segment header says epoch {first_epoch}, file name says {}",
-                seg.epoch
+                "file header says epoch {first_epoch}, file name says {}",
+                log_file.epoch
             ),
         );
     }
@@ -451,15 +447,15 @@ fn replay_segment(
             return corrupt(
                 0,
                 format!(
-                    "segment starts at epoch {first_epoch} seq {first_seq}, expected epoch {} seq {}",
+                    "file starts at epoch {first_epoch} seq {first_seq}, expected epoch {} seq {}",
                     next.0, next.1
                 ),
             );
         }
         _ => replay.next = Some((first_epoch, first_seq)),
     }
-    replay.bytes += SEGMENT_HEADER_LEN;
-    let mut offset = SEGMENT_HEADER_LEN;
+    replay.bytes += FILE_HEADER_LEN;
+    let mut offset = FILE_HEADER_LEN;
 
     loop {
         let mut rh = [0u8; RECORD_HEADER_LEN as usize];
@@ -473,7 +469,7 @@ fn replay_segment(
                 format!("short record header ({n} of {RECORD_HEADER_LEN} bytes)"),
             );
         }
-        let raw = segment::decode_record_header(&rh);
+        let raw = file::decode_record_header(&rh);
         if raw.magic != RECORD_MAGIC {
             return corrupt(offset, format!("bad record magic {:#010x}", raw.magic));
         }
@@ -491,11 +487,11 @@ fn replay_segment(
             }
             return Err(io_err("read", path)(e));
         }
-        if segment::record_crc(&rh, payload) != raw.crc {
+        if file::record_crc(&rh, payload) != raw.crc {
             return corrupt(offset, "record checksum mismatch".into());
         }
         let header = raw.header;
-        let (next_epoch, next_seq) = replay.next.expect("set from the segment header");
+        let (next_epoch, next_seq) = replay.next.expect("set from the file header");
         if header.epoch != next_epoch || header.first_seq != next_seq {
             return corrupt(
                 offset,

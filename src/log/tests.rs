@@ -8,10 +8,10 @@ use super::*;
 
 type Rec = (RecordHeader, Vec<u8>);
 
-fn config(dir: &Path, segment_bytes: u64, fsync: FsyncPolicy) -> LogConfig {
+fn config(dir: &Path, file_bytes: u64, fsync: FsyncPolicy) -> LogConfig {
     LogConfig {
         dir: dir.to_path_buf(),
-        segment_bytes,
+        file_bytes,
         fsync,
         fsync_interval: Duration::from_millis(10),
     }
@@ -95,19 +95,19 @@ fn read_log(cfg: &LogConfig) -> (Vec<Rec>, Recovery, LogWriter) {
     (out, recovery, writer)
 }
 
-fn segment_paths(dir: &Path) -> Vec<PathBuf> {
-    segment::list_segments(dir)
+fn file_paths(dir: &Path) -> Vec<PathBuf> {
+    file::list_files(dir)
         .unwrap()
         .into_iter()
         .map(|s| s.path)
         .collect()
 }
 
-/// (offset, total length) of every record in a segment file.
+/// (offset, total length) of every record in a log file.
 fn record_spans(path: &Path) -> Vec<(u64, u64)> {
     let bytes = fs::read(path).unwrap();
     let mut spans = Vec::new();
-    let mut at = SEGMENT_HEADER_LEN as usize;
+    let mut at = FILE_HEADER_LEN as usize;
     while at < bytes.len() {
         let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
         let total = RECORD_HEADER_LEN as usize + len;
@@ -156,33 +156,30 @@ fn round_trip_across_rotations() {
     let records = make_records(1000, 300, 1);
     write_log(&cfg, &records, 7);
 
-    let segments = segment_paths(tmp.path());
+    let files = file_paths(tmp.path());
     assert!(
-        segments.len() >= 5,
+        files.len() >= 5,
         "expected several rotations, got {}",
-        segments.len()
+        files.len()
     );
-    // Names are the first epoch of each segment; no segment is much larger than the limit.
+    // Names are the first epoch of each file; no file is much larger than the limit.
     let mut epoch = 0;
-    for path in &segments {
+    for path in &files {
         let name_epoch: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
         assert_eq!(name_epoch, epoch);
         let spans = record_spans(path);
         assert!(!spans.is_empty());
         epoch += spans.len() as u64;
         let len = fs::metadata(path).unwrap().len();
-        assert!(
-            len < 4096 + RECORD_HEADER_LEN + 300,
-            "segment of {len} bytes"
-        );
+        assert!(len < 4096 + RECORD_HEADER_LEN + 300, "file of {len} bytes");
     }
-    assert_eq!(segments[0].file_name().unwrap(), "00000000000000000000.log");
+    assert_eq!(files[0].file_name().unwrap(), "00000000000000000000.log");
 
     let (read, recovery, writer) = read_log(&cfg);
     assert_eq!(read, records);
     assert_eq!(recovery.truncated_bytes, 0);
     assert_eq!(writer.durable_next_seq(), next_seq_after(&records));
-    // Reopening keeps appending into the last segment, then rotates as usual.
+    // Reopening keeps appending into the last file, then rotates as usual.
     append_and_verify(&cfg, writer, &records, 50);
 }
 
@@ -192,10 +189,10 @@ fn many_records_in_one_commit_rotate_at_record_boundaries() {
     let cfg = config(tmp.path(), 1000, FsyncPolicy::Never);
     let records = make_records(500, 200, 2);
     write_log(&cfg, &records, usize::MAX);
-    let segments = segment_paths(tmp.path());
-    assert!(segments.len() > 10);
+    let files = file_paths(tmp.path());
+    assert!(files.len() > 10);
     let mut epoch = 0;
-    for path in &segments {
+    for path in &files {
         let name_epoch: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
         assert_eq!(name_epoch, epoch);
         epoch += record_spans(path).len() as u64;
@@ -205,12 +202,12 @@ fn many_records_in_one_commit_rotate_at_record_boundaries() {
 }
 
 #[test]
-fn tiny_segment_limit_gives_one_record_per_segment() {
+fn tiny_file_limit_gives_one_record_per_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 1, FsyncPolicy::Always);
     let records = make_records(20, 10, 3);
     write_log(&cfg, &records, 3);
-    assert_eq!(segment_paths(tmp.path()).len(), 20);
+    assert_eq!(file_paths(tmp.path()).len(), 20);
     let (read, _, writer) = read_log(&cfg);
     assert_eq!(read, records);
     append_and_verify(&cfg, writer, &records, 3);
@@ -222,9 +219,9 @@ fn torn_last_record_at_every_offset() {
     let source = tmp.path().join("source");
     let records = make_records(60, 120, 4);
     write_log(&config(&source, 1500, FsyncPolicy::Always), &records, 5);
-    let segments = segment_paths(&source);
-    assert!(segments.len() >= 3);
-    let last = segments.last().unwrap();
+    let files = file_paths(&source);
+    assert!(files.len() >= 3);
+    let last = files.last().unwrap();
     let last_name = last.file_name().unwrap().to_owned();
     let (start, len) = *record_spans(last).last().unwrap();
     assert!(
@@ -253,16 +250,16 @@ fn torn_last_record_at_every_offset() {
 }
 
 #[test]
-fn torn_segment_header_is_removed() {
+fn torn_file_header_is_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 800, FsyncPolicy::Always);
     let records = make_records(40, 100, 5);
     write_log(&cfg, &records, 4);
     let next_epoch = records.len() as u64;
-    // A crash while creating the next segment leaves a partial header.
-    let header = segment::encode_segment_header(next_epoch, next_seq_after(&records));
-    let torn = tmp.path().join(segment::segment_file_name(next_epoch));
-    for cut in 0..SEGMENT_HEADER_LEN as usize {
+    // A crash while creating the next file leaves a partial header.
+    let header = file::encode_file_header(next_epoch, next_seq_after(&records));
+    let torn = tmp.path().join(file::file_name(next_epoch));
+    for cut in 0..FILE_HEADER_LEN as usize {
         fs::write(&torn, &header[..cut]).unwrap();
         let (read, recovery, writer) = read_log(&cfg);
         assert_eq!(read, records);
@@ -270,30 +267,26 @@ fn torn_segment_header_is_removed() {
         assert!(!torn.exists());
         drop(writer);
     }
-    // A complete but empty next segment is valid.
+    // A complete but empty next file is valid.
     fs::write(&torn, header).unwrap();
     let (read, recovery, writer) = read_log(&cfg);
     assert_eq!(read, records);
     assert_eq!(recovery.truncated_bytes, 0);
-    assert_eq!(writer.current_segment(), torn);
+    assert_eq!(writer.current_file(), torn);
     append_and_verify(&cfg, writer, &records, 3);
 }
 
 #[test]
-fn flipped_byte_in_middle_record_of_last_segment() {
+fn flipped_byte_in_middle_record_of_last_file() {
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("source");
     let records = make_records(80, 100, 6);
     write_log(&config(&source, 2000, FsyncPolicy::Always), &records, 3);
-    let segments = segment_paths(&source);
-    let last = segments.last().unwrap();
+    let files = file_paths(&source);
+    let last = files.last().unwrap();
     let last_name = last.file_name().unwrap().to_owned();
     let spans = record_spans(last);
-    assert!(
-        spans.len() >= 3,
-        "last segment holds {} records",
-        spans.len()
-    );
+    assert!(spans.len() >= 3, "last file holds {} records", spans.len());
     let middle = spans.len() / 2;
     let (start, len) = spans[middle];
     let first_dropped = records.len() - spans.len() + middle;
@@ -317,16 +310,16 @@ fn flipped_byte_in_middle_record_of_last_segment() {
 }
 
 #[test]
-fn corruption_in_earlier_segment_deletes_later_segments() {
+fn corruption_in_earlier_file_deletes_later_files() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
     let records = make_records(100, 100, 7);
     write_log(&cfg, &records, 2);
-    let segments = segment_paths(tmp.path());
-    assert!(segments.len() >= 4);
-    let victim = &segments[1];
+    let files = file_paths(tmp.path());
+    assert!(files.len() >= 4);
+    let victim = &files[1];
     let spans = record_spans(victim);
-    let kept = record_spans(&segments[0]).len() + 1;
+    let kept = record_spans(&files[0]).len() + 1;
     let (start, _) = spans[1];
     let mut bytes = fs::read(victim).unwrap();
     bytes[start as usize + 45] ^= 1;
@@ -336,24 +329,24 @@ fn corruption_in_earlier_segment_deletes_later_segments() {
     let (read, recovery, writer) = read_log(&cfg);
     assert_eq!(read, records[..kept]);
     assert_eq!(recovery.truncated_bytes, total - recovery.bytes);
-    assert_eq!(segment_paths(tmp.path()), segments[..2]);
+    assert_eq!(file_paths(tmp.path()), files[..2]);
     append_and_verify(&cfg, writer, &read, 3);
 }
 
 #[test]
-fn segment_that_does_not_continue_is_dropped() {
+fn file_that_does_not_continue_is_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
     let records = make_records(30, 50, 8);
     write_log(&cfg, &records, 2);
-    // A well-formed segment that leaves a gap of epochs.
-    let gap = tmp.path().join(segment::segment_file_name(100));
-    fs::write(&gap, segment::encode_segment_header(100, 1000)).unwrap();
-    // And a file that is not a segment at all, which is ignored.
+    // A well-formed log file that leaves a gap of epochs.
+    let gap = tmp.path().join(file::file_name(100));
+    fs::write(&gap, file::encode_file_header(100, 1000)).unwrap();
+    // And a file that is not a log file at all, which is ignored.
     fs::write(tmp.path().join("notes.txt"), b"hello").unwrap();
     let (read, recovery, _writer) = read_log(&cfg);
     assert_eq!(read, records);
-    assert_eq!(recovery.truncated_bytes, SEGMENT_HEADER_LEN);
+    assert_eq!(recovery.truncated_bytes, FILE_HEADER_LEN);
     assert!(!gap.exists());
     assert!(tmp.path().join("notes.txt").exists());
 }
@@ -364,7 +357,7 @@ fn zero_filled_tail_is_truncated() {
     let cfg = config(tmp.path(), 1 << 20, FsyncPolicy::Always);
     let records = make_records(10, 100, 9);
     write_log(&cfg, &records, 1);
-    let path = segment_paths(tmp.path()).pop().unwrap();
+    let path = file_paths(tmp.path()).pop().unwrap();
     let len = fs::metadata(&path).unwrap().len();
     let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(len + 4096).unwrap();
@@ -454,7 +447,7 @@ fn empty_directory() {
             last_epoch: None,
             next_seq: 1,
             truncated_bytes: 0,
-            bytes: SEGMENT_HEADER_LEN,
+            bytes: FILE_HEADER_LEN,
         }
     );
     assert_eq!((writer.next_epoch(), writer.next_seq()), (0, 1));
@@ -468,20 +461,20 @@ fn empty_directory() {
 }
 
 #[test]
-fn size_on_disk_counts_all_segments() {
+fn size_on_disk_counts_all_files() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 600, FsyncPolicy::Never);
     let records = make_records(50, 80, 10);
     write_log(&cfg, &records, 5);
-    let expected: u64 = segment_paths(tmp.path())
+    let expected: u64 = file_paths(tmp.path())
         .iter()
         .map(|p| fs::metadata(p).unwrap().len())
         .sum();
     let payloads: u64 = records.iter().map(|(_, p)| p.len() as u64).sum();
-    let segments = segment_paths(tmp.path()).len() as u64;
+    let files = file_paths(tmp.path()).len() as u64;
     assert_eq!(
         expected,
-        payloads + 50 * RECORD_HEADER_LEN + segments * SEGMENT_HEADER_LEN
+        payloads + 50 * RECORD_HEADER_LEN + files * FILE_HEADER_LEN
     );
     fs::write(tmp.path().join("other.bin"), vec![0u8; 1000]).unwrap();
     assert_eq!(size_on_disk(tmp.path()).unwrap(), expected);
@@ -607,7 +600,7 @@ fn large_records() {
     drop(writer);
     let (read, _, _) = read_log(&cfg);
     assert_eq!(read, records);
-    assert_eq!(segment_paths(tmp.path()).len(), 2);
+    assert_eq!(file_paths(tmp.path()).len(), 2);
 }
 
 proptest! {
@@ -618,42 +611,42 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Cutting any segment file anywhere keeps exactly the records that lie
+    /// Cutting any log file anywhere keeps exactly the records that lie
     /// wholly before the cut, and the log stays appendable.
     #[test]
     fn truncation_anywhere_keeps_a_prefix(
         n in 1usize..60,
         max_payload in 0usize..150,
-        segment_bytes in 100u64..1500,
+        file_bytes in 100u64..1500,
         commit_every in 1usize..8,
         seed in any::<u64>(),
         file_pick in any::<prop::sample::Index>(),
         cut_pick in any::<prop::sample::Index>(),
     ) {
         let tmp = tempfile::tempdir().unwrap();
-        let cfg = config(tmp.path(), segment_bytes, FsyncPolicy::Never);
+        let cfg = config(tmp.path(), file_bytes, FsyncPolicy::Never);
         let records = make_records(n, max_payload, seed);
         write_log(&cfg, &records, commit_every);
-        let segments = segment_paths(tmp.path());
-        let victim = file_pick.index(segments.len());
-        let len = fs::metadata(&segments[victim]).unwrap().len();
+        let files = file_paths(tmp.path());
+        let victim = file_pick.index(files.len());
+        let len = fs::metadata(&files[victim]).unwrap().len();
         let cut = cut_pick.index(len as usize) as u64;
-        let before: usize = segments[..victim].iter().map(|p| record_spans(p).len()).sum();
-        let within = if cut < SEGMENT_HEADER_LEN {
+        let before: usize = files[..victim].iter().map(|p| record_spans(p).len()).sum();
+        let within = if cut < FILE_HEADER_LEN {
             0
         } else {
-            record_spans(&segments[victim]).iter().filter(|(o, l)| o + l <= cut).count()
+            record_spans(&files[victim]).iter().filter(|(o, l)| o + l <= cut).count()
         };
         let total = size_on_disk(tmp.path()).unwrap();
-        let file = fs::OpenOptions::new().write(true).open(&segments[victim]).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&files[victim]).unwrap();
         file.set_len(cut).unwrap();
         drop(file);
 
         let (read, recovery, writer) = read_log(&cfg);
         prop_assert_eq!(&read[..], &records[..before + within]);
-        let kept_files = if cut < SEGMENT_HEADER_LEN { victim } else { victim + 1 };
-        prop_assert_eq!(segment_paths(tmp.path()).len(), kept_files.max(1));
-        let created = if kept_files == 0 { SEGMENT_HEADER_LEN } else { 0 };
+        let kept_files = if cut < FILE_HEADER_LEN { victim } else { victim + 1 };
+        prop_assert_eq!(file_paths(tmp.path()).len(), kept_files.max(1));
+        let created = if kept_files == 0 { FILE_HEADER_LEN } else { 0 };
         prop_assert_eq!(
             recovery.truncated_bytes + recovery.bytes,
             total - (len - cut) + created

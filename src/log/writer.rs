@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::segment::{self, encode_record, io_err, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::file::{self, encode_record, io_err, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use super::{FsyncPolicy, LogConfig, LogError, RecordHeader};
 
 /// Initial capacity of the write buffer.
@@ -15,7 +15,7 @@ const FLUSH_AT: usize = 8 << 20;
 /// Above this capacity the buffer is given back to the allocator after a write.
 const MAX_RETAINED: usize = 4 * FLUSH_AT;
 
-/// A point in the write buffer where a new segment begins.
+/// A point in the write buffer where a new log file begins.
 #[derive(Clone, Copy, Debug)]
 struct Split {
     at: usize,
@@ -34,17 +34,17 @@ struct Split {
 #[derive(Debug)]
 pub struct LogWriter {
     dir: PathBuf,
-    segment_bytes: u64,
+    file_bytes: u64,
     fsync: FsyncPolicy,
     fsync_interval: Duration,
-    /// The tail segment, opened for writing at its end.
+    /// The tail file, opened for writing at its end.
     file: File,
     path: PathBuf,
-    /// Length of the tail segment counting records still in `buf`.
+    /// Length of the tail file counting records still in `buf`.
     tail_len: u64,
     /// Encoded records not yet written to a file.
     buf: Vec<u8>,
-    /// Segment boundaries inside `buf`, in order.
+    /// File boundaries inside `buf`, in order.
     splits: Vec<Split>,
     next_epoch: u64,
     next_seq: u64,
@@ -61,7 +61,7 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// A writer continuing the tail segment `file` (of length `len`), whose
+    /// A writer continuing the tail file `file` (of length `len`), whose
     /// next record is (`next_epoch`, `next_seq`); everything before it is durable.
     pub(crate) fn new(
         cfg: &LogConfig,
@@ -73,7 +73,7 @@ impl LogWriter {
     ) -> Self {
         LogWriter {
             dir: cfg.dir.clone(),
-            segment_bytes: cfg.segment_bytes,
+            file_bytes: cfg.file_bytes,
             fsync: cfg.fsync,
             fsync_interval: cfg.fsync_interval,
             file,
@@ -118,15 +118,15 @@ impl LogWriter {
             .ok_or(LogError::Overflow)?;
         let next_epoch = self.next_epoch.checked_add(1).ok_or(LogError::Overflow)?;
 
-        // Rotate at a record boundary: a segment that already reached its size
+        // Rotate at a record boundary: a file that already reached its size
         // (and holds at least one record) takes no more records.
-        if self.tail_len >= self.segment_bytes && self.tail_len > SEGMENT_HEADER_LEN {
+        if self.tail_len >= self.file_bytes && self.tail_len > FILE_HEADER_LEN {
             self.splits.push(Split {
                 at: self.buf.len(),
                 epoch: header.epoch,
                 seq: header.first_seq,
             });
-            self.tail_len = SEGMENT_HEADER_LEN;
+            self.tail_len = FILE_HEADER_LEN;
         }
         encode_record(&mut self.buf, header, payload);
         self.tail_len += RECORD_HEADER_LEN + u64::from(len);
@@ -139,14 +139,14 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Writes the buffered records to the segment files and makes them durable
+    /// Writes the buffered records to the log files and makes them durable
     /// according to the policy: `Always` fdatasyncs on every call, `Interval`
     /// when `fsync_interval` has passed since the last fsync, `Never` only
-    /// writes. Returns the time spent in fsync (including that of segment
+    /// writes. Returns the time spent in fsync (including that of file
     /// rotations since the last call), `Duration::ZERO` if none.
     ///
-    /// A segment that reached `segment_bytes` is closed durably (its data
-    /// fsynced) and the next one is created durably (file and directory
+    /// A file that reached [`LogConfig::file_bytes`] is closed durably (its
+    /// data fsynced) and the next one is created durably (file and directory
     /// fsynced) before the first record that goes into it is written.
     pub fn commit(&mut self) -> Result<Duration, LogError> {
         if self.poisoned {
@@ -209,8 +209,8 @@ impl LogWriter {
         &self.dir
     }
 
-    /// The segment file records are currently written to.
-    pub fn current_segment(&self) -> &Path {
+    /// The log file records are currently written to.
+    pub fn current_file(&self) -> &Path {
         &self.path
     }
 
@@ -257,33 +257,33 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Closes the tail segment durably and starts a new one at (`epoch`, `seq`).
+    /// Closes the tail file durably and starts a new one at (`epoch`, `seq`).
     fn rotate(&mut self, epoch: u64, seq: u64) -> Result<(), LogError> {
         if self.dirty {
             let started = Instant::now();
             self.file
                 .sync_data()
-                .map_err(io_err("fsync segment", &self.path))?;
+                .map_err(io_err("fsync log file", &self.path))?;
             self.fsync_time += started.elapsed();
             self.dirty = false;
         }
         self.durable = (epoch, seq);
-        let (file, path, fsync_time) = segment::create_segment(&self.dir, epoch, seq)?;
+        let (file, path, fsync_time) = file::create_file(&self.dir, epoch, seq)?;
         self.fsync_time += fsync_time;
-        tracing::debug!(closed = %self.path.display(), opened = %path.display(), "log: rotated segment");
+        tracing::debug!(closed = %self.path.display(), opened = %path.display(), "log: rotated file");
         self.file = file;
         self.path = path;
         Ok(())
     }
 
-    /// Fdatasyncs the tail segment (everything written is then durable).
+    /// Fdatasyncs the tail file (everything written is then durable).
     fn sync_tail(&mut self) -> Result<(), LogError> {
         if self.dirty {
             let started = Instant::now();
             if let Err(source) = self.file.sync_data() {
                 self.poisoned = true;
                 return Err(LogError::Io {
-                    op: "fsync segment",
+                    op: "fsync log file",
                     path: self.path.clone(),
                     source,
                 });

@@ -329,7 +329,7 @@ pub(super) fn run(
 ) {
     let log_config = LogConfig {
         dir: config.data_dir.clone(),
-        segment_bytes: config.segment_bytes,
+        file_bytes: config.file_bytes,
         fsync: config.fsync,
         fsync_interval: config.fsync_interval,
     };

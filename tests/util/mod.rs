@@ -295,8 +295,8 @@ pub fn log_field_values(log: &str, key: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The segment files (`*.log`) of a data directory, in name (epoch) order.
-pub fn segment_files(data_dir: &Path) -> Vec<PathBuf> {
+/// The log files (`*.log`) of a data directory, in name (epoch) order.
+pub fn log_files(data_dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data_dir)
         .expect("read data dir")
         .map(|e| e.expect("dir entry").path())

@@ -1,6 +1,6 @@
-//! On-disk format of segment files: encoding and decoding of the segment
-//! header and of record headers, plus the small filesystem helpers (listing
-//! segments, durable creation, directory fsync). See the parent module's
+//! On-disk format of log files: encoding and decoding of the file header
+//! and of record headers, plus the small filesystem helpers (listing log
+//! files, durable creation, directory fsync). See the parent module's
 //! documentation for the byte layout.
 
 use std::fs::{self, File, OpenOptions};
@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use super::{LogError, RecordHeader};
 
-/// Magic number at the start of every segment file (`"SSEG"` little-endian).
-pub(crate) const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"SSEG");
-/// Version of the segment format.
-pub(crate) const SEGMENT_VERSION: u32 = 1;
+/// Magic number at the start of every log file (`"SSEG"` little-endian: the
+/// bytes predate the name "log file" and stay, as they are the format).
+pub(crate) const FILE_MAGIC: u32 = u32::from_le_bytes(*b"SSEG");
+/// Version of the log file format.
+pub(crate) const FILE_VERSION: u32 = 1;
 /// Magic number at the start of every record (`"SREC"` little-endian).
 pub(crate) const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"SREC");
 
-/// Length of the header at the start of every segment file.
-pub const SEGMENT_HEADER_LEN: u64 = 32;
+/// Length of the header at the start of every log file.
+pub const FILE_HEADER_LEN: u64 = 32;
 /// Length of the fixed header in front of every record's payload.
 pub const RECORD_HEADER_LEN: u64 = 40;
 
@@ -34,13 +35,13 @@ pub(crate) fn io_err<'a>(
     }
 }
 
-/// File name of the segment whose first record has epoch `first_epoch`.
-pub(crate) fn segment_file_name(first_epoch: u64) -> String {
+/// Name of the log file whose first record has epoch `first_epoch`.
+pub(crate) fn file_name(first_epoch: u64) -> String {
     format!("{first_epoch:020}.log")
 }
 
-/// Parses a segment file name (`{epoch:020}.log`) back into its first epoch.
-pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
+/// Parses a log file name (`{epoch:020}.log`) back into its first epoch.
+pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".log")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -48,41 +49,41 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// A segment file found in the log directory.
+/// A log file found in the log directory.
 #[derive(Clone, Debug)]
-pub(crate) struct SegmentFile {
+pub(crate) struct LogFile {
     /// The first epoch, from the file name.
     pub epoch: u64,
     pub path: PathBuf,
 }
 
-/// Lists the segment files of `dir`, in epoch order. Other files are ignored.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, LogError> {
-    let mut segments = Vec::new();
+/// Lists the log files of `dir`, in epoch order. Other files are ignored.
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<LogFile>, LogError> {
+    let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("list directory", dir))? {
         let entry = entry.map_err(io_err("list directory", dir))?;
         let name = entry.file_name();
-        let Some(epoch) = name.to_str().and_then(parse_segment_file_name) else {
+        let Some(epoch) = name.to_str().and_then(parse_file_name) else {
             continue;
         };
         let path = entry.path();
         let file_type = entry.file_type().map_err(io_err("stat", &path))?;
         if file_type.is_file() {
-            segments.push(SegmentFile { epoch, path });
+            files.push(LogFile { epoch, path });
         }
     }
-    segments.sort_by_key(|s| s.epoch);
-    Ok(segments)
+    files.sort_by_key(|f| f.epoch);
+    Ok(files)
 }
 
-/// Encodes the header of a segment whose first record is (`first_epoch`, `first_seq`).
-pub(crate) fn encode_segment_header(
+/// Encodes the header of a log file whose first record is (`first_epoch`, `first_seq`).
+pub(crate) fn encode_file_header(
     first_epoch: u64,
     first_seq: u64,
-) -> [u8; SEGMENT_HEADER_LEN as usize] {
-    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
-    h[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
-    h[4..8].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+) -> [u8; FILE_HEADER_LEN as usize] {
+    let mut h = [0u8; FILE_HEADER_LEN as usize];
+    h[0..4].copy_from_slice(&FILE_MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&FILE_VERSION.to_le_bytes());
     h[8..16].copy_from_slice(&first_epoch.to_le_bytes());
     h[16..24].copy_from_slice(&first_seq.to_le_bytes());
     let crc = crc32fast::hash(&h[0..24]);
@@ -91,18 +92,18 @@ pub(crate) fn encode_segment_header(
     h
 }
 
-/// Decodes a segment header into (first_epoch, first_seq), or says what is wrong with it.
-pub(crate) fn decode_segment_header(
-    h: &[u8; SEGMENT_HEADER_LEN as usize],
+/// Decodes a file header into (first_epoch, first_seq), or says what is wrong with it.
+pub(crate) fn decode_file_header(
+    h: &[u8; FILE_HEADER_LEN as usize],
 ) -> Result<(u64, u64), &'static str> {
-    if u32_at(h, 0) != SEGMENT_MAGIC {
-        return Err("bad segment magic");
+    if u32_at(h, 0) != FILE_MAGIC {
+        return Err("bad file magic");
     }
     if crc32fast::hash(&h[0..24]) != u32_at(h, 24) {
-        return Err("segment header checksum mismatch");
+        return Err("file header checksum mismatch");
     }
-    if u32_at(h, 4) != SEGMENT_VERSION {
-        return Err("unsupported segment format version");
+    if u32_at(h, 4) != FILE_VERSION {
+        return Err("unsupported file format version");
     }
     Ok((u64_at(h, 8), u64_at(h, 16)))
 }
@@ -193,27 +194,27 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     }
 }
 
-/// Durably creates a new, empty segment starting at (`first_epoch`, `first_seq`):
+/// Durably creates a new, empty log file starting at (`first_epoch`, `first_seq`):
 /// writes its header, fsyncs the file and the directory. Returns the open file
 /// (positioned after the header), its path, and the time spent in fsync.
-pub(crate) fn create_segment(
+pub(crate) fn create_file(
     dir: &Path,
     first_epoch: u64,
     first_seq: u64,
 ) -> Result<(File, PathBuf, Duration), LogError> {
-    let path = dir.join(segment_file_name(first_epoch));
+    let path = dir.join(file_name(first_epoch));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(io_err("create segment", &path))?;
-    file.write_all(&encode_segment_header(first_epoch, first_seq))
-        .map_err(io_err("write segment header", &path))?;
+        .map_err(io_err("create log file", &path))?;
+    file.write_all(&encode_file_header(first_epoch, first_seq))
+        .map_err(io_err("write file header", &path))?;
     let started = Instant::now();
     file.sync_all()
-        .map_err(io_err("fsync new segment", &path))?;
+        .map_err(io_err("fsync new log file", &path))?;
     sync_dir(dir)?;
     let fsync_time = started.elapsed();
-    tracing::debug!(path = %path.display(), first_epoch, first_seq, "log: created segment");
+    tracing::debug!(path = %path.display(), first_epoch, first_seq, "log: created file");
     Ok((file, path, fsync_time))
 }
