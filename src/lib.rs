@@ -18,17 +18,13 @@
 //! * [`serve`]: HTTP query handlers, one query kind per file; health and metrics.
 //! * [`server`]: start and stop everything with one signal.
 //! * [`symbols`]: the reverse map of interned ids, for answers.
-//! * [`client`]: the `send` and `query` commands, and the demo workload.
-//! * [`gen`]: the deterministic workload generator (`shopstream gen`).
-//! * [`load`]: the open-loop load driver (`shopstream load`): ack latency, freshness,
-//!   query latency against a running server.
+//!
+//! The `shopstream` binary and the client tools (`gen`, `send`, `query`, `load`, the
+//! demo workload) are the `shopstream-tools` crate in `tools/`.
 
-pub mod client;
 pub mod config;
 pub mod event;
-pub mod gen;
 pub mod ingest;
-pub mod load;
 pub mod log;
 pub mod runtime;
 pub mod segments;

@@ -30,7 +30,10 @@ impl ServerProcess {
     /// line `shopstream listening ingest=ADDR http=ADDR as_of=SEQ`.
     pub fn spawn(data_dir: &Path) -> ServerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shopstream"));
-        cmd.arg("serve")
+        // In the repository root, as from a checkout (the default segment file,
+        // config/segments.toml, is found there); this test's own directory is tools/.
+        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
