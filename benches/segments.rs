@@ -1,6 +1,6 @@
 //! What segments cost and how fresh their changes are: `cargo bench --bench segments`.
 //!
-//! 1. **Ingest cost.** The same `SEG_EVENTS` events (from `shopstream::gen`, made
+//! 1. **Ingest cost.** The same `SEG_EVENTS` events (from `shopstream_tools::gen`, made
 //!    in memory beforehand) over one TCP connection into a fresh in-process
 //!    server (fsync `always`) with no segments, with the 16 built-ins, and with
 //!    `SEG_COUNT` (100) API segments defined before the first event: events/s
@@ -32,8 +32,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use shopstream::catalog::{Control, Source};
 use shopstream::config::Config;
-use shopstream::gen::{write_json, GenOptions, Workload};
 use shopstream::server::Server;
+use shopstream_tools::gen::{write_json, GenOptions, Workload};
 
 fn bad_env(key: &str, v: &str) -> ! {
     eprintln!("bench: {key}={v:?} is not a valid number");

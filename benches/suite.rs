@@ -6,7 +6,7 @@
 //! Every measurement starts a fresh in-process server (`Server::start` with
 //! `Config::defaults()`, listeners on `127.0.0.1:0`, the log in a temporary
 //! directory, fsync `always`) and stops it afterwards. The input is made in process
-//! by `shopstream::gen` (seed 7) into a temporary NDJSON file, synced to disk before
+//! by `shopstream_tools::gen` (seed 7) into a temporary NDJSON file, synced to disk before
 //! the first measurement so its writeback does not compete with the log's fsyncs.
 //!
 //! 1. **Ingest throughput vs workers.** For each worker count, the whole file goes
@@ -14,7 +14,7 @@
 //!    line ends, as `benches/ingest.rs` does). Events/s until the final ack (all
 //!    durable) and until visible (`GET /v1/users/_/profile?min_seq=SEQ`: 200 or 404
 //!    mean visible, 504 means ask again). `max` is the best visible rate.
-//! 2. **Freshness and query latency vs load** (2 workers). `shopstream::load::run`
+//! 2. **Freshness and query latency vs load** (2 workers). `shopstream_tools::load::run`
 //!    drives the server open loop at 25, 50 and 75% of `max` with profile queries
 //!    at `SUITE_QPS` over `SUITE_QUERY_CONNECTIONS` HTTP connections, and reports ack latency,
 //!    freshness (intended send to readable) and query latency. One more run holds
@@ -49,10 +49,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use shopstream::config::Config;
-use shopstream::gen::{write_json, GenOptions, Workload};
-use shopstream::load::{self, Latency, LoadOptions, LoadReport};
 use shopstream::log::FsyncPolicy;
 use shopstream::server::Server;
+use shopstream_tools::gen::{write_json, GenOptions, Workload};
+use shopstream_tools::load::{self, Latency, LoadOptions, LoadReport};
 
 mod common;
 use common::*;
@@ -919,8 +919,8 @@ impl Results<'_> {
             );
         }
         let note = format!(
-            "`shopstream::load::run` for {} s per row on a fresh server: events from \
-             `shopstream::gen` over 2 connections, open loop (latency counts from each \
+            "`shopstream_tools::load::run` for {} s per row on a fresh server: events from \
+             `shopstream_tools::gen` over 2 connections, open loop (latency counts from each \
              event's and query's intended send time). Freshness: intended send → a \
              `?min_seq` read sees the event (durable ack included).{} The driver generates its events in this process, on \
              the same cores as the server, so at high rates it takes CPU from the server \
@@ -1074,7 +1074,7 @@ impl Results<'_> {
         let _ = writeln!(
             o,
             "**Run.** {} · machine: `nproc` = {}, {}, {:.1} GiB of memory, Linux {} · commit `{}` · \
-             {} events from `shopstream::gen` (seed 7; {} distinct users of the generator's 200,000; {:.0} MiB of NDJSON) · \
+             {} events from `shopstream_tools::gen` (seed 7; {} distinct users of the generator's 200,000; {:.0} MiB of NDJSON) · \
              every measurement on a fresh in-process server (`Config::defaults()`, fsync `always`, log in a temporary directory) · \
              the whole run took {:.0} s.",
             r.date,

@@ -23,19 +23,15 @@
 //! * [`http`]: the one router (ingest, views, health).
 //! * [`server`]: start and stop everything with one signal.
 //! * [`symbols`]: the reverse map of interned ids, for answers.
-//! * [`client`]: the `send` and `query` commands, and the demo workload.
-//! * [`gen`]: the deterministic workload generator (`shopstream gen`).
-//! * [`load`]: the open-loop load driver (`shopstream load`): ack latency, freshness,
-//!   query latency against a running server.
+//!
+//! The `shopstream` binary and the client tools (`gen`, `send`, `query`, `load`, the
+//! demo workload) are the `shopstream-tools` crate in `tools/`.
 
 pub mod catalog;
-pub mod client;
 pub mod config;
 pub mod event;
-pub mod gen;
 pub mod http;
 pub mod ingest;
-pub mod load;
 pub mod log;
 pub mod reply;
 pub mod runtime;

@@ -6,9 +6,9 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use shopstream::client::http_get;
 use shopstream::config::{ClockMode, Config};
 use shopstream::server::Server;
+use shopstream_tools::client::http_get;
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -4,12 +4,15 @@
 //! Every read that follows a write waits with `min_seq` (read-your-writes) instead
 //! of sleeping; nothing here asserts on timings.
 
+#[path = "util/process.rs"]
+mod process;
 mod util;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc;
 
+use process::ServerProcess;
 use serde_json::{json, Value};
 use util::*;
 

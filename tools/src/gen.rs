@@ -14,8 +14,8 @@ use std::io::Write;
 
 use compact_str::CompactString;
 
-use crate::event::{Event, Kind, Product};
-use crate::ingest::binary::{encode_frame, MAGIC};
+use shopstream::event::{Event, Kind, Product};
+use shopstream::ingest::binary::{encode_frame, MAGIC};
 
 /// Settings of a workload.
 #[derive(Clone, Debug, clap::Args)]
@@ -384,7 +384,7 @@ pub fn to_event(m: &Message) -> Event {
         .collect();
     let is_order = m.kind.is_order();
     Event {
-        message_id: Some(crate::event::message_id_hash(&format!("m{}", m.id))),
+        message_id: Some(shopstream::event::message_id_hash(&format!("m{}", m.id))),
         user: s("u", m.user),
         anonymous: false,
         ts: m.ts,
@@ -451,7 +451,7 @@ pub fn write_all(o: &GenOptions, binary: bool, out: &mut impl Write) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{parse_message, ParseContext};
+    use shopstream::event::{parse_message, ParseContext};
 
     fn small() -> GenOptions {
         GenOptions {

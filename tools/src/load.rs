@@ -32,7 +32,7 @@
 //!   late pacer catches up tick by tick, each tick keeping its own intended time.
 //! * **Writers** (one per connection) write the buffers to the socket.
 //! * **Readers** (one per connection) read the answer lines. The server acks per
-//!   batch it read, with cumulative counts (see [`crate::ingest::tcp`]); an ack
+//!   batch it read, with cumulative counts (see [`shopstream::ingest::tcp`]); an ack
 //!   covers a mark once its `accepted + rejected` reaches the mark's lines.
 //! * **Queries**: a query pacer thread puts `GET /v1/users/u{N}/profile` on a queue
 //!   at its intended time, `qps` per second on an even schedule (`N = users · r²`
@@ -1426,8 +1426,8 @@ impl fmt::Display for LoadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::server::Server;
+    use shopstream::config::Config;
+    use shopstream::server::Server;
 
     /// A short run against a real in-process server: everything sent is answered,
     /// and every measurement has samples. No timing assertions.
@@ -1435,6 +1435,14 @@ mod tests {
     fn a_short_run_against_a_real_server_acks_everything_and_measures_all() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = Config::defaults();
+        // The repository's example segments, as when this test ran from the root
+        // (tests run in their package's directory, tools/).
+        cfg.segments_file = Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(shopstream::config::DEFAULT_SEGMENTS_FILE),
+        );
+        cfg.keep_file_segments = false;
         cfg.tcp_addr = "127.0.0.1:0".parse().expect("addr");
         cfg.http_addr = "127.0.0.1:0".parse().expect("addr");
         cfg.data_dir = dir.path().to_path_buf();

@@ -1,5 +1,6 @@
 //! The `shopstream` binary: parse the CLI, load the configuration, start tracing,
-//! and hand over to the library.
+//! and hand over to the server library (`shopstream`) or the client tools
+//! (`shopstream_tools`).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -9,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use shopstream::client::{self, DemoWorkload};
 use shopstream::config::{ClockMode, Config, RawConfig};
 use shopstream::server::Server;
+use shopstream_tools::client::{self, DemoWorkload};
 
 #[derive(Parser)]
 #[command(
@@ -80,7 +81,7 @@ enum Command {
     /// file, to stdout, or straight to a server.
     Gen {
         #[command(flatten)]
-        options: shopstream::gen::GenOptions,
+        options: shopstream_tools::gen::GenOptions,
         /// Output file; `-` is stdout.
         #[arg(long, short = 'o', default_value = "-")]
         out: PathBuf,
@@ -95,7 +96,7 @@ enum Command {
     /// a target rate; report ack latency, freshness and query latency.
     Load {
         #[command(flatten)]
-        args: shopstream::load::LoadArgs,
+        args: shopstream_tools::load::LoadArgs,
         /// One JSON object on stdout instead of the table (and no progress).
         #[arg(long)]
         json: bool,
@@ -310,7 +311,7 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
 }
 
 fn gen(
-    options: &shopstream::gen::GenOptions,
+    options: &shopstream_tools::gen::GenOptions,
     out: &std::path::Path,
     binary: bool,
     to: Option<SocketAddr>,
@@ -329,7 +330,7 @@ fn gen(
                     .last()
             });
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &stream);
-            let n = shopstream::gen::write_all(options, binary, &mut w)?;
+            let n = shopstream_tools::gen::write_all(options, binary, &mut w)?;
             drop(w);
             stream.shutdown(std::net::Shutdown::Write)?;
             let last = acks.join().ok().flatten().unwrap_or_default();
@@ -339,13 +340,13 @@ fn gen(
         None if out.as_os_str() == "-" => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            shopstream::gen::write_all(options, binary, &mut w)?
+            shopstream_tools::gen::write_all(options, binary, &mut w)?
         }
         None => {
             let file = std::fs::File::create(out)
                 .with_context(|| format!("creating {}", out.display()))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-            shopstream::gen::write_all(options, binary, &mut w)?
+            shopstream_tools::gen::write_all(options, binary, &mut w)?
         }
     };
     let secs = started.elapsed().as_secs_f64();
@@ -419,7 +420,7 @@ fn main() -> anyhow::Result<()> {
         } => gen(&options, &out, binary, to),
         Command::Load { args, json } => {
             let opts = args.options(!json && std::io::stderr().is_terminal())?;
-            let report = shopstream::load::run(&opts)?;
+            let report = shopstream_tools::load::run(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

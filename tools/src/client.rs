@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::event::{parse_message, ParseContext};
-use crate::ingest::binary::{encode_frame, MAGIC};
+use shopstream::event::{parse_message, ParseContext};
+use shopstream::ingest::binary::{encode_frame, MAGIC};
 
 /// Errors of the client commands.
 #[derive(Debug, thiserror::Error)]
