@@ -66,7 +66,7 @@ impl Server {
         let http_addr = http.local_addr().expect("bound");
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::ingest::tcp::serve(
+        tasks.push(tokio::spawn(crate::ingest::listener::serve(
             tcp,
             engine.clone(),
             rx.clone(),

@@ -10,7 +10,7 @@
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::tcp::{read_more, submit, Origin, Pending};
+use super::connection::{read_more, submit, Origin, Pending};
 use super::{Refusal, Validator};
 use crate::event::Event;
 use crate::runtime::Engine;

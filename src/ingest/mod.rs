@@ -6,8 +6,10 @@
 //! acknowledges them once they are durable.
 
 pub mod binary;
+pub mod connection;
 pub mod http;
-pub mod tcp;
+pub mod listener;
+pub mod ndjson;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

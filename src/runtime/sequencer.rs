@@ -325,14 +325,8 @@ pub(super) fn run(
     submissions: flume::Receiver<Submit>,
     workers: Vec<flume::Sender<Arc<Epoch>>>,
     ready: std::sync::mpsc::Sender<Result<Recovery, EngineError>>,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) {
-    let log_config = LogConfig {
-        dir: config.data_dir.clone(),
-        file_bytes: config.file_bytes,
-        fsync: config.fsync,
-        fsync_interval: config.fsync_interval,
-    };
     let mut seq = Sequencer {
         dedup: Dedup::new(config.dedup_horizon),
         config,
@@ -345,72 +339,117 @@ pub(super) fn run(
         last_record: Instant::now(),
         payload: Vec::new(),
     };
-    let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
-    let opened = log::open(&log_config, |header, payload, read| {
+    let opened = seq.replay(progress);
+    let started = opened.is_ok();
+    if ready.send(opened).is_err() || !started {
+        return;
+    }
+    seq.serve(&submissions);
+}
+
+impl Sequencer {
+    /// Opens the log and hands every record to the workers as it is read,
+    /// rebuilding the catalog, the deduplication horizon and the clock.
+    fn replay(&mut self, mut progress: impl FnMut(u64, u64)) -> Result<Recovery, EngineError> {
+        let log_config = LogConfig {
+            dir: self.config.data_dir.clone(),
+            file_bytes: self.config.file_bytes,
+            fsync: self.config.fsync,
+            fsync_interval: self.config.fsync_interval,
+        };
+        let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
+        let (writer, recovery) = log::open(&log_config, |header, payload, read| {
+            self.replay_record(header, payload)?;
+            progress(read, total);
+            Ok(())
+        })?;
+        self.shared
+            .logged_seq
+            .store(recovery.next_seq.saturating_sub(1), Ordering::Relaxed);
+        self.writer = Some(writer);
+        Ok(recovery)
+    }
+
+    /// One replayed record: what it defines, its message ids, then the epoch.
+    fn replay_record(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<(), LogError> {
         let (events, controls) = decode_payload(payload).map_err(|e| {
             LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
         })?;
-        let definitions = seq.apply_controls(header, &controls);
+        let definitions = self.apply_controls(header, &controls);
         for (i, ev) in events.iter().enumerate() {
             if let Some(id) = ev.message_id {
-                let _ = seq.dedup.insert(id, header.first_seq + i as u64);
+                let _ = self.dedup.insert(id, header.first_seq + i as u64);
             }
         }
-        seq.clock = header.clock_ms;
-        seq.next_epoch = header.epoch + 1;
-        seq.next_seq = header.first_seq + u64::from(header.count);
-        seq.forward(Epoch {
+        self.clock = header.clock_ms;
+        self.next_epoch = header.epoch + 1;
+        self.next_seq = header.first_seq + u64::from(header.count);
+        self.forward(Epoch {
             epoch: header.epoch,
             first_seq: header.first_seq,
             clock: header.clock_ms,
             chunks: vec![events],
             definitions,
         });
-        progress(read, total);
         Ok(())
-    });
-    match opened {
-        Ok((writer, recovery)) => {
-            seq.shared
-                .logged_seq
-                .store(recovery.next_seq.saturating_sub(1), Ordering::Relaxed);
-            seq.writer = Some(writer);
-            if ready.send(Ok(recovery)).is_err() {
-                return;
-            }
-        }
-        Err(e) => {
-            let _ = ready.send(Err(EngineError::Log(e)));
-            return;
-        }
     }
 
-    let mut tick = match seq.config.clock {
-        ClockMode::Wall => seq.config.clock_tick,
-        ClockMode::Event => Duration::from_millis(100),
-    };
-    if seq.config.fsync == log::FsyncPolicy::Interval {
-        tick = tick.min(seq.config.fsync_interval.max(Duration::from_millis(1)));
-    }
-    let max_events = seq.config.max_record_events;
-    loop {
-        if seq.shared.shutdown.load(Ordering::SeqCst) && submissions.is_empty() {
-            break;
+    /// How long to wait for a submission before an idle duty: a wall-clock tick
+    /// record, or an interval sync.
+    fn tick(&self) -> Duration {
+        let mut tick = match self.config.clock {
+            ClockMode::Wall => self.config.clock_tick,
+            ClockMode::Event => Duration::from_millis(100),
+        };
+        if self.config.fsync == log::FsyncPolicy::Interval {
+            tick = tick.min(self.config.fsync_interval.max(Duration::from_millis(1)));
         }
-        let first = match submissions.recv_timeout(tick) {
-            Ok(s) => s,
-            Err(flume::RecvTimeoutError::Timeout) => {
-                seq.sync_idle();
-                if seq.config.clock == ClockMode::Wall
-                    && seq.writer.is_some()
-                    && seq.last_record.elapsed() >= tick
-                {
-                    seq.commit(Vec::new());
+        tick
+    }
+
+    /// Serves submissions until shutdown (once the queue is drained) or until
+    /// every submitter is gone.
+    fn serve(&mut self, submissions: &flume::Receiver<Submit>) {
+        let tick = self.tick();
+        loop {
+            if self.shared.shutdown.load(Ordering::SeqCst) && submissions.is_empty() {
+                break;
+            }
+            let first = match submissions.recv_timeout(tick) {
+                Ok(s) => s,
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    self.idle(tick);
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
+            let group = self.gather(first, submissions);
+            if self.writer.is_none() {
+                for s in group {
+                    let _ = s.reply.send(Err(Unavailable::LogNotWritable.into()));
                 }
                 continue;
             }
-            Err(flume::RecvTimeoutError::Disconnected) => break,
-        };
+            self.commit(group);
+        }
+    }
+
+    /// Nothing arrived for a tick: sync what an interval policy owes, and with a
+    /// wall clock, write a record that moves the clock.
+    fn idle(&mut self, tick: Duration) {
+        self.sync_idle();
+        if self.config.clock == ClockMode::Wall
+            && self.writer.is_some()
+            && self.last_record.elapsed() >= tick
+        {
+            self.commit(Vec::new());
+        }
+    }
+
+    /// One group commit: `first` and whatever else is queued, up to
+    /// `engine.max_record_events` events.
+    fn gather(&self, first: Submit, submissions: &flume::Receiver<Submit>) -> Vec<Submit> {
+        let max_events = self.config.max_record_events;
         let mut n = first.events.len();
         let mut group = vec![first];
         while n < max_events {
@@ -422,13 +461,7 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        if seq.writer.is_none() {
-            for s in group {
-                let _ = s.reply.send(Err(Unavailable::LogNotWritable.into()));
-            }
-            continue;
-        }
-        seq.commit(group);
+        group
     }
 }
 

@@ -32,7 +32,7 @@
 //!   late pacer catches up tick by tick, each tick keeping its own intended time.
 //! * **Writers** (one per connection) write the buffers to the socket.
 //! * **Readers** (one per connection) read the answer lines. The server acks per
-//!   batch it read, with cumulative counts (see [`shopstream::ingest::tcp`]); an ack
+//!   batch it read, with cumulative counts (see [`shopstream::ingest::connection`]); an ack
 //!   covers a mark once its `accepted + rejected` reaches the mark's lines.
 //! * **Queries**: a query pacer thread puts `GET /v1/users/u{N}/profile` on a queue
 //!   at its intended time, `qps` per second on an even schedule (`N = users · r²`

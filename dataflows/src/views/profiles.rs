@@ -591,6 +591,15 @@ struct OrderState {
     cancelled: bool,
 }
 
+/// What one event adds to a user's lifetime totals and windows.
+struct EventDelta {
+    life: Lifetime,
+    win: WindowCounts,
+    /// The time whose windows the window counts move (a cancellation moves the
+    /// order's).
+    window_ts: Millis,
+}
+
 /// A scheduled retraction: at clock `at`, the contribution leaves window `window`
 /// (7 or 30) of `user`. An event in both windows has one entry at a time: the 7-day
 /// exit re-schedules the 30-day one. Packed to 32 bytes: the schedule holds one
@@ -678,133 +687,151 @@ impl ProfileFeeder {
     /// Feeds one event of an epoch whose clock is `clock`.
     pub fn event(&mut self, ev: &ShopEvent, clock: Millis, sink: &mut impl ProfileSink) {
         let user = ev.user;
-        let mut life = Lifetime {
-            events: 1,
-            first_seen: ev.ts,
-            last_seen: ev.ts,
-            ..Lifetime::default()
+        let mut d = EventDelta {
+            life: Lifetime {
+                events: 1,
+                first_seen: ev.ts,
+                last_seen: ev.ts,
+                ..Lifetime::default()
+            },
+            win: WindowCounts::default(),
+            // The time whose windows this event's window counts move.
+            window_ts: ev.ts,
         };
-        let mut win = WindowCounts::default();
-        sink.facet(user, (FACET_EVENT, ev.name), 1);
-        let w = weight(ev.kind);
-        if w != 0 {
-            for line in &ev.lines {
-                if line.category != 0 {
-                    sink.facet(user, (FACET_CATEGORY, line.category), w);
-                }
-                if line.brand != 0 {
-                    sink.facet(user, (FACET_BRAND, line.brand), w);
-                }
-            }
-        }
-        // The time whose windows this event's window counts move.
-        let mut window_ts = ev.ts;
-        let order_event = matches!(
-            ev.kind,
-            EventKind::OrderCompleted | EventKind::OrderRefunded | EventKind::OrderCancelled
-        );
+        Self::interactions(ev, sink);
         match ev.kind {
-            EventKind::ProductViewed => win.views = 1,
+            EventKind::ProductViewed => d.win.views = 1,
             EventKind::ProductAdded => {
-                win.cart_adds = 1;
-                for line in &ev.lines {
-                    sink.facet(user, (FACET_CART, line.item), line.quantity);
-                }
+                d.win.cart_adds = 1;
+                Self::cart(ev, 1, sink);
             }
-            EventKind::ProductRemoved => {
-                for line in &ev.lines {
-                    sink.facet(user, (FACET_CART, line.item), -line.quantity);
-                }
-            }
-            EventKind::OrderCompleted => {
-                let items = ev
-                    .lines
-                    .iter()
-                    .fold(0i64, |a, l| a.wrapping_add(l.quantity));
-                for line in &ev.lines {
-                    sink.facet(user, (FACET_CART, line.item), -line.quantity);
-                }
-                life.orders = 1;
-                life.items = items;
-                life.revenue = ev.revenue;
-                life.last_order_at = ev.ts;
-                win.orders = 1;
-                win.revenue = ev.revenue;
-                if ev.order != 0 {
-                    self.remember_order(
-                        (user, ev.order),
-                        OrderState {
-                            ts: ev.ts,
-                            amount: ev.revenue,
-                            items,
-                            ..OrderState::default()
-                        },
-                    );
-                }
-            }
-            EventKind::OrderRefunded => {
-                let known = self
-                    .orders
-                    .get_mut(&(user, ev.order))
-                    .filter(|_| ev.order != 0);
-                let amount = match known {
-                    Some(o) => {
-                        let a = if ev.revenue > 0 {
-                            ev.revenue
-                        } else {
-                            (o.amount - o.refunded).max(0)
-                        };
-                        o.refunded = o.refunded.saturating_add(a);
-                        a
-                    }
-                    None => ev.revenue,
-                };
-                life.refunds = 1;
-                life.refunded = amount;
-                life.revenue = -amount;
-                win.revenue = -amount;
-            }
-            EventKind::OrderCancelled => {
-                life.cancellations = 1;
-                let known = self
-                    .orders
-                    .get_mut(&(user, ev.order))
-                    .filter(|_| ev.order != 0);
-                match known {
-                    Some(o) if !o.cancelled => {
-                        o.cancelled = true;
-                        let remaining = (o.amount - o.refunded).max(0);
-                        // Nothing is left to refund after a cancellation.
-                        o.refunded = o.amount;
-                        life.orders = -1;
-                        life.items = o.items.wrapping_neg();
-                        life.revenue = -remaining;
-                        win.orders = -1;
-                        win.revenue = -remaining;
-                        window_ts = o.ts;
-                    }
-                    Some(_) => {}
-                    None => {
-                        life.revenue = -ev.revenue;
-                        win.revenue = -ev.revenue;
-                    }
-                }
-            }
-            EventKind::Identify => {
-                for (key, value) in &ev.traits {
-                    let latest = Latest {
-                        ts: ev.ts,
-                        seq: ev.seq,
-                        value: *value,
-                    };
-                    sink.set_trait(user, *key, latest);
-                }
-            }
+            EventKind::ProductRemoved => Self::cart(ev, -1, sink),
+            EventKind::OrderCompleted => self.order_completed(ev, &mut d, sink),
+            EventKind::OrderRefunded => self.order_refunded(ev, &mut d),
+            EventKind::OrderCancelled => self.order_cancelled(ev, &mut d),
+            EventKind::Identify => Self::identify(ev, sink),
             _ => {}
         }
-        sink.lifetime(user, life, order_event);
-        if !win.is_empty() {
-            self.admit(user, window_ts, win, clock, sink);
+        sink.lifetime(user, d.life, ev.kind.is_order());
+        if !d.win.is_empty() {
+            self.admit(user, d.window_ts, d.win, clock, sink);
+        }
+    }
+
+    /// Counts the event by name, and its weighted interest in each line's
+    /// category and brand.
+    fn interactions(ev: &ShopEvent, sink: &mut impl ProfileSink) {
+        sink.facet(ev.user, (FACET_EVENT, ev.name), 1);
+        let w = weight(ev.kind);
+        if w == 0 {
+            return;
+        }
+        for line in &ev.lines {
+            if line.category != 0 {
+                sink.facet(ev.user, (FACET_CATEGORY, line.category), w);
+            }
+            if line.brand != 0 {
+                sink.facet(ev.user, (FACET_BRAND, line.brand), w);
+            }
+        }
+    }
+
+    /// Moves each line's quantity into (`sign` 1) or out of (-1) the cart.
+    fn cart(ev: &ShopEvent, sign: i64, sink: &mut impl ProfileSink) {
+        for line in &ev.lines {
+            sink.facet(ev.user, (FACET_CART, line.item), sign * line.quantity);
+        }
+    }
+
+    /// An order: one order, its items and amount, out of the cart, remembered for
+    /// later refunds and cancellations.
+    fn order_completed(&mut self, ev: &ShopEvent, d: &mut EventDelta, sink: &mut impl ProfileSink) {
+        let items = ev
+            .lines
+            .iter()
+            .fold(0i64, |a, l| a.wrapping_add(l.quantity));
+        Self::cart(ev, -1, sink);
+        d.life.orders = 1;
+        d.life.items = items;
+        d.life.revenue = ev.revenue;
+        d.life.last_order_at = ev.ts;
+        d.win.orders = 1;
+        d.win.revenue = ev.revenue;
+        if ev.order != 0 {
+            self.remember_order(
+                (ev.user, ev.order),
+                OrderState {
+                    ts: ev.ts,
+                    amount: ev.revenue,
+                    items,
+                    ..OrderState::default()
+                },
+            );
+        }
+    }
+
+    /// The order named, if this worker remembers it.
+    fn known_order(&mut self, ev: &ShopEvent) -> Option<&mut OrderState> {
+        self.orders
+            .get_mut(&(ev.user, ev.order))
+            .filter(|_| ev.order != 0)
+    }
+
+    /// A refund: the amount it names, or (with none) what is left of the known
+    /// order, out of revenue at the refund's own time.
+    fn order_refunded(&mut self, ev: &ShopEvent, d: &mut EventDelta) {
+        let amount = match self.known_order(ev) {
+            Some(o) => {
+                let a = if ev.revenue > 0 {
+                    ev.revenue
+                } else {
+                    (o.amount - o.refunded).max(0)
+                };
+                o.refunded = o.refunded.saturating_add(a);
+                a
+            }
+            None => ev.revenue,
+        };
+        d.life.refunds = 1;
+        d.life.refunded = amount;
+        d.life.revenue = -amount;
+        d.win.revenue = -amount;
+    }
+
+    /// A cancellation: a known, not yet cancelled order is taken back (in the
+    /// windows of the order's time); an unknown one subtracts the amount it names.
+    fn order_cancelled(&mut self, ev: &ShopEvent, d: &mut EventDelta) {
+        d.life.cancellations = 1;
+        match self.known_order(ev) {
+            Some(o) if !o.cancelled => {
+                o.cancelled = true;
+                let remaining = (o.amount - o.refunded).max(0);
+                // Nothing is left to refund after a cancellation.
+                o.refunded = o.amount;
+                d.life.orders = -1;
+                d.life.items = o.items.wrapping_neg();
+                d.life.revenue = -remaining;
+                d.win.orders = -1;
+                d.win.revenue = -remaining;
+                d.window_ts = o.ts;
+            }
+            Some(_) => {}
+            None => {
+                d.life.revenue = -ev.revenue;
+                d.win.revenue = -ev.revenue;
+            }
+        }
+    }
+
+    /// Each trait, as the latest value by `(timestamp, seq)`.
+    fn identify(ev: &ShopEvent, sink: &mut impl ProfileSink) {
+        for (key, value) in &ev.traits {
+            let latest = Latest {
+                ts: ev.ts,
+                seq: ev.seq,
+                value: *value,
+            };
+            sink.set_trait(ev.user, *key, latest);
         }
     }
 
