@@ -64,11 +64,10 @@ pub(crate) async fn read_frames(
                 frame_no += 1;
                 rejects.push((
                     Origin::Frame(frame_no),
-                    Refusal {
-                        reason: format!(
-                            "frame {frame_no} is {len} bytes, over the {max}-byte limit"
-                        ),
-                        code: "frame_too_large",
+                    Refusal::FrameTooLarge {
+                        frame: frame_no,
+                        len,
+                        max,
                     },
                 ));
                 pos += 4;
@@ -92,9 +91,9 @@ pub(crate) async fn read_frames(
                 }
                 Err(e) => rejects.push((
                     Origin::Frame(frame_no),
-                    Refusal {
-                        reason: format!("frame {frame_no} is not a bincode Vec<Event>: {e}"),
-                        code: "bad_frame",
+                    Refusal::BadFrame {
+                        frame: frame_no,
+                        reason: e.to_string(),
                     },
                 )),
             }
@@ -107,10 +106,7 @@ pub(crate) async fn read_frames(
             }
             rejects.push((
                 Origin::Frame(frame_no),
-                Refusal {
-                    reason: format!("connection closed inside frame {frame_no}"),
-                    code: "truncated_frame",
-                },
+                Refusal::TruncatedFrame { frame: frame_no },
             ));
             buf.clear();
         }

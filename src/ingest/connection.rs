@@ -129,11 +129,12 @@ pub(crate) async fn write_answers(
     while let Some(p) = rx.recv().await {
         for (origin, r) in &p.rejects {
             line.clear();
+            let r = r.to_string();
             let v = match origin {
-                Origin::Line(n) => serde_json::json!({"error": r.reason, "line": n}),
-                Origin::Frame(n) => serde_json::json!({"error": r.reason, "frame": n}),
+                Origin::Line(n) => serde_json::json!({"error": r, "line": n}),
+                Origin::Frame(n) => serde_json::json!({"error": r, "frame": n}),
                 Origin::FrameEvent(n, i) => {
-                    serde_json::json!({"error": r.reason, "frame": n, "index": i})
+                    serde_json::json!({"error": r, "frame": n, "index": i})
                 }
             };
             serde_json::to_writer(&mut line, &v).expect("json");

@@ -104,7 +104,7 @@ async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType
             Ok(ev) => events.push(ev),
             Err(r) => {
                 count_refusal(&r);
-                rejected.push(json!({"index": i, "reason": r.reason}));
+                rejected.push(json!({"index": i, "reason": r.to_string()}));
             }
         }
     }

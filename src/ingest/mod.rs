@@ -25,18 +25,45 @@ pub struct Validator {
     max_future_ms: i64,
 }
 
-/// Why one message was refused: the text for the client, a label for metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: String,
-    pub code: &'static str,
+/// Why one message (or frame) was refused. `Display` is the text for the client;
+/// [`Refusal::code`] is the label for metrics.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The message itself: what the parser found.
+    #[error(transparent)]
+    Message(#[from] Reject),
+    #[error("timestamp: {ts} ms is before 1970-01-01")]
+    BeforeEpoch { ts: i64 },
+    #[error("timestamp: {ts} ms is more than {skew_s} s ahead of the server clock")]
+    InFuture { ts: i64, skew_s: i64 },
+    #[error("revenue: {revenue} is not between 0 and {MAX_AMOUNT_MINOR}")]
+    BadRevenue { revenue: i64 },
+    #[error("products[{index}]: price must be between 0 and {MAX_AMOUNT_MINOR}, quantity between 0 and {MAX_QUANTITY}")]
+    BadLine { index: usize },
+    /// An NDJSON line with no newline within `ingest.max_line_bytes`.
+    #[error("line is over the {max}-byte limit")]
+    LineOverLimit { max: usize },
+    #[error("frame {frame} is {len} bytes, over the {max}-byte limit")]
+    FrameTooLarge { frame: u64, len: usize, max: usize },
+    /// Bincode's own description of what is wrong with the frame.
+    #[error("frame {frame} is not a bincode Vec<Event>: {reason}")]
+    BadFrame { frame: u64, reason: String },
+    #[error("connection closed inside frame {frame}")]
+    TruncatedFrame { frame: u64 },
 }
 
-impl From<Reject> for Refusal {
-    fn from(r: Reject) -> Self {
-        Refusal {
-            reason: r.to_string(),
-            code: r.code(),
+impl Refusal {
+    /// The metrics label (`reason` of `shopstream_events_rejected_total`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Message(r) => r.code(),
+            Refusal::BeforeEpoch { .. } => "bad_timestamp",
+            Refusal::InFuture { .. } => "future_timestamp",
+            Refusal::BadRevenue { .. } | Refusal::BadLine { .. } => "bad_number",
+            Refusal::LineOverLimit { .. } => "line_too_long",
+            Refusal::FrameTooLarge { .. } => "frame_too_large",
+            Refusal::BadFrame { .. } => "bad_frame",
+            Refusal::TruncatedFrame { .. } => "truncated_frame",
         }
     }
 }
@@ -78,22 +105,14 @@ impl Validator {
     /// The time rules, which the parser does not know: not before 1970, and not
     /// further ahead of the server clock than `ingest.max_future_skew_s`.
     fn check_time(&self, ev: &Event) -> Result<(), Refusal> {
-        let refuse = |code, reason: String| Err(Refusal { reason, code });
         if ev.ts < 0 {
-            return refuse(
-                "bad_timestamp",
-                format!("timestamp: {} ms is before 1970-01-01", ev.ts),
-            );
+            return Err(Refusal::BeforeEpoch { ts: ev.ts });
         }
         if ev.ts > self.ctx.now_ms.saturating_add(self.max_future_ms) {
-            return refuse(
-                "future_timestamp",
-                format!(
-                    "timestamp: {} ms is more than {} s ahead of the server clock",
-                    ev.ts,
-                    self.max_future_ms / 1000
-                ),
-            );
+            return Err(Refusal::InFuture {
+                ts: ev.ts,
+                skew_s: self.max_future_ms / 1000,
+            });
         }
         Ok(())
     }
@@ -101,34 +120,23 @@ impl Validator {
     /// Checks an already decoded event (binary frames) against the same rules the
     /// JSON parser enforces, plus the time rules.
     pub fn check(&self, ev: &Event) -> Result<(), Refusal> {
-        let refuse = |code, reason: String| Err(Refusal { reason, code });
         self.check_time(ev)?;
         if ev.user.is_empty() {
-            return refuse("missing_user", "missing userId or anonymousId".into());
+            return Err(Reject::MissingUser.into());
         }
         if ev.name.is_empty() {
-            return refuse("missing_event", "event: required for track".into());
+            return Err(Reject::MissingEvent.into());
         }
         if !(0..=MAX_AMOUNT_MINOR).contains(&ev.revenue) {
-            return refuse(
-                "bad_number",
-                format!(
-                    "revenue: {} is not between 0 and {MAX_AMOUNT_MINOR}",
-                    ev.revenue
-                ),
-            );
+            return Err(Refusal::BadRevenue {
+                revenue: ev.revenue,
+            });
         }
-        for (i, p) in ev.products.iter().enumerate() {
+        for (index, p) in ev.products.iter().enumerate() {
             if !(0..=MAX_AMOUNT_MINOR).contains(&p.price)
                 || !(0..=MAX_QUANTITY).contains(&p.quantity)
             {
-                return refuse(
-                    "bad_number",
-                    format!(
-                        "products[{i}]: price must be between 0 and {MAX_AMOUNT_MINOR}, \
-                         quantity between 0 and {MAX_QUANTITY}"
-                    ),
-                );
+                return Err(Refusal::BadLine { index });
             }
         }
         Ok(())
@@ -141,5 +149,5 @@ impl Validator {
 
 /// Counts a refusal in the metrics.
 pub(crate) fn count_refusal(r: &Refusal) {
-    metrics::counter!("shopstream_events_rejected_total", "reason" => r.code).increment(1);
+    metrics::counter!("shopstream_events_rejected_total", "reason" => r.code()).increment(1);
 }

@@ -65,10 +65,7 @@ pub(crate) async fn read_lines(
             line_no += 1;
             rejects.push((
                 Origin::Line(line_no),
-                Refusal {
-                    reason: format!("line is over the {max_line}-byte limit"),
-                    code: "line_too_long",
-                },
+                Refusal::LineOverLimit { max: max_line },
             ));
             skipping = true;
         }
