@@ -39,7 +39,7 @@ pub const DAY_MS: Millis = 86_400_000;
 ///
 /// The edge (`src/`) turns a validated Segment/GA4 message into this; views never
 /// see strings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShopEvent {
     /// Position in the durable log; breaks ties between equal timestamps.
     pub seq: u64,
@@ -71,7 +71,9 @@ pub struct Line {
 
 /// The event kinds that carry meaning for the views (Segment Spec names, GA4
 /// aliases); every other name is `Custom`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum EventKind {
     ProductsSearched,
     ProductListViewed,
@@ -89,6 +91,7 @@ pub enum EventKind {
     PromotionClicked,
     ExperimentViewed,
     Identify,
+    #[default]
     Custom,
 }
 

@@ -71,6 +71,12 @@ struct Host {
     done: Readable,
     compacted: Option<Time>,
     gauges: Vec<metrics::Gauge>,
+    /// The epoch's events of this worker's users, interned. Kept across epochs
+    /// and overwritten in place (their line and trait vectors keep their
+    /// capacity): building a whole epoch of fresh events before the views read
+    /// them, and freeing them all after, cost about 10% of the CPU per event in
+    /// the allocator (measured with `perf`, 1M events, 16 built-in segments).
+    events: Vec<ShopEvent>,
 }
 
 pub(super) fn run(worker: &mut Worker, ctx: Context) {
@@ -94,6 +100,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         },
         compacted: None,
         gauges: Vec::new(),
+        events: Vec::new(),
     };
     loop {
         let (fed, closed) = host.feed_turn(&ctx);
@@ -140,7 +147,7 @@ impl Host {
     /// Interns the events of the users this worker owns and feeds the epoch to
     /// every view.
     fn feed(&mut self, epoch: &Epoch) {
-        let mut events = Vec::new();
+        let mut n = 0;
         for (seq, ev) in epoch.events() {
             let user = intern(&ev.user);
             if owner(user, self.peers) != self.index {
@@ -148,13 +155,24 @@ impl Host {
             }
             // Members and the change feed answer with the user's id text.
             self.symbols.remember(user, &ev.user, &mut self.known);
-            events.push(shop_event(ev, user, seq, &self.symbols, &mut self.known));
+            if n == self.events.len() {
+                self.events.push(ShopEvent::default());
+            }
+            shop_event(
+                ev,
+                user,
+                seq,
+                &self.symbols,
+                &mut self.known,
+                &mut self.events[n],
+            );
+            n += 1;
         }
         let batch = EpochBatch {
             epoch: epoch.epoch,
             seq: epoch.last_seq(),
             clock: epoch.clock,
-            events: &events,
+            events: &self.events[..n],
             definitions: &epoch.definitions,
         };
         for view in self.views.iter_mut() {
@@ -226,35 +244,32 @@ impl Host {
 }
 
 /// Interns an event's strings (remembering their text for answers) into what the
-/// views consume.
+/// views consume, overwriting `out` (whose vectors keep their capacity).
 pub(crate) fn shop_event(
     ev: &Event,
     user: u64,
     seq: u64,
     symbols: &Symbols,
     known: &mut IdSet,
-) -> ShopEvent {
+    out: &mut ShopEvent,
+) {
     let mut sym = |s: &str| symbols.intern_local(s, known);
-    let lines = ev
-        .products
-        .iter()
-        .map(|p| Line {
-            item: sym(&p.id),
-            category: p.category.as_deref().map_or(0, &mut sym),
-            brand: p.brand.as_deref().map_or(0, &mut sym),
-            price: p.price,
-            quantity: p.quantity,
-        })
-        .collect();
-    ShopEvent {
-        seq,
-        user,
-        ts: ev.ts,
-        kind: ev.kind,
-        name: sym(&ev.name),
-        lines,
-        revenue: ev.revenue,
-        order: ev.order_id.as_deref().map_or(0, intern),
-        traits: ev.traits.iter().map(|(k, v)| (sym(k), sym(v))).collect(),
-    }
+    out.lines.clear();
+    out.lines.extend(ev.products.iter().map(|p| Line {
+        item: sym(&p.id),
+        category: p.category.as_deref().map_or(0, &mut sym),
+        brand: p.brand.as_deref().map_or(0, &mut sym),
+        price: p.price,
+        quantity: p.quantity,
+    }));
+    out.traits.clear();
+    out.traits
+        .extend(ev.traits.iter().map(|(k, v)| (sym(k), sym(v))));
+    out.seq = seq;
+    out.user = user;
+    out.ts = ev.ts;
+    out.kind = ev.kind;
+    out.name = sym(&ev.name);
+    out.revenue = ev.revenue;
+    out.order = ev.order_id.as_deref().map_or(0, intern);
 }
