@@ -136,7 +136,7 @@ fn a_read_of_an_unregistered_view_is_refused_not_hung() {
 #[test]
 fn a_definition_of_an_unknown_kind_is_refused_before_the_log() {
     let rt = runtime();
-    let (_dir, engine) = engine(1);
+    let (dir, engine) = engine(1);
     let before = engine.logged_seq();
     let got = rt.block_on(engine.define(vec![Control::put(
         "funnel",
@@ -159,5 +159,14 @@ fn a_definition_of_an_unknown_kind_is_refused_before_the_log() {
     );
     assert_eq!(engine.logged_seq(), before);
     assert!(engine.catalog().is_empty(), "nothing was defined");
+    engine.shutdown();
+    // Nothing reached the log: a restart replays no record at all.
+    let mut config = Config::defaults();
+    config.data_dir = dir.path().to_path_buf();
+    config.fsync = shopstream::log::FsyncPolicy::Never;
+    let engine =
+        Engine::start(config, &shopstream::serve::all_hosts(), |_, _| {}).expect("restarts");
+    assert_eq!(engine.recovery().records, 0, "no record was logged");
+    assert_eq!(engine.recovery().last_epoch, None);
     engine.shutdown();
 }

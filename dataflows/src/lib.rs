@@ -10,8 +10,10 @@
 //!   a time, compaction).
 //! * [`rules`]: the segment rule language (compiled once, evaluated per user).
 //!
-//! The host (`shopstream`'s `runtime`) feeds the inputs, advances time and reads
-//! the traces by cursor, knowing the views only through [`view::View`].
+//! The host (`shopstream`'s `runtime`) hands each view its epochs, steps the
+//! dataflow, tells the views what is complete and how far to compact, and runs
+//! reads against them at pinned times, knowing them only through [`view::View`];
+//! each view feeds its own inputs and reads its own traces.
 
 pub mod read;
 pub mod rules;

@@ -19,7 +19,9 @@
 //!    pinned: the host routes a read to the worker owning its key (or to every
 //!    worker), downcasts the view ([`View::as_any_mut`]) and runs the read
 //!    function of the view's own type against it. So a read is an ordinary method
-//!    of the view, not a variant of a host-wide enum.
+//!    of the view, not a variant of a host-wide enum. Workers are fed the events
+//!    of the users they own; a view keyed by anything else exchanges its updates
+//!    to the owner of its key ([`crate::types::owner`]) before arranging them.
 //!
 //! Definitions (segment rules today; funnels, experiments, campaign costs next)
 //! are compiled by the host once per record, for every worker, and reach the

@@ -16,11 +16,17 @@
 //! definition is refused with its reason and never reaches the log.
 //!
 //! # Compatibility
-//! Records written before kinds existed hold segment rules as `Define`/`Drop`;
-//! they read as kind [`segments::KIND`]. New records are written as `Put`/`Remove`
-//! with their kind.
+//! Segment rules are logged as `Define`/`Drop`, exactly as before kinds existed
+//! (so a log written by this version still replays on the one before it); they
+//! read as kind `segment`. Every other kind is logged as `Put`/`Remove` with its
+//! kind.
 
 pub mod segments;
+
+/// The kind of the records written before kinds existed (`Define`/`Drop`): segment
+/// rules. The same as [`segments::KIND`] (a test checks it); kept here so the log
+/// encoding does not depend on a view's module.
+const LEGACY_KIND: &str = "segment";
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -126,8 +132,8 @@ enum Wire {
 impl From<Wire> for Control {
     fn from(w: Wire) -> Self {
         match w {
-            Wire::Define { name, rule, source } => Control::put(segments::KIND, name, rule, source),
-            Wire::Drop { name } => Control::remove(segments::KIND, name),
+            Wire::Define { name, rule, source } => Control::put(LEGACY_KIND, name, rule, source),
+            Wire::Drop { name } => Control::remove(LEGACY_KIND, name),
             Wire::Put {
                 kind,
                 name,
@@ -150,6 +156,12 @@ impl From<Wire> for Control {
 impl From<Control> for Wire {
     fn from(c: Control) -> Self {
         match c.op {
+            Op::Put { body, source } if c.kind == LEGACY_KIND => Wire::Define {
+                name: c.name,
+                rule: body,
+                source,
+            },
+            Op::Remove if c.kind == LEGACY_KIND => Wire::Drop { name: c.name },
             Op::Put { body, source } => Wire::Put {
                 kind: c.kind,
                 name: c.name,
@@ -178,11 +190,12 @@ pub enum CatalogError {
 /// Why the configured definitions cannot be applied at start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{kind} file {path}: {reason}")]
+    #[error("{kind} file {path}: {source}")]
     File {
         kind: &'static str,
         path: std::path::PathBuf,
-        reason: String,
+        /// The I/O or TOML error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{origin}: {kind} {name:?}: {reason}")]
     Invalid {
@@ -360,6 +373,19 @@ impl Catalog {
         registry.names.get(&(kind, id)).cloned()
     }
 
+    /// Whether definition `id` of `kind` is defined now (one lock, no copy).
+    pub fn is_defined(&self, kind: &str, id: u64) -> bool {
+        let Ok(compiler) = self.compiler(kind) else {
+            return false;
+        };
+        let kind = compiler.kind();
+        let registry = self.registry.lock().expect("poisoned");
+        registry
+            .names
+            .get(&(kind, id))
+            .is_some_and(|name| registry.by_name.contains_key(&(kind, name.clone())))
+    }
+
     /// How many definitions of every kind there are.
     pub fn len(&self) -> usize {
         self.registry.lock().expect("poisoned").by_name.len()
@@ -422,6 +448,27 @@ mod tests {
         let bytes = bincode::serialize(&Wire::Drop { name: "vip".into() }).expect("encode");
         let c: Control = bincode::deserialize(&bytes).expect("decode");
         assert_eq!(c, Control::remove(segments::KIND, "vip"));
+    }
+
+    #[test]
+    fn segment_records_are_written_as_before_kinds() {
+        assert_eq!(LEGACY_KIND, segments::KIND);
+        let c = Control::put(segments::KIND, "vip", "orders > 1", Source::Config);
+        let old = Wire::Define {
+            name: "vip".into(),
+            rule: "orders > 1".into(),
+            source: Source::Config,
+        };
+        assert_eq!(
+            bincode::serialize(&c).expect("encode"),
+            bincode::serialize(&old).expect("encode"),
+            "a version without kinds can replay it"
+        );
+        let bytes = bincode::serialize(&Control::remove(segments::KIND, "vip")).expect("encode");
+        assert_eq!(
+            bytes,
+            bincode::serialize(&Wire::Drop { name: "vip".into() }).expect("encode")
+        );
     }
 
     #[test]

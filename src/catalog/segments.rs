@@ -175,12 +175,12 @@ pub fn file_definitions(path: &Path) -> Result<Vec<Wanted>, StartupError> {
     let text = std::fs::read_to_string(path).map_err(|e| StartupError::File {
         kind: KIND,
         path: path.into(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let file: SegmentFile = toml::from_str(&text).map_err(|e| StartupError::File {
         kind: KIND,
         path: path.into(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     Ok(file
         .segment

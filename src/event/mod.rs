@@ -95,8 +95,10 @@
 //!
 //! * `model`: [`Event`], [`Product`], [`Kind`], [`Str`], [`MessageType`] and
 //!   [`message_id_hash`]: the validated form, as the log stores it.
-//! * `parse`: [`parse_message`] and its [`ParseContext`]: the order of the
-//!   checks, names, product lines, ids, timestamps and traits.
+//! * `parse`: [`parse_message`]: the order of the checks, names, product
+//!   lines, ids, timestamps and traits.
+//! * `context`: [`ParseContext`], what validation knows besides the message
+//!   (receive time, line limit, currencies).
 //! * `money`: [`minor_unit_decimals`], conversion and rounding to minor
 //!   units, the caps [`MAX_AMOUNT_MINOR`] and [`MAX_QUANTITY`].
 //! * `reject`: [`Reject`] and how an offending value is worded in it.
@@ -104,6 +106,7 @@
 //!
 //! [Segment Spec]: https://segment.com/docs/connections/spec/ecommerce/v2/
 
+mod context;
 mod json;
 mod model;
 mod money;
@@ -112,7 +115,8 @@ mod reject;
 #[cfg(test)]
 mod test_util;
 
+pub use context::ParseContext;
 pub use model::{message_id_hash, Event, Kind, MessageType, Product, Str};
 pub use money::{minor_unit_decimals, MAX_AMOUNT_MINOR, MAX_QUANTITY};
-pub use parse::{parse_message, ParseContext};
+pub use parse::parse_message;
 pub use reject::Reject;

@@ -9,9 +9,9 @@
 
 use std::fmt;
 
+use super::context::ParseContext;
 use super::json::{present, PropFields, Scalar, P_CURRENCY};
 use super::model::Str;
-use super::parse::ParseContext;
 use super::reject::{describe, truncated, wrong_type, Loc, Reject};
 
 /// Largest amount one message may carry, in minor units (10^15: ten trillion

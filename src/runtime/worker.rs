@@ -70,7 +70,8 @@ struct Host {
     in_flight: VecDeque<Readable>,
     done: Readable,
     compacted: Option<Time>,
-    gauges: Vec<metrics::Gauge>,
+    /// Each view's gauges by name, registered at start.
+    gauges: Vec<(&'static str, metrics::Gauge)>,
     /// The epoch's events of this worker's users, interned. Kept across epochs
     /// and overwritten in place (their line and trait vectors keep their
     /// capacity): building a whole epoch of fresh events before the views read
@@ -102,6 +103,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         gauges: Vec::new(),
         events: Vec::new(),
     };
+    host.export_gauges();
     loop {
         let (fed, closed) = host.feed_turn(&ctx);
         let idle = fed == 0 && ctx.requests.is_empty();
@@ -186,17 +188,19 @@ impl Host {
         self.export_gauges();
     }
 
+    /// Sets every view's gauges (registering a name the first time it is seen).
     fn export_gauges(&mut self) {
-        let index = self.index;
-        let mut i = 0;
         for view in self.views.iter_mut() {
             for (name, value) in view.gauges() {
-                if self.gauges.len() <= i {
-                    self.gauges
-                        .push(metrics::gauge!(name, "worker" => index.to_string()));
-                }
-                self.gauges[i].set(value);
-                i += 1;
+                let at = match self.gauges.iter().position(|(n, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        let g = metrics::gauge!(name, "worker" => self.index.to_string());
+                        self.gauges.push((name, g));
+                        self.gauges.len() - 1
+                    }
+                };
+                self.gauges[at].1.set(value);
             }
         }
     }

@@ -221,12 +221,8 @@ impl ChangeSink for Hub {
             }
             // Dropped segments whose last member has left keep no history.
             let names = &self.names;
-            s.sizes.retain(|seg, track| {
-                track.size != 0
-                    || names
-                        .name(KIND, *seg)
-                        .is_some_and(|n| names.get(KIND, &n).is_some())
-            });
+            s.sizes
+                .retain(|seg, track| track.size != 0 || names.is_defined(KIND, *seg));
         }
         s.published_through = ready;
         metrics::gauge!("shopstream_segment_feed_retained").set(s.retained.len() as f64);

@@ -14,20 +14,19 @@ pub mod feed;
 pub mod health;
 pub mod profile;
 pub mod segments;
+mod view;
 
 use std::sync::Arc;
 
-use axum::Router;
+use crate::runtime::ViewHost;
 
-use crate::runtime::{Engine, ViewHost};
+pub use view::ServeView;
 
-/// A view's host half: what the engine needs ([`ViewHost`]) and its endpoints.
-pub trait ServeView: ViewHost {
-    /// The view's HTTP endpoints, merged into the one router (`crate::http`).
-    fn routes(&self) -> Router<Arc<Engine>>;
-}
-
-/// Every view, in the order their dataflows are built.
+/// Every view's host half. The order does not matter (the dataflows are built in
+/// the order of `shopstream_dataflows::views::build`), but a view registered
+/// there and missing here has no endpoints, and one here that is missing there
+/// answers every read with `NoSuchView` (503): `tests/views.rs` and each view's
+/// tests read through both.
 pub fn views() -> Vec<Arc<dyn ServeView>> {
     vec![Arc::new(profile::Profiles), Arc::new(segments::Segments)]
 }

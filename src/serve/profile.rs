@@ -19,7 +19,7 @@ use shopstream_dataflows::views::profiles::{
     FACET_CART, FACET_CATEGORY, FACET_EVENT,
 };
 
-use super::ServeView;
+use super::view::ServeView;
 use crate::reply::{engine_error, error, money, read_at, rfc3339};
 use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
 use crate::symbols::Symbols;

@@ -29,13 +29,13 @@ use shopstream_dataflows::views::segments::{ChangeSink, SegId, SegmentView, Sinc
 use tokio::sync::broadcast;
 
 use super::feed::{format_position, parse_position, FeedEvent, Hub, Unresumable};
-use super::ServeView;
+use super::view::ServeView;
 use crate::catalog::segments::{
     check_name, compile, segment_id, startup_controls, wanted, SegmentCompiler, KIND,
 };
 use crate::catalog::{Catalog, Compiler, Control, Definition, Source, StartupError};
 use crate::config::Config;
-use crate::reply::{engine_error, error, read_at, rfc3339};
+use crate::reply::{error, read_at, rfc3339};
 use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
 
 /// The segment view's registration.
@@ -97,6 +97,17 @@ impl ServeView for Segments {
             .route("/v1/segments/{name}/members", get(members))
             .route("/v1/segments/{name}/contains/{user}", get(contains))
             .route("/v1/stream/segments", get(stream))
+    }
+}
+
+/// An engine error as an HTTP answer, in the segment endpoints' words.
+fn engine_error(e: EngineError) -> Response {
+    match e {
+        EngineError::AsOfBeforeDefinition { asked } => error(
+            StatusCode::NOT_FOUND,
+            format!("as_of={asked} is before this segment was defined"),
+        ),
+        e => crate::reply::engine_error(e),
     }
 }
 

@@ -287,7 +287,7 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
                         let mut v: Vec<String> = sizes
                             .iter()
                             .filter_map(|(id, n)| {
-                                let name = server.engine.catalog().name("segment", *id)?;
+                                let name = server.engine.catalog().name(shopstream::catalog::segments::KIND, *id)?;
                                 name.starts_with("lifecycle:").then(|| format!("{} {n}", &name[10..]))
                             })
                             .collect();

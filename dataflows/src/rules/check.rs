@@ -9,12 +9,18 @@
 //! what of the profile the rule reads.
 
 use super::lex::show_decimal;
-use super::parse::Lit;
 use super::{
     err, CmpOp, Decimal, Expr, LifetimeField, List, Needs, Num, RfmField, RuleError, TimeField,
     WindowField, WindowSpan,
 };
 use crate::types::{intern, Sym};
+
+/// A literal as written, before the test it stands in gives it a type.
+pub(super) enum Lit {
+    Num(Decimal),
+    Str(String),
+    Bool(bool),
+}
 
 /// What a path names, before the test on it is known.
 #[derive(Clone, Copy)]

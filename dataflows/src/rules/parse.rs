@@ -7,9 +7,9 @@
 //! the first error in the text is the one reported. Nesting is capped at
 //! [`MAX_DEPTH`], so a hostile rule cannot overflow the stack.
 
-use super::check::{self, Operand, Tested};
+use super::check::{self, Lit, Operand, Tested};
 use super::lex::{lex, Tok, Token};
-use super::{err, Decimal, Expr, Needs, RuleError, MAX_DEPTH};
+use super::{err, Expr, Needs, RuleError, MAX_DEPTH};
 
 /// The whole rule: an `or`, then nothing. Returns the tree and what it reads.
 pub(super) fn parse(text: &str) -> Result<(Expr, Needs), RuleError> {
@@ -40,13 +40,6 @@ struct Parser {
     end: usize,
     needs: Needs,
     depth: usize,
-}
-
-/// A literal as written, before the test it stands in gives it a type.
-pub(super) enum Lit {
-    Num(Decimal),
-    Str(String),
-    Bool(bool),
 }
 
 impl Parser {

@@ -429,7 +429,7 @@ pub fn build<'scope>(
     env: &Env,
     probe: &ProbeHandle<Time>,
 ) -> (ProfileView, ProfileArrangements<'scope>) {
-    let settings = env.get::<ProfileSettings>().unwrap_or_default();
+    let settings = env.expect::<ProfileSettings>();
     let mut inputs = ProfileInputs {
         lifetime: InputSession::new(),
         orders: InputSession::new(),

@@ -112,8 +112,8 @@ enum Msg {
     Drop(SegId),
 }
 
-/// The host's side of the segment view: one per worker, fed the same definitions
-/// and epochs on every worker.
+/// The segment view's input: one per worker, fed the same definitions and epochs
+/// on every worker.
 pub struct SegmentInputs {
     handle: InputHandle<Time, (Msg, Time)>,
 }
@@ -182,21 +182,22 @@ pub struct SegmentView {
     inputs: SegmentInputs,
     pub traces: SegmentTraces,
     changes: ChangeBuffer,
-    sink: Option<Arc<dyn ChangeSink>>,
+    sink: Arc<dyn ChangeSink>,
     /// Epochs fed whose changes are not staged yet: (epoch, seq, clock).
     unstaged: VecDeque<(Time, u64, Millis)>,
     worker: usize,
 }
 
 /// Builds the segment view over the profile view's arrangements, in the same
-/// dataflow. Reads [`Names`] and, if provided, a [`ChangeSink`] from `env`.
+/// dataflow. Reads [`Names`] and the [`ChangeSink`] from `env` (the host must
+/// provide both: without a sink the change feed would silently stall).
 pub fn build<'scope>(
     scope: Scope<'scope, Time>,
     env: &Env,
     probe: &ProbeHandle<Time>,
     profiles: &ProfileArrangements<'scope>,
 ) -> (SegmentView, ()) {
-    let names = env.get::<Names>().unwrap_or_else(|| Arc::new(|_| None));
+    let names = env.expect::<Names>();
     let (handle, control) = scope.new_input::<(Msg, Time)>();
     let touches = [
         touched(profiles.lifetime.clone()),
@@ -240,7 +241,7 @@ pub fn build<'scope>(
             sizes: sizes.trace,
         },
         changes,
-        sink: env.get::<Arc<dyn ChangeSink>>(),
+        sink: env.expect::<Arc<dyn ChangeSink>>(),
         unstaged: VecDeque::new(),
         worker: scope.index(),
     };
@@ -280,9 +281,7 @@ impl View for SegmentView {
         while self.unstaged.front().is_some_and(|(e, _, _)| *e < through) {
             epochs.extend(self.unstaged.pop_front());
         }
-        if let Some(sink) = &self.sink {
-            sink.stage(self.worker, through, ready, epochs);
-        }
+        self.sink.stage(self.worker, through, ready, epochs);
     }
 
     fn compact(&mut self, frontier: Time) {
