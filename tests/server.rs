@@ -1594,3 +1594,182 @@ fn wrong_method_is_a_json_405() {
     assert!(body["error"].is_string(), "{body}");
     server.shutdown();
 }
+
+/// Runs the `shopstream` binary to completion (from the repository root) and
+/// returns (exit code, stdout, stderr). One still running after [`IO_TIMEOUT`]
+/// (a server that started when it should have refused) is killed and reported
+/// as exit code -2.
+fn run_shopstream(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shopstream");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -2;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = out.join().expect("stdout");
+    let err = process::strip_ansi(&err.join().expect("stderr"));
+    (code, out, err)
+}
+
+/// Every file of a directory with its bytes (to show nothing changed).
+fn files_and_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Regression (issue 9, defect 1): one flipped byte in the oldest of several log
+/// files was taken for a torn tail; the server truncated there, deleted the later
+/// files and started with a fraction of the acknowledged events. Now it refuses
+/// to start and changes nothing; `shopstream log check` reports the damage, and
+/// `shopstream log salvage` keeps every intact record, so the server starts with
+/// every event but those of the damaged record.
+#[test]
+fn damage_in_an_old_log_file_refuses_to_start_and_salvage_keeps_every_intact_event() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("small-files.toml");
+    std::fs::write(&config, "[log]\nfile_mb = 1\n").expect("config");
+    let cfg_args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let messages = workload(30_000, 200, SECOND, "damage");
+    let users = users_of(&messages);
+
+    let mut p = ServerProcess::spawn_with(&data, &cfg_args);
+    let answers = send_messages(p.tcp, &messages);
+    assert_eq!(answers.seq(), messages.len() as u64);
+    p.kill();
+    let files = log_files(&data);
+    assert!(
+        files.len() >= 3,
+        "the test needs several log files: {files:?}"
+    );
+
+    // One flipped byte in the middle of the oldest file.
+    let oldest = &files[0];
+    let mut bytes = std::fs::read(oldest).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(oldest, &bytes).expect("write");
+    let before = files_and_bytes(&data);
+
+    let serve = |extra: &[&std::ffi::OsStr]| {
+        let mut args = vec![std::ffi::OsStr::new("serve")];
+        args.extend_from_slice(&cfg_args);
+        args.extend_from_slice(&[
+            std::ffi::OsStr::new("--data-dir"),
+            data.as_os_str(),
+            std::ffi::OsStr::new("--ingest-addr"),
+            std::ffi::OsStr::new("127.0.0.1:0"),
+            std::ffi::OsStr::new("--http-addr"),
+            std::ffi::OsStr::new("127.0.0.1:0"),
+        ]);
+        args.extend_from_slice(extra);
+        run_shopstream(&args)
+    };
+    let (code, _, stderr) = serve(&[]);
+    assert_ne!(code, 0, "a damaged log must not start:\n{stderr}");
+    let name = oldest
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        stderr.contains(&name) && stderr.contains("Nothing was changed"),
+        "the refusal names the file and says nothing changed:\n{stderr}"
+    );
+    assert!(stderr.contains("shopstream log salvage"), "{stderr}");
+    assert_eq!(files_and_bytes(&data), before, "nothing deleted or changed");
+
+    let log = |what: &str| {
+        run_shopstream(&[
+            std::ffi::OsStr::new("log"),
+            std::ffi::OsStr::new(what),
+            std::ffi::OsStr::new("--data-dir"),
+            data.as_os_str(),
+        ])
+    };
+    let (code, report, _) = log("check");
+    assert_eq!(code, 1, "check exits 1 on a damaged log:\n{report}");
+    assert!(
+        report.contains("DAMAGED") && report.contains(&name),
+        "{report}"
+    );
+    assert_eq!(files_and_bytes(&data), before, "check changes nothing");
+
+    let (code, out, err) = log("salvage");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lost: u64 = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("lost: "))
+        .filter_map(|l| {
+            l.rsplit_once('(')
+                .and_then(|(_, n)| n.split_whitespace().next())
+        })
+        .map(|n| n.parse::<u64>().expect("a count"))
+        .sum();
+    // One record (one group commit) is lost, not the files after it.
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("lost: ")).count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        lost > 0 && lost < messages.len() as u64 / 4,
+        "one record's events are lost: {out}"
+    );
+    let quarantine = data.join(shopstream::log::QUARANTINE_DIR);
+    assert_eq!(
+        std::fs::read_dir(&quarantine).expect("quarantine").count(),
+        1
+    );
+    let (code, report, _) = log("check");
+    assert_eq!(code, 0, "sound after salvage:\n{report}");
+
+    // Every intact event is back; the server takes new ones after the last.
+    let p = ServerProcess::spawn_with(&data, &cfg_args);
+    assert_eq!(p.as_of, messages.len() as u64);
+    let total: u64 = all_profiles(p.http, &users, p.as_of)
+        .iter()
+        .map(|(_, _, v)| v["profile"]["events_total"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, messages.len() as u64 - lost);
+    let more = send_messages(
+        p.tcp,
+        &[track("after-salvage", "Product Viewed", T0, json!({}))],
+    );
+    assert_eq!(more.seq(), messages.len() as u64 + 1);
+}

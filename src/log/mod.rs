@@ -87,7 +87,7 @@
 //! # Recovery
 //!
 //! [`open`] reads the log files in order and passes every valid record to the
-//! caller's callback. It stops at the first sign of a torn or corrupt tail:
+//! caller's callback. It stops at the first sign of damage:
 //!
 //! - a file header that is short, has a bad magic, checksum or version,
 //!   or whose `first_epoch`/`first_seq` does not continue the previous
@@ -97,17 +97,29 @@
 //! - a checksum mismatch;
 //! - a record whose `epoch`/`first_seq` does not follow the previous record.
 //!
-//! The log is then cut right after the last good record: that file is
-//! truncated (or removed, if its own header is bad), every later log
-//! file is deleted, the directory is fsynced, and a `tracing::warn!` names the
-//! file, the offset and the number of bytes dropped. Corruption is never a
-//! panic and never an error; I/O errors while reading (and callback errors)
-//! are, and leave the log untouched. Because the policy keeps a prefix, a
-//! flipped byte in an old file loses everything after it: that is the
-//! price of never replaying a log with a hole in its sequence numbers.
+//! Only the **true tail** is repaired on its own: torn-looking damage (short,
+//! unreadable or failing its checksum) in the last file with no intact record
+//! after it, which is what a crash during a write leaves. That file is then cut
+//! right after the last good record (or removed, if its own header is torn), the
+//! directory is fsynced, and a `tracing::warn!` names the file, the offset and
+//! the bytes dropped.
+//!
+//! Any other damage (a flipped byte with intact records after it, a damaged
+//! file that is not the last, a missing middle file, sound data that does not
+//! continue) is refused with [`LogError::Damaged`], naming the file, the offset
+//! and the epoch, and **nothing is changed**: cutting there would delete
+//! acknowledged events. The operator chooses: [`check`] (`shopstream log
+//! check`) reports every damaged range and gap; [`salvage`] (`shopstream log
+//! salvage`) keeps every intact record, moves the damaged bytes to
+//! `quarantine/` and records the lost epochs in [`GAPS_FILE`], which replay then
+//! steps over (and reports in [`Recovery::gaps`]).
+//!
+//! Corruption is never a panic. I/O errors while reading (and callback errors)
+//! are errors and leave the log untouched.
 //!
 //! Only one writer may use a directory at a time; nothing here locks it.
 
+mod damage;
 mod file;
 mod writer;
 
@@ -119,6 +131,8 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use damage::{check, salvage, Damage, FileReport, Found, Gap, Report, Salvaged};
+pub use damage::{GAPS_FILE, QUARANTINE_DIR};
 use file::{io_err, read_full, RECORD_MAGIC};
 pub use file::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
 pub use writer::LogWriter;
@@ -200,6 +214,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// Size of the log after recovery (what [`size_on_disk`] reports now).
     pub bytes: u64,
+    /// Gaps recorded by a salvage that replay stepped over.
+    pub gaps: Vec<Gap>,
 }
 
 /// Errors of the log.
@@ -238,6 +254,25 @@ pub enum LogError {
     /// The replay callback of [`open`] failed.
     #[error("log replay failed: {0}")]
     Callback(String),
+    /// Damage that is not a torn tail: the log is refused as it is, and nothing
+    /// is changed (see [`damage`](self#recovery)).
+    #[error(
+        "log file {} is damaged at offset {offset}{}: {reason}; {intact_after} intact records follow it. \
+         Nothing was changed. `shopstream log check` reports every damaged range; \
+         `shopstream log salvage` keeps every intact record, moves the damaged bytes to {QUARANTINE_DIR}/ \
+         and records the lost epochs",
+        path.display(),
+        epoch.map(|e| format!(" (where epoch {e} should be)")).unwrap_or_default()
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        /// The epoch expected there, when known.
+        epoch: Option<u64>,
+        reason: String,
+        /// Intact records after the damage (in this file and the later ones).
+        intact_after: usize,
+    },
 }
 
 /// Total bytes of all log files in `dir`, without reading them (0 when
@@ -269,6 +304,9 @@ struct Corruption {
     /// Offset of the first bad byte in it (0: its header is bad).
     offset: u64,
     reason: String,
+    /// Whether it looks like a torn write (short, unreadable or failing its
+    /// checksum) rather than sound data in the wrong place.
+    torn: bool,
 }
 
 /// Running state of the replay.
@@ -280,6 +318,36 @@ struct Replay {
     records: u64,
     events: u64,
     last_epoch: Option<u64>,
+    /// Gaps a salvage recorded, and those replay has stepped over.
+    gaps: Vec<Gap>,
+    stepped: Vec<Gap>,
+}
+
+impl Replay {
+    /// Whether moving from the expected `(epoch, seq)` to `to` is a gap a salvage
+    /// recorded (then it is stepped over and reported).
+    fn salvaged_gap(&mut self, to: (u64, u64)) -> bool {
+        let Some(from) = self.next else {
+            return false;
+        };
+        let gap = Gap {
+            epochs: (from.0, to.0),
+            seqs: (from.1, to.1),
+        };
+        if !self.gaps.contains(&gap) {
+            return false;
+        }
+        if !self.stepped.contains(&gap) {
+            tracing::warn!(
+                epochs = ?gap.epochs,
+                seqs = ?gap.seqs,
+                events = gap.events(),
+                "log: stepping over a gap a salvage recorded; these events are lost"
+            );
+            self.stepped.push(gap);
+        }
+        true
+    }
 }
 
 /// Opens the log in `cfg.dir` (creating the directory if needed), replays
@@ -302,26 +370,32 @@ pub fn open(
         records: 0,
         events: 0,
         last_epoch: None,
+        gaps: damage::read_gaps(&cfg.dir)?,
+        stepped: Vec::new(),
     };
     let mut corruption = None;
     let mut payload = Vec::new();
     for (index, log_file) in files.iter().enumerate() {
         let (len, bad) = replay_file(log_file, &mut replay, &mut payload, &mut on_record)?;
-        if let Some((offset, reason)) = bad {
+        if let Some((offset, reason, torn)) = bad {
             corruption = Some(Corruption {
                 file: index,
                 len,
                 offset,
                 reason,
+                torn,
             });
             break;
         }
     }
 
-    // Cut the log after the last good record.
+    // Cut a torn tail after the last good record; refuse any other damage.
     let (kept, truncated_bytes) = match corruption {
         None => (files.len(), 0),
-        Some(c) => cut_tail(&cfg.dir, &files, &c)?,
+        Some(c) => {
+            refuse_unless_tail(&files, &c, replay.next.map(|n| n.0))?;
+            cut_tail(&cfg.dir, &files, &c)?
+        }
     };
 
     let (next_epoch, next_seq) = replay.next.unwrap_or((0, 1));
@@ -351,6 +425,7 @@ pub fn open(
         next_seq,
         truncated_bytes,
         bytes,
+        gaps: replay.stepped,
     };
     tracing::info!(
         dir = %cfg.dir.display(),
@@ -362,6 +437,37 @@ pub fn open(
         "log: opened"
     );
     Ok((writer, recovery))
+}
+
+/// Refuses damage `c` unless it is the true tail: torn, in the last file, with no
+/// intact record after it. `epoch` is the epoch expected where it is.
+fn refuse_unless_tail(
+    files: &[file::LogFile],
+    c: &Corruption,
+    epoch: Option<u64>,
+) -> Result<(), LogError> {
+    let path = &files[c.file].path;
+    let later = files.len() - 1 - c.file;
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    let after = bytes.get(c.offset as usize..).unwrap_or(&[]);
+    let intact = damage::intact_records(after, c.offset).len();
+    if c.torn && later == 0 && intact == 0 {
+        return Ok(());
+    }
+    let mut intact_after = intact;
+    for f in &files[c.file + 1..] {
+        let bytes = fs::read(&f.path).map_err(io_err("read", &f.path))?;
+        intact_after += damage::intact_records(&bytes, 0).len();
+    }
+    tracing::error!(file = %path.display(), offset = c.offset, reason = %c.reason, intact_after,
+        later_files = later, "log: damaged before its tail; refusing to start, nothing changed");
+    Err(LogError::Damaged {
+        path: path.clone(),
+        offset: c.offset,
+        epoch,
+        reason: c.reason.clone(),
+        intact_after,
+    })
 }
 
 /// Cuts the log at `c`: truncates (or, if its header is bad, removes) the
@@ -411,6 +517,10 @@ fn cut_tail(dir: &Path, files: &[file::LogFile], c: &Corruption) -> Result<(usiz
     Ok((kept, dropped))
 }
 
+/// Where a log file stops being readable: offset, reason, and whether it looks
+/// torn (see [`Corruption::torn`]).
+type Bad = Option<(u64, String, bool)>;
+
 /// Replays one log file. Returns its length and, if it is torn or corrupt,
 /// the offset of the first bad byte and why.
 fn replay_file(
@@ -418,12 +528,13 @@ fn replay_file(
     replay: &mut Replay,
     payload: &mut Vec<u8>,
     on_record: &mut impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
-) -> Result<(u64, Option<(u64, String)>), LogError> {
+) -> Result<(u64, Bad), LogError> {
     let path = &log_file.path;
     let file = File::open(path).map_err(io_err("open log file", path))?;
     let len = file.metadata().map_err(io_err("stat", path))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let corrupt = |offset: u64, reason: String| Ok((len, Some((offset, reason))));
+    let corrupt = |offset: u64, reason: String| Ok((len, Some((offset, reason, true))));
+    let misplaced = |offset: u64, reason: String| Ok((len, Some((offset, reason, false))));
 
     let mut fh = [0u8; FILE_HEADER_LEN as usize];
     if read_full(&mut reader, &mut fh).map_err(io_err("read", path))? < fh.len() {
@@ -434,7 +545,7 @@ fn replay_file(
         Err(reason) => return corrupt(0, reason.into()),
     };
     if first_epoch != log_file.epoch {
-        return corrupt(
+        return misplaced(
             0,
             format!(
                 "file header says epoch {first_epoch}, file name says {}",
@@ -442,9 +553,13 @@ fn replay_file(
             ),
         );
     }
-    match replay.next {
-        Some(next) if next != (first_epoch, first_seq) => {
-            return corrupt(
+    let expected = replay.next;
+    match expected {
+        Some(next)
+            if next != (first_epoch, first_seq)
+                && !replay.salvaged_gap((first_epoch, first_seq)) =>
+        {
+            return misplaced(
                 0,
                 format!(
                     "file starts at epoch {first_epoch} seq {first_seq}, expected epoch {} seq {}",
@@ -492,8 +607,10 @@ fn replay_file(
         }
         let header = raw.header;
         let (next_epoch, next_seq) = replay.next.expect("set from the file header");
-        if header.epoch != next_epoch || header.first_seq != next_seq {
-            return corrupt(
+        if (header.epoch != next_epoch || header.first_seq != next_seq)
+            && !replay.salvaged_gap((header.epoch, header.first_seq))
+        {
+            return misplaced(
                 offset,
                 format!(
                     "record epoch {} first_seq {} does not follow (expected epoch {next_epoch} first_seq {next_seq})",

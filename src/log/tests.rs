@@ -276,79 +276,250 @@ fn torn_file_header_is_removed() {
     append_and_verify(&cfg, writer, &records, 3);
 }
 
-#[test]
-fn flipped_byte_in_middle_record_of_last_file() {
+/// Every file of `dir` (recursively named) with its bytes, to show nothing changed.
+fn dir_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Opening must fail with `Damaged` at `file` and `offset`, changing nothing.
+fn assert_refused(cfg: &LogConfig, file: &Path, offset: u64) -> LogError {
+    let before = dir_bytes(&cfg.dir);
+    let err = match open(cfg, |_, _, _| Ok(())) {
+        Ok(_) => panic!("a damaged log must not open"),
+        Err(e) => e,
+    };
+    match &err {
+        LogError::Damaged {
+            path, offset: at, ..
+        } => {
+            assert_eq!(path, file, "{err}");
+            assert_eq!(*at, offset, "{err}");
+        }
+        other => panic!("expected Damaged, got {other}"),
+    }
+    assert_eq!(dir_bytes(&cfg.dir), before, "nothing may change: {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("shopstream log salvage") && text.contains("Nothing was changed"),
+        "{text}"
+    );
+    err
+}
+
+/// Offsets into a record that cover every part: magic, length, checksum, fields, payload.
+fn record_parts(len: u64) -> [u64; 9] {
+    [0, 5, 9, 13, 21, 29, 35, RECORD_HEADER_LEN, len - 1]
+}
+
+/// A copy of the log in `source` under `tmp`, with byte `at` of its file `name`
+/// flipped; returns the copy's directory and the flipped file.
+fn flipped_copy(tmp: &Path, source: &Path, name: &std::ffi::OsStr, at: u64) -> (PathBuf, PathBuf) {
+    let dir = tmp.join(format!("flip-{at}"));
+    copy_dir(source, &dir);
+    let path = dir.join(name);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[at as usize] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+/// A log of 80 records in files of 2,000 bytes, in `source` under a temporary
+/// directory; and its last file.
+fn eighty_records() -> (tempfile::TempDir, PathBuf, Vec<Rec>, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("source");
     let records = make_records(80, 100, 6);
     write_log(&config(&source, 2000, FsyncPolicy::Always), &records, 3);
-    let files = file_paths(&source);
-    let last = files.last().unwrap();
+    let last = file_paths(&source).pop().unwrap();
+    (tmp, source, records, last)
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_is_a_torn_tail() {
+    let (tmp, source, records, last) = eighty_records();
     let last_name = last.file_name().unwrap().to_owned();
-    let spans = record_spans(last);
-    assert!(spans.len() >= 3, "last file holds {} records", spans.len());
-    let middle = spans.len() / 2;
-    let (start, len) = spans[middle];
-    let first_dropped = records.len() - spans.len() + middle;
-    let file_len = fs::metadata(last).unwrap().len();
-
-    // Flip a byte in every part of the record: magic, length, checksum, fields, payload.
-    for at in [0, 5, 9, 13, 21, 29, 35, RECORD_HEADER_LEN, len - 1] {
-        let dir = tmp.path().join(format!("flip-{at}"));
-        copy_dir(&source, &dir);
-        let path = dir.join(&last_name);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[(start + at) as usize] ^= 0x40;
-        fs::write(&path, bytes).unwrap();
-
+    let (start, len) = *record_spans(&last).last().unwrap();
+    let file_len = fs::metadata(&last).unwrap().len();
+    for at in record_parts(len) {
+        let (dir, _) = flipped_copy(tmp.path(), &source, &last_name, start + at);
         let cfg = config(&dir, 2000, FsyncPolicy::Always);
         let (read, recovery, writer) = read_log(&cfg);
-        assert_eq!(read, records[..first_dropped], "flip at {at}");
+        assert_eq!(read, records[..records.len() - 1], "flip at {at}");
         assert_eq!(recovery.truncated_bytes, file_len - start, "flip at {at}");
         append_and_verify(&cfg, writer, &read, 4);
     }
 }
 
 #[test]
-fn corruption_in_earlier_file_deletes_later_files() {
+fn a_flipped_byte_before_intact_records_refuses_to_start_and_changes_nothing() {
+    let (tmp, source, _, last) = eighty_records();
+    let last_name = last.file_name().unwrap().to_owned();
+    let spans = record_spans(&last);
+    assert!(spans.len() >= 3, "last file holds {} records", spans.len());
+    let (start, len) = spans[spans.len() / 2];
+    for at in record_parts(len) {
+        let (dir, path) = flipped_copy(tmp.path(), &source, &last_name, start + at);
+        assert_refused(&config(&dir, 2000, FsyncPolicy::Always), &path, start);
+    }
+}
+
+#[test]
+fn damage_in_an_earlier_file_refuses_to_start_and_deletes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
     let records = make_records(100, 100, 7);
     write_log(&cfg, &records, 2);
     let files = file_paths(tmp.path());
     assert!(files.len() >= 4);
+    // A record in the middle of the second file.
     let victim = &files[1];
-    let spans = record_spans(victim);
-    let kept = record_spans(&files[0]).len() + 1;
-    let (start, _) = spans[1];
+    let (start, _) = record_spans(victim)[1];
     let mut bytes = fs::read(victim).unwrap();
     bytes[start as usize + 45] ^= 1;
     fs::write(victim, &bytes).unwrap();
-    let total = size_on_disk(tmp.path()).unwrap();
-
-    let (read, recovery, writer) = read_log(&cfg);
-    assert_eq!(read, records[..kept]);
-    assert_eq!(recovery.truncated_bytes, total - recovery.bytes);
-    assert_eq!(file_paths(tmp.path()), files[..2]);
-    append_and_verify(&cfg, writer, &read, 3);
+    let err = assert_refused(&cfg, victim, start);
+    let LogError::Damaged {
+        intact_after,
+        epoch,
+        ..
+    } = err
+    else {
+        unreachable!()
+    };
+    let before = record_spans(&files[0]).len() + 1;
+    assert_eq!(epoch, Some(before as u64));
+    assert_eq!(
+        intact_after,
+        records.len() - before - 1,
+        "every later record is intact"
+    );
+    // The header of an earlier file, too.
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[start as usize + 45] ^= 1;
+    bytes[3] ^= 1;
+    fs::write(victim, &bytes).unwrap();
+    assert_refused(&cfg, victim, 0);
 }
 
 #[test]
-fn file_that_does_not_continue_is_dropped() {
+fn a_missing_middle_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
+    let records = make_records(100, 100, 10);
+    write_log(&cfg, &records, 2);
+    let files = file_paths(tmp.path());
+    assert!(files.len() >= 4);
+    fs::remove_file(&files[1]).unwrap();
+    assert_refused(&cfg, &files[2], 0);
+}
+
+#[test]
+fn a_file_that_does_not_continue_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
     let records = make_records(30, 50, 8);
     write_log(&cfg, &records, 2);
-    // A well-formed log file that leaves a gap of epochs.
+    // A well-formed log file that leaves a gap of epochs: not a torn write.
     let gap = tmp.path().join(file::file_name(100));
     fs::write(&gap, file::encode_file_header(100, 1000)).unwrap();
     // And a file that is not a log file at all, which is ignored.
     fs::write(tmp.path().join("notes.txt"), b"hello").unwrap();
-    let (read, recovery, _writer) = read_log(&cfg);
-    assert_eq!(read, records);
-    assert_eq!(recovery.truncated_bytes, FILE_HEADER_LEN);
-    assert!(!gap.exists());
+    assert_refused(&cfg, &gap, 0);
     assert!(tmp.path().join("notes.txt").exists());
+}
+
+#[test]
+fn salvage_keeps_every_intact_record_quarantines_the_damage_and_records_the_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 1000, FsyncPolicy::Always);
+    let records = make_records(100, 100, 11);
+    write_log(&cfg, &records, 2);
+    let files = file_paths(tmp.path());
+    let in_first = record_spans(&files[0]).len() as u64;
+    let in_second = record_spans(&files[1]).len() as u64;
+    // Damage one record in the oldest file, and lose a middle file.
+    let (start, len) = record_spans(&files[0])[1];
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes[start as usize + 50] ^= 0x10;
+    fs::write(&files[0], &bytes).unwrap();
+    let lost_file: Vec<u64> = record_spans(&files[2]).iter().map(|_| 0).collect();
+    let lost_in_file = lost_file.len();
+    fs::remove_file(&files[2]).unwrap();
+
+    let report = check(tmp.path()).unwrap();
+    assert!(!report.is_sound());
+    assert_eq!(report.records(), records.len() - 1 - lost_in_file);
+    assert_eq!(report.files[0].damage, [Damage { offset: start, len }]);
+    assert_eq!(report.gaps.len(), 2, "{}", report.render());
+
+    let done = salvage(tmp.path()).unwrap();
+    assert_eq!(done.records, records.len() - 1 - lost_in_file);
+    assert_eq!(done.quarantined.len(), 1);
+    assert_eq!(
+        fs::read(&done.quarantined[0].0).unwrap(),
+        bytes[start as usize..(start + len) as usize]
+    );
+    assert!(
+        check(tmp.path()).unwrap().is_sound(),
+        "{}",
+        check(tmp.path()).unwrap().render()
+    );
+
+    // The log opens, replays every intact record in order, and reports the gaps.
+    let mut read = Vec::new();
+    let (mut writer, recovery) = open(&cfg, |h, p, _| {
+        read.push((*h, p.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    let lost_epochs: Vec<u64> = {
+        let at = in_first + in_second;
+        let mut v = vec![1];
+        v.extend(at..at + lost_in_file as u64);
+        v
+    };
+    let want: Vec<Rec> = records
+        .iter()
+        .filter(|(h, _)| !lost_epochs.contains(&h.epoch))
+        .cloned()
+        .collect();
+    assert_eq!(read, want);
+    assert_eq!(recovery.gaps, done.gaps);
+    assert_eq!(
+        recovery.gaps.iter().map(Gap::events).sum::<u64>(),
+        records
+            .iter()
+            .filter(|(h, _)| lost_epochs.contains(&h.epoch))
+            .map(|(h, _)| u64::from(h.count))
+            .sum::<u64>()
+    );
+    // And it takes new records after the last one.
+    let next = RecordHeader {
+        epoch: records.len() as u64,
+        first_seq: next_seq_after(&records),
+        count: 1,
+        clock_ms: 0,
+    };
+    writer.append(&next, b"after salvage").unwrap();
+    writer.commit().unwrap();
+    drop(writer);
+    let mut n = 0;
+    open(&cfg, |_, _, _| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, want.len() + 1);
 }
 
 #[test]
@@ -448,6 +619,7 @@ fn empty_directory() {
             next_seq: 1,
             truncated_bytes: 0,
             bytes: FILE_HEADER_LEN,
+            gaps: Vec::new(),
         }
     );
     assert_eq!((writer.next_epoch(), writer.next_seq()), (0, 1));
@@ -611,8 +783,9 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Cutting any log file anywhere keeps exactly the records that lie
-    /// wholly before the cut, and the log stays appendable.
+    /// Cutting the last log file anywhere keeps exactly the records that lie
+    /// wholly before the cut, and the log stays appendable; cutting an earlier
+    /// one is refused and changes nothing.
     #[test]
     fn truncation_anywhere_keeps_a_prefix(
         n in 1usize..60,
@@ -642,6 +815,14 @@ proptest! {
         file.set_len(cut).unwrap();
         drop(file);
 
+        if victim + 1 < files.len() {
+            // Not the tail: refused, and nothing changed.
+            let before = dir_bytes(tmp.path());
+            let refused = matches!(open(&cfg, |_, _, _| Ok(())), Err(LogError::Damaged { .. }));
+            prop_assert!(refused, "a cut in file {} of {} must be refused", victim, files.len());
+            prop_assert_eq!(dir_bytes(tmp.path()), before);
+            return Ok(());
+        }
         let (read, recovery, writer) = read_log(&cfg);
         prop_assert_eq!(&read[..], &records[..before + within]);
         let kept_files = if cut < FILE_HEADER_LEN { victim } else { victim + 1 };

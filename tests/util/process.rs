@@ -29,11 +29,17 @@ impl ServerProcess {
     /// Starts the binary on `data_dir` with OS-chosen ports and waits for its ready
     /// line `shopstream listening ingest=ADDR http=ADDR as_of=SEQ`.
     pub fn spawn(data_dir: &Path) -> ServerProcess {
+        Self::spawn_with(data_dir, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with more arguments for `serve` (`--config F`).
+    pub fn spawn_with(data_dir: &Path, args: &[&std::ffi::OsStr]) -> ServerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shopstream"));
         // In the repository root, as from a checkout (the default segment file,
         // config/segments.toml, is found there); this test's own directory is tools/.
         cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
             .arg("serve")
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--ingest-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])

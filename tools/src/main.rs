@@ -101,6 +101,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect or repair the durable log (with the server stopped).
+    Log {
+        #[command(subcommand)]
+        what: LogCommand,
+    },
     /// Query the server.
     Query {
         #[command(subcommand)]
@@ -108,6 +113,16 @@ enum Command {
         #[arg(long, global = true, default_value = "127.0.0.1:7401")]
         addr: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Report every damaged range and gap of the log; changes nothing. Exits 1
+    /// when the log is damaged.
+    Check(ServeArgs),
+    /// Keep every intact record, move every damaged range to quarantine/ in the
+    /// log directory, and record the lost epochs, so that the server starts again.
+    Salvage(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -430,6 +445,40 @@ fn main() -> anyhow::Result<()> {
                 bail!("load: {why}");
             }
             Ok(())
+        }
+        Command::Log { what } => {
+            let (LogCommand::Check(serve) | LogCommand::Salvage(serve)) = &what;
+            let dir = load(serve)?.data_dir;
+            let report = shopstream::log::check(&dir)
+                .with_context(|| format!("checking the log in {}", dir.display()))?;
+            print!("{}", report.render());
+            match what {
+                LogCommand::Check(_) if report.is_sound() => Ok(()),
+                LogCommand::Check(_) => bail!("the log in {} is damaged", dir.display()),
+                LogCommand::Salvage(_) if report.is_sound() => {
+                    println!("nothing to salvage");
+                    Ok(())
+                }
+                LogCommand::Salvage(_) => {
+                    let done = shopstream::log::salvage(&dir)
+                        .with_context(|| format!("salvaging the log in {}", dir.display()))?;
+                    for (path, len) in &done.quarantined {
+                        println!("quarantined {len} bytes to {}", path.display());
+                    }
+                    for g in &done.gaps {
+                        println!(
+                            "lost: epochs {}..{}, events seq {}..{} ({} events)",
+                            g.epochs.0,
+                            g.epochs.1,
+                            g.seqs.0,
+                            g.seqs.1,
+                            g.events()
+                        );
+                    }
+                    println!("kept {} intact records; the log opens again", done.records);
+                    Ok(())
+                }
+            }
         }
         Command::Query {
             what: Query::User { id, min_seq },
