@@ -1773,3 +1773,63 @@ fn damage_in_an_old_log_file_refuses_to_start_and_salvage_keeps_every_intact_eve
     );
     assert_eq!(more.seq(), messages.len() as u64 + 1);
 }
+
+/// Reads answer lines from an open connection until an ack covers `n` accepted
+/// events; panics (naming what came) when none does within 10 s.
+fn ack_covering(stream: &TcpStream, n: u64) -> Value {
+    use std::io::BufRead;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut lines = std::io::BufReader::new(stream.try_clone().expect("clone")).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                let v: Value = serde_json::from_str(&line).expect("answer is JSON");
+                if v["accepted"].as_u64().is_some_and(|a| a >= n) {
+                    return v;
+                }
+                seen.push(v);
+            }
+            other => panic!(
+                "no ack for {n} events while the connection stays open ({:?}); answers so far: {seen:?}",
+                other.map(|r| r.map_err(|e| e.kind()))
+            ),
+        }
+    }
+}
+
+/// Regression (issue 9, defect 2): a few lines written on a connection that then
+/// stays open were neither logged nor acknowledged until the client wrote again
+/// or half-closed (the lines read while the framing was sniffed waited for more
+/// input). Both framings, several sizes, the connection kept open throughout.
+#[test]
+fn a_small_write_on_an_open_connection_is_acked_at_once() {
+    let server = TestServer::start();
+    let mut expected = 0;
+    for n in [1usize, 5, 50, 500] {
+        let stream = TcpStream::connect(server.tcp).expect("connect");
+        let messages: Vec<Value> = (0..n).map(|i| valid(&format!("small-{n}-{i}"))).collect();
+        (&stream).write_all(&ndjson(&messages)).expect("send");
+        let ack = ack_covering(&stream, n as u64);
+        expected += n as u64;
+        assert_eq!(ack["ack"], expected, "{n} lines: {ack}");
+        // More on the same connection is acked the same way.
+        (&stream)
+            .write_all(&ndjson(&[valid("again")]))
+            .expect("send");
+        expected += 1;
+        assert_eq!(ack_covering(&stream, n as u64 + 1)["ack"], expected);
+    }
+    // Binary frames: the magic and one small frame in one write.
+    let stream = TcpStream::connect(server.tcp).expect("connect");
+    let mut bytes = shopstream::ingest::binary::MAGIC.to_vec();
+    bytes.extend(shopstream::ingest::binary::encode_frame(&[event(&valid(
+        "framed",
+    ))]));
+    (&stream).write_all(&bytes).expect("send");
+    expected += 1;
+    assert_eq!(ack_covering(&stream, 1)["ack"], expected);
+    server.shutdown();
+}

@@ -39,8 +39,14 @@ pub(crate) async fn read_frames(
     // Bytes of an oversized frame still to discard.
     let mut skip = 0usize;
     let mut eof = false;
+    // What the listener read while it sniffed the framing may hold whole frames:
+    // take them before waiting for more input.
+    let mut sniffed = !buf.is_empty();
     loop {
-        if !eof && read_more(rd, &mut buf, engine.config.idle_timeout, tx).await? == 0 {
+        if !eof
+            && !std::mem::take(&mut sniffed)
+            && read_more(rd, &mut buf, engine.config.idle_timeout, tx).await? == 0
+        {
             eof = true;
         }
         validator.tick();

@@ -24,10 +24,14 @@ pub(crate) async fn read_lines(
     // Set while discarding the rest of an over-long line.
     let mut skipping = false;
     let mut eof = false;
+    let mut sniffed = !buf.is_empty();
     loop {
         // After the lines are taken, the buffer holds at most one partial line
-        // (at most `max_line` bytes), so it always needs more input.
-        if !eof {
+        // (at most `max_line` bytes), so it always needs more input, except on
+        // the first turn: what the listener read while it sniffed the framing
+        // may already hold whole lines, and a client that sends a few events and
+        // waits must have them submitted now, not on its next write.
+        if !eof && !std::mem::take(&mut sniffed) {
             buf.reserve(READ_CHUNK);
             if read_more(rd, &mut buf, idle, tx).await? == 0 {
                 eof = true;
