@@ -68,6 +68,8 @@ pub struct RawHttp {
     pub min_seq_timeout_ms: u64,
     pub max_pending_reads: usize,
     pub max_concurrent_requests: usize,
+    pub max_concurrent_ingest: usize,
+    pub body_timeout_ms: u64,
     pub as_of_history: usize,
 }
 
@@ -199,6 +201,8 @@ impl Default for RawHttp {
             min_seq_timeout_ms: 5_000,
             max_pending_reads: 4_096,
             max_concurrent_requests: 1_024,
+            max_concurrent_ingest: 512,
+            body_timeout_ms: 10_000,
             as_of_history: 0,
         }
     }
@@ -241,7 +245,14 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub min_seq_timeout: Duration,
     pub max_pending_reads: usize,
+    /// HTTP requests other than ingest being handled at once (`/healthz` and
+    /// `/metrics` are not counted).
     pub max_concurrent_requests: usize,
+    /// HTTP ingest requests being handled at once: a separate limit, so that
+    /// slow ingest bodies cannot starve reads.
+    pub max_concurrent_ingest: usize,
+    /// How long an HTTP ingest body may take to arrive (then 408).
+    pub body_timeout: Duration,
     /// Readable points kept for `as_of` reads (0: only the newest).
     pub as_of_history: usize,
     pub data_dir: PathBuf,
@@ -327,6 +338,8 @@ impl RawConfig {
             "http.max_concurrent_requests",
             h.max_concurrent_requests as u64,
         )?;
+        positive("http.max_concurrent_ingest", h.max_concurrent_ingest as u64)?;
+        positive("http.body_timeout_ms", h.body_timeout_ms)?;
         positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
         positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
@@ -365,6 +378,8 @@ impl RawConfig {
             min_seq_timeout: Duration::from_millis(h.min_seq_timeout_ms),
             max_pending_reads: h.max_pending_reads,
             max_concurrent_requests: h.max_concurrent_requests,
+            max_concurrent_ingest: h.max_concurrent_ingest,
+            body_timeout: Duration::from_millis(h.body_timeout_ms),
             as_of_history: h.as_of_history,
             data_dir: l.data_dir,
             fsync: l.fsync,

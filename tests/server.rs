@@ -1833,3 +1833,58 @@ fn a_small_write_on_an_open_connection_is_acked_at_once() {
     assert_eq!(ack_covering(&stream, 1)["ack"], expected);
     server.shutdown();
 }
+
+/// Opens an HTTP connection and sends a request whose body never completes.
+fn stalled_post(addr: std::net::SocketAddr, head: &str, part: &[u8]) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to http");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    (&stream).write_all(head.as_bytes()).expect("send head");
+    (&stream).write_all(part).expect("send part");
+    stream
+}
+
+/// Regression (issue 9, defect 3): slow request bodies filled the one limit of
+/// requests in flight, so `/healthz` and profile reads answered 503 until they
+/// closed, and a body that never ended got no answer at all. Now ingest has a
+/// limit of its own, health is never refused, and a stalled body gets 408.
+#[test]
+fn stalled_ingest_bodies_get_408_and_do_not_starve_reads() {
+    let server = TestServer::start_with(|c| {
+        c.max_concurrent_ingest = 2;
+        c.body_timeout = std::time::Duration::from_millis(1_500);
+    });
+    let http = server.http;
+    let head = "POST /v1/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    let chunked = "POST /v1/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let started = std::time::Instant::now();
+    let short = stalled_post(http, head, b"{\"batch\":");
+    let unfinished = stalled_post(http, chunked, b"9\r\n{\"batch\":\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Both ingest slots are taken: more ingest is refused at once, reads are not.
+    let (status, body) = post_batch(http, &[valid("third")]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(get_json(http, "/healthz").0, 200);
+    assert_eq!(get_text(http, "/metrics").0, 200);
+    let (status, body) = get_profile(http, "nobody", 0);
+    assert_eq!(
+        status, 404,
+        "a read is answered while ingest is full: {body}"
+    );
+    // The stalled bodies are answered 408, after the body timeout.
+    for stream in [short, unfinished] {
+        let (status, text) = http_answer(stream);
+        assert_eq!(status, 408, "{text}");
+        assert!(text.contains("http.body_timeout_ms"), "{text}");
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1_500));
+    // And ingest takes requests again.
+    let (status, body) = post_batch(http, &[valid("after")]);
+    assert_eq!(status, 200, "{body}");
+    // A malformed chunk size is a bad request, not a body over the limit.
+    let (status, body) = raw_http(
+        http,
+        b"POST /v1/batch HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    server.shutdown();
+}

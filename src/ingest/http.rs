@@ -73,7 +73,9 @@ async fn single(engine: Arc<Engine>, headers: HeaderMap, body: Body, t: MessageT
     }
 }
 
-/// Reads the body up to the limit; over it, 413 with the reason.
+/// Reads the body up to the limit, within `http.body_timeout_ms`: over the limit,
+/// 413; a body that stops arriving, 408 (and the connection closes); a malformed
+/// one (a bad chunk size), 400. Each with its reason.
 async fn read_body(engine: &Engine, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let max = engine.config.max_batch_bytes;
     let too_large = |n: Option<usize>| {
@@ -90,9 +92,36 @@ async fn read_body(engine: &Engine, headers: &HeaderMap, body: Body) -> Result<B
     if let Some(n) = declared.filter(|n| *n > max) {
         return Err(too_large(Some(n)));
     }
-    axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large(None))
+    let timeout = engine.config.body_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                Err(too_large(None))
+            } else {
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed request body: {e}"),
+                ))
+            }
+        }
+        Err(_) => {
+            metrics::counter!("shopstream_http_body_timeouts_total").increment(1);
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms (http.body_timeout_ms)",
+                    timeout.as_millis()
+                ),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
+    }
 }
 
 async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType>) -> Response {

@@ -466,6 +466,15 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     // The server may answer (and close) before reading everything: ignore write errors.
     let _ = stream.write_all(request);
+    let (status, text) = http_answer(stream);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// Reads an HTTP answer until the server closes: its status and its whole text.
+pub fn http_answer(mut stream: TcpStream) -> (u16, String) {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer).into_owned();
@@ -474,10 +483,7 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned());
-    (status, body)
+    (status, text)
 }
 
 /// `POST /v1/batch` of `messages`.
