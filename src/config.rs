@@ -54,6 +54,7 @@ pub enum ConfigError {
 pub struct RawIngest {
     pub tcp_addr: String,
     pub max_line_bytes: usize,
+    pub max_id_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_connections: usize,
     pub queue_depth: usize,
@@ -186,6 +187,7 @@ impl Default for RawIngest {
         RawIngest {
             tcp_addr: "127.0.0.1:7400".into(),
             max_line_bytes: 32 * 1024,
+            max_id_bytes: crate::event::DEFAULT_MAX_ID_BYTES,
             max_batch_bytes: 500 * 1024,
             max_connections: 1024,
             queue_depth: 256,
@@ -238,6 +240,8 @@ pub struct Config {
     pub tcp_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub max_line_bytes: usize,
+    /// Longest `userId` / `anonymousId` accepted, in bytes.
+    pub max_id_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_connections: usize,
     pub queue_depth: usize,
@@ -330,6 +334,7 @@ impl RawConfig {
             });
         }
         positive("ingest.max_line_bytes", i.max_line_bytes as u64)?;
+        positive("ingest.max_id_bytes", i.max_id_bytes as u64)?;
         positive("ingest.max_batch_bytes", i.max_batch_bytes as u64)?;
         positive("ingest.max_connections", i.max_connections as u64)?;
         positive("ingest.queue_depth", i.queue_depth as u64)?;
@@ -370,6 +375,7 @@ impl RawConfig {
             tcp_addr: addr("ingest.tcp_addr", &i.tcp_addr)?,
             http_addr: addr("http.addr", &h.addr)?,
             max_line_bytes: i.max_line_bytes,
+            max_id_bytes: i.max_id_bytes,
             max_batch_bytes: i.max_batch_bytes,
             max_connections: i.max_connections,
             queue_depth: i.queue_depth,

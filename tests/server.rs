@@ -1888,3 +1888,25 @@ fn stalled_ingest_bodies_get_408_and_do_not_starve_reads() {
     assert_eq!(status, 400, "{body}");
     server.shutdown();
 }
+
+/// Issue 9, smaller defects: a UTF-8 byte order mark in front of a line was
+/// rejected as "not JSON" (now skipped), and a 30 KB user id was accepted (now
+/// refused with its reason); the neighbouring lines are kept either way.
+#[test]
+fn a_byte_order_mark_is_skipped_and_huge_user_ids_are_refused() {
+    let server = TestServer::start();
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(ndjson(&[valid("bom")]));
+    bytes.extend(ndjson(&[valid(&"u".repeat(30_000))]));
+    bytes.extend(ndjson(&[valid("after")]));
+    let answers = send_tcp(server.tcp, &bytes);
+    assert_eq!(answers.accepted(), 2, "{:?}", answers.lines);
+    let e = answers.error_for_line(2).expect("line 2 refused");
+    assert_eq!(
+        e["error"],
+        "userId: 30000 bytes, over the 256-byte limit for ids (ingest.max_id_bytes)"
+    );
+    assert_eq!(get_profile(server.http, "bom", answers.seq()).0, 200);
+    assert_eq!(get_profile(server.http, "after", answers.seq()).0, 200);
+    server.shutdown();
+}

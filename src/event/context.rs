@@ -6,6 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::model::Str;
 
+/// Longest user id accepted unless configured (`ingest.max_id_bytes`).
+pub const DEFAULT_MAX_ID_BYTES: usize = 256;
+
 /// What validation needs to know besides the message.
 #[derive(Clone, Debug)]
 pub struct ParseContext {
@@ -14,6 +17,8 @@ pub struct ParseContext {
     pub now_ms: i64,
     /// Longest accepted message, in bytes.
     pub max_line_bytes: usize,
+    /// Longest accepted `userId` / `anonymousId`, in bytes.
+    pub max_id_bytes: usize,
     /// ISO 4217 code, upper case.
     pub reporting_currency: Str,
     /// Units of reporting currency per unit of the keyed currency (upper-case
@@ -32,6 +37,7 @@ impl ParseContext {
         ParseContext {
             now_ms,
             max_line_bytes: 32 * 1024,
+            max_id_bytes: DEFAULT_MAX_ID_BYTES,
             reporting_currency,
             currency_rates: HashMap::new(),
         }

@@ -115,7 +115,7 @@ mod reject;
 #[cfg(test)]
 mod test_util;
 
-pub use context::ParseContext;
+pub use context::{ParseContext, DEFAULT_MAX_ID_BYTES};
 pub use model::{message_id_hash, Event, Kind, MessageType, Product, Str};
 pub use money::{minor_unit_decimals, MAX_AMOUNT_MINOR, MAX_QUANTITY};
 pub use parse::parse_message;

@@ -23,7 +23,7 @@ pub fn parse_message(
 ) -> Result<Event, Reject> {
     let top = read_object(bytes, ctx)?;
     let ty = message_type(&top, default_type)?;
-    let (user, anonymous) = message_user(&top)?;
+    let (user, anonymous) = message_user(&top, ctx.max_id_bytes)?;
     let message_id = message_id(&top)?;
     let ts = timestamp(present(&top.s[T_TIMESTAMP]), ctx.now_ms)?;
 
@@ -52,8 +52,10 @@ pub fn parse_message(
 }
 
 /// The checks before any field is read, cheapest first: size, UTF-8 (with
-/// the offset of the first bad byte), JSON syntax, and that it is an object.
+/// the offset of the first bad byte), JSON syntax, and that it is an object. A
+/// UTF-8 byte order mark in front (files saved by some editors) is skipped.
 fn read_object<'de>(bytes: &'de [u8], ctx: &ParseContext) -> Result<TopFields<'de>, Reject> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.len() > ctx.max_line_bytes {
         return Err(Reject::LineTooLong {
             len: bytes.len(),
@@ -85,15 +87,24 @@ fn message_type(
 }
 
 /// `userId` if present and non-empty, else `anonymousId`; the flag is true
-/// when the user came from `anonymousId`.
-fn message_user(top: &TopFields<'_>) -> Result<(Str, bool), Reject> {
-    match opt_id(&top.s[T_USER_ID], "userId")? {
-        Some(user) => Ok((user, false)),
+/// when the user came from `anonymousId`. Either is at most `max` bytes: every
+/// user id is kept in memory for answers, so one sender cannot make it huge.
+fn message_user(top: &TopFields<'_>, max: usize) -> Result<(Str, bool), Reject> {
+    let (user, anonymous, field) = match opt_id(&top.s[T_USER_ID], "userId")? {
+        Some(user) => (user, false, "userId"),
         None => match opt_id(&top.s[T_ANONYMOUS_ID], "anonymousId")? {
-            Some(user) => Ok((user, true)),
-            None => Err(Reject::MissingUser),
+            Some(user) => (user, true, "anonymousId"),
+            None => return Err(Reject::MissingUser),
         },
+    };
+    if user.len() > max {
+        return Err(Reject::IdTooLong {
+            field,
+            len: user.len(),
+            max,
+        });
     }
+    Ok((user, anonymous))
 }
 
 /// The deduplication key: [`message_id_hash`] of `messageId`, a number
@@ -416,6 +427,42 @@ mod tests {
             &small,
             "line_too_long",
             "line is 11 bytes, over the 10-byte limit",
+        );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        let line = "\u{feff}{\"type\":\"track\",\"event\":\"x\",\"userId\":\"u\"}";
+        let ev = parse_message(line.as_bytes(), &ctx(), None).expect("a BOM is not an error");
+        assert_eq!(ev.user, "u");
+    }
+
+    #[test]
+    fn user_ids_over_the_limit_are_rejected_with_the_field() {
+        let mut small = ctx();
+        small.max_id_bytes = 8;
+        let ok = r#"{"type":"track","event":"x","userId":"12345678"}"#;
+        assert!(parse_message(ok.as_bytes(), &small, None).is_ok());
+        rejects_bytes(
+            br#"{"type":"track","event":"x","userId":"123456789"}"#,
+            &small,
+            "id_too_long",
+            "userId: 9 bytes, over the 8-byte limit for ids (ingest.max_id_bytes)",
+        );
+        rejects_bytes(
+            br#"{"type":"track","event":"x","anonymousId":"123456789"}"#,
+            &small,
+            "id_too_long",
+            "anonymousId: 9 bytes, over the 8-byte limit for ids (ingest.max_id_bytes)",
+        );
+        let big = format!(
+            r#"{{"type":"track","event":"x","userId":"{}"}}"#,
+            "u".repeat(30_000)
+        );
+        rejects(
+            &big,
+            "id_too_long",
+            "userId: 30000 bytes, over the 256-byte limit for ids (ingest.max_id_bytes)",
         );
     }
 

@@ -27,6 +27,12 @@ pub enum Reject {
     MissingType,
     #[error("missing userId or anonymousId")]
     MissingUser,
+    #[error("{field}: {len} bytes, over the {max}-byte limit for ids (ingest.max_id_bytes)")]
+    IdTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("event: required for track")]
     MissingEvent,
     #[error("timestamp: cannot parse {got} as RFC 3339 or epoch milliseconds")]
@@ -56,7 +62,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every value [`Reject::code`] can return, to pre-register metrics.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 13] = [
         "line_too_long",
         "invalid_utf8",
         "not_json",
@@ -64,6 +70,7 @@ impl Reject {
         "bad_type",
         "missing_type",
         "missing_user",
+        "id_too_long",
         "missing_event",
         "bad_timestamp",
         "wrong_type",
@@ -81,6 +88,7 @@ impl Reject {
             Reject::BadType { .. } => "bad_type",
             Reject::MissingType => "missing_type",
             Reject::MissingUser => "missing_user",
+            Reject::IdTooLong { .. } => "id_too_long",
             Reject::MissingEvent => "missing_event",
             Reject::BadTimestamp { .. } => "bad_timestamp",
             Reject::WrongType { .. } => "wrong_type",

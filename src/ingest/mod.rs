@@ -78,6 +78,7 @@ impl Validator {
     pub fn new(config: &Config) -> Self {
         let mut ctx = ParseContext::new(&config.reporting_currency);
         ctx.max_line_bytes = config.max_line_bytes;
+        ctx.max_id_bytes = config.max_id_bytes;
         ctx.currency_rates = config
             .currency_rates
             .iter()
@@ -123,6 +124,18 @@ impl Validator {
         self.check_time(ev)?;
         if ev.user.is_empty() {
             return Err(Reject::MissingUser.into());
+        }
+        if ev.user.len() > self.ctx.max_id_bytes {
+            return Err(Reject::IdTooLong {
+                field: if ev.anonymous {
+                    "anonymousId"
+                } else {
+                    "userId"
+                },
+                len: ev.user.len(),
+                max: self.ctx.max_id_bytes,
+            }
+            .into());
         }
         if ev.name.is_empty() {
             return Err(Reject::MissingEvent.into());
