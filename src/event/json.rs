@@ -231,12 +231,21 @@ pub(super) struct TopFields<'de> {
     pub(super) s: [Option<Scalar<'de>>; T_PROPERTIES],
     pub(super) properties: Option<Section<'de, PropFields<'de>>>,
     pub(super) traits: Option<Traits<'de>>,
+    /// The first known key given more than once: such a message is refused
+    /// (which `userId` or `type` did the sender mean?).
+    pub(super) duplicate: Option<&'static str>,
+    seen: u8,
 }
 
 impl<'de> Fields<'de> for TopFields<'de> {
     const KEYS: &'static [&'static str] = &TOP_KEYS;
 
     fn set<A: MapAccess<'de>>(&mut self, key: usize, map: &mut A) -> Result<(), A::Error> {
+        let bit = 1u8 << key;
+        if self.seen & bit != 0 && self.duplicate.is_none() {
+            self.duplicate = Some(TOP_KEYS[key]);
+        }
+        self.seen |= bit;
         match key {
             T_PROPERTIES => self.properties = Some(map.next_value::<Shaped<_>>()?.0),
             T_TRAITS => self.traits = Some(map.next_value::<Shaped<_>>()?.0),
@@ -426,11 +435,22 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_keep_the_last() {
-        let ev = ok(
-            r#"{"type":"track","event":"a","event":"b","userId":"u","properties":[],"properties":{}}"#,
+    fn duplicate_top_level_keys_are_refused() {
+        rejects(
+            r#"{"type":"track","event":"a","event":"b","userId":"u"}"#,
+            "duplicate_key",
+            "event: given more than once",
         );
-        assert_eq!(ev.name, "b");
+        rejects(
+            r#"{"type":"track","userId":"a","event":"x","userId":"b"}"#,
+            "duplicate_key",
+            "userId: given more than once",
+        );
+        // Inside properties the last one counts, as JSON parsers usually do.
+        let ev = ok(
+            r#"{"type":"track","event":"Product Viewed","userId":"u","properties":{"product_id":"p","product_id":"q"}}"#,
+        );
+        assert_eq!(ev.products[0].id, "q");
     }
 
     #[test]

@@ -66,7 +66,10 @@ fn read_object<'de>(bytes: &'de [u8], ctx: &ParseContext) -> Result<TopFields<'d
         offset: e.valid_up_to(),
     })?;
     match serde_json::from_str::<Shaped<Section<'de, TopFields<'de>>>>(text) {
-        Ok(Shaped(Section::Object(top))) => Ok(top),
+        Ok(Shaped(Section::Object(top))) => match top.duplicate {
+            Some(key) => Err(Reject::DuplicateKey { key }),
+            None => Ok(top),
+        },
         Ok(Shaped(Section::Other(s))) => Err(Reject::NotObject { got: s.kind() }),
         Err(e) => Err(Reject::NotJson(e.to_string())),
     }

@@ -27,6 +27,8 @@ pub enum Reject {
     MissingType,
     #[error("missing userId or anonymousId")]
     MissingUser,
+    #[error("{key}: given more than once")]
+    DuplicateKey { key: &'static str },
     #[error("{field}: {len} bytes, over the {max}-byte limit for ids (ingest.max_id_bytes)")]
     IdTooLong {
         field: &'static str,
@@ -62,7 +64,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every value [`Reject::code`] can return, to pre-register metrics.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 14] = [
         "line_too_long",
         "invalid_utf8",
         "not_json",
@@ -71,6 +73,7 @@ impl Reject {
         "missing_type",
         "missing_user",
         "id_too_long",
+        "duplicate_key",
         "missing_event",
         "bad_timestamp",
         "wrong_type",
@@ -89,6 +92,7 @@ impl Reject {
             Reject::MissingType => "missing_type",
             Reject::MissingUser => "missing_user",
             Reject::IdTooLong { .. } => "id_too_long",
+            Reject::DuplicateKey { .. } => "duplicate_key",
             Reject::MissingEvent => "missing_event",
             Reject::BadTimestamp { .. } => "bad_timestamp",
             Reject::WrongType { .. } => "wrong_type",
