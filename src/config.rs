@@ -71,6 +71,7 @@ pub struct RawHttp {
     pub max_concurrent_requests: usize,
     pub max_concurrent_ingest: usize,
     pub body_timeout_ms: u64,
+    pub header_timeout_ms: u64,
     pub as_of_history: usize,
 }
 
@@ -205,6 +206,7 @@ impl Default for RawHttp {
             max_concurrent_requests: 1_024,
             max_concurrent_ingest: 512,
             body_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
             as_of_history: 0,
         }
     }
@@ -257,6 +259,9 @@ pub struct Config {
     pub max_concurrent_ingest: usize,
     /// How long an HTTP ingest body may take to arrive (then 408).
     pub body_timeout: Duration,
+    /// How long an HTTP connection may take to send a request head (then it is
+    /// closed).
+    pub header_timeout: Duration,
     /// Readable points kept for `as_of` reads (0: only the newest).
     pub as_of_history: usize,
     pub data_dir: PathBuf,
@@ -345,6 +350,7 @@ impl RawConfig {
         )?;
         positive("http.max_concurrent_ingest", h.max_concurrent_ingest as u64)?;
         positive("http.body_timeout_ms", h.body_timeout_ms)?;
+        positive("http.header_timeout_ms", h.header_timeout_ms)?;
         positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
         positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
@@ -386,6 +392,7 @@ impl RawConfig {
             max_concurrent_requests: h.max_concurrent_requests,
             max_concurrent_ingest: h.max_concurrent_ingest,
             body_timeout: Duration::from_millis(h.body_timeout_ms),
+            header_timeout: Duration::from_millis(h.header_timeout_ms),
             as_of_history: h.as_of_history,
             data_dir: l.data_dir,
             fsync: l.fsync,

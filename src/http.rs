@@ -1,5 +1,7 @@
 //! The HTTP API in one router: ingest, every view's endpoints, health and
-//! metrics, with the limits every request shares.
+//! metrics, with the limits every request shares; and the accept loop that
+//! serves it, with a header read timeout (`http.header_timeout_ms`) so that a
+//! connection that never finishes its request head is closed.
 
 use std::sync::Arc;
 
@@ -75,4 +77,55 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
+}
+
+/// Serves `app` on `listener` until `stop` resolves, then lets open connections
+/// finish (the caller bounds how long). Each connection must send its request
+/// head within `header_timeout`, or it is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower_service::Service as _;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |req: axum::extract::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                async move { app.call(req.map(axum::body::Body::new)).await }
+            },
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }

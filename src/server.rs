@@ -72,14 +72,13 @@ impl Server {
             rx.clone(),
         )));
         let app = crate::http::router(engine.clone(), &views);
+        let header_timeout = engine.config.header_timeout;
         let mut http_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = http_rx.changed().await;
             };
-            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(stop).await {
-                tracing::error!(error = %e, "http server failed");
-            }
+            crate::http::serve(http, app, header_timeout, stop).await;
         }));
         tracing::info!(%tcp_addr, %http_addr, "shopstream is serving");
         Ok(Server {

@@ -1910,3 +1910,26 @@ fn a_byte_order_mark_is_skipped_and_huge_user_ids_are_refused() {
     assert_eq!(get_profile(server.http, "after", answers.seq()).0, 200);
     server.shutdown();
 }
+
+/// Issue 9, defect 3: a connection that never finished its request head held its
+/// slot forever. Now it is closed after `http.header_timeout_ms`, and the server
+/// keeps answering others.
+#[test]
+fn a_request_head_that_never_ends_is_closed() {
+    use std::io::Read;
+    let server =
+        TestServer::start_with(|c| c.header_timeout = std::time::Duration::from_millis(300));
+    let mut stream = TcpStream::connect(server.http).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .expect("send half a head");
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the server closes a connection whose head never ends: {closed:?}"
+    );
+    assert_eq!(get_json(server.http, "/healthz").0, 200);
+    server.shutdown();
+}
