@@ -2106,3 +2106,55 @@ fn random_sigkills_lose_no_acknowledged_event() {
     }
     eprintln!("sigkill harness: {runs} runs, {lost_total} unacknowledged sends not logged, none acknowledged lost");
 }
+
+/// Issue 9, Segment-compatible HTTP: the RudderStack SDKs gzip their bodies by
+/// default and got 400 "not JSON"; gzip bodies are now read (within the size
+/// limit after decompression), other encodings get 415, and answers carry the
+/// `success` field Segment clients read.
+#[test]
+fn gzip_bodies_are_accepted_and_answers_say_success() {
+    use flate2::write::GzEncoder;
+    let server = TestServer::start();
+    let gzip = |bytes: &[u8]| {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    let batch =
+        serde_json::to_vec(&json!({"batch": [valid("gz-1"), valid("gz-2")]})).expect("json");
+    let gzip_batch = |body: Vec<u8>| {
+        let mut request = format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        raw_http(server.http, &request)
+    };
+    let (status, text) = gzip_batch(gzip(&batch));
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    assert_eq!(
+        get_profile(server.http, "gz-2", answer["seq"].as_u64().expect("seq")).0,
+        200
+    );
+    // Another encoding is refused with the ones accepted.
+    let (status, text) = raw_http(
+        server.http,
+        b"POST /v1/track HTTP/1.1\r\nHost: t\r\nContent-Encoding: br\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert_eq!(status, 415, "{text}");
+    assert!(text.contains("gzip"), "{text}");
+    // Not gzip at all under a gzip header: 400 with the reason.
+    let (status, text) = raw_http(
+        server.http,
+        b"POST /v1/track HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert_eq!(status, 400, "{text}");
+    // A bomb: small on the wire, over max_batch_bytes once inflated: 413.
+    let (status, text) = gzip_batch(gzip(&vec![b' '; 600 * 1024]));
+    assert_eq!(status, 413, "{text}");
+    server.shutdown();
+}

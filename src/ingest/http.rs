@@ -92,8 +92,10 @@ async fn read_body(engine: &Engine, headers: &HeaderMap, body: Body) -> Result<B
     if let Some(n) = declared.filter(|n| *n > max) {
         return Err(too_large(Some(n)));
     }
+    let encoding = content_encoding(headers)?;
     let timeout = engine.config.body_timeout;
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) if encoding == Encoding::Gzip => gunzip(&bytes, max),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
             let e = e.into_inner();
@@ -122,6 +124,49 @@ async fn read_body(engine: &Engine, headers: &HeaderMap, body: Body) -> Result<B
             Err(r)
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The body's `Content-Encoding`: none (or `identity`) or `gzip`; anything else
+/// is refused with 415 and the encodings accepted.
+fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Response> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    match v.to_str().map(|s| s.trim().to_ascii_lowercase()) {
+        Ok(s) if s.is_empty() || s == "identity" => Ok(Encoding::Identity),
+        Ok(s) if s == "gzip" || s == "x-gzip" => Ok(Encoding::Gzip),
+        _ => Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {v:?} is not supported; send gzip or no encoding"),
+        )),
+    }
+}
+
+/// Decompresses a gzip body, refusing one that inflates past `max` bytes (413)
+/// or is not gzip (400).
+fn gunzip(bytes: &[u8], max: usize) -> Result<Bytes, Response> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(max));
+    let mut decoder = flate2::read::GzDecoder::new(bytes).take(max as u64 + 1);
+    if let Err(e) = decoder.read_to_end(&mut out) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Content-Encoding gzip, but the body does not decompress: {e}"),
+        ));
+    }
+    if out.len() > max {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the decompressed request body is over the {max}-byte limit (ingest.max_batch_bytes)"),
+        ));
+    }
+    Ok(out.into())
 }
 
 async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType>) -> Response {
@@ -157,7 +202,8 @@ async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType
     };
     (
         status,
-        Json(json!({"accepted": accepted, "rejected": rejected, "seq": seq, "duplicates": duplicates})),
+        // `success` is what Segment's own API answers, and its clients read.
+        Json(json!({"success": status == StatusCode::OK, "accepted": accepted, "rejected": rejected, "seq": seq, "duplicates": duplicates})),
     )
         .into_response()
 }
