@@ -486,6 +486,16 @@ pub fn http_answer(mut stream: TcpStream) -> (u16, String) {
     (status, text)
 }
 
+/// A valid `Product Viewed` message of `user`.
+pub fn valid(user: &str) -> Value {
+    track(
+        user,
+        "Product Viewed",
+        T0,
+        json!({"product_id": "p", "price": 1}),
+    )
+}
+
 /// `POST /v1/batch` of `messages`.
 pub fn post_batch(addr: SocketAddr, messages: &[Value]) -> (u16, Value) {
     let body = serde_json::to_vec(&json!({ "batch": messages })).expect("json");
