@@ -36,24 +36,6 @@ fn bad_env(key: &str, v: &str) -> ! {
     std::process::exit(2)
 }
 
-/// CPU-seconds (user + system) this process has used.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn load(path: &str) -> Vec<Event> {
     let file = std::fs::File::open(path).unwrap_or_else(|e| {
         eprintln!(

@@ -85,24 +85,6 @@ fn config(dir: &Path, builtins: bool) -> Config {
     c
 }
 
-/// CPU seconds this process has used (user + system).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The workload as NDJSON bytes.
 fn input(events: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(events as usize * 200);

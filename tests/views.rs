@@ -109,9 +109,6 @@ impl View for Unregistered {
     }
     fn feed(&mut self, _epoch: &EpochBatch<'_>) {}
     fn compact(&mut self, _frontier: Time) {}
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Helpers both benches (`benches/ingest.rs` and `benches/suite.rs`) share: reading
+//! Helpers the benches share: reading
 //! settings from the environment, the TCP ingest's acks, waiting until the views
 //! include a sequence number, and measuring (histograms, memory, disk, rates).
 //!
@@ -170,4 +170,23 @@ pub fn ack_latencies(sent: &[(u64, Instant)], acks: &[(u64, Instant)]) -> Histog
         h.saturating_record(micros(acked.saturating_duration_since(*at)));
     }
     h
+}
+
+/// CPU seconds this process has used (user + system).
+#[allow(dead_code)] // the engine and segment benches use it, not every bench
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
+    (ticks(11) + ticks(12)) / 100.0
 }

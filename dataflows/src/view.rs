@@ -17,8 +17,8 @@
 //!    ([`View::compact`]).
 //! 4. **Read** between steps, at a time complete on every worker that the host
 //!    pinned: the host routes a read to the worker owning its key (or to every
-//!    worker), downcasts the view ([`View::as_any_mut`]) and runs the read
-//!    function of the view's own type against it. So a read is an ordinary method
+//!    worker), finds the view of the read's type ([`Views::get`]) and runs the
+//!    read function of the view's own type against it. So a read is an ordinary method
 //!    of the view, not a variant of a host-wide enum. Workers are fed the events
 //!    of the users they own; a view keyed by anything else exchanges its updates
 //!    to the owner of its key ([`crate::types::owner`]) before arranging them.
@@ -87,7 +87,6 @@ pub struct ReadCtx {
     /// A time complete on every worker; the view's traces are not compacted past it.
     pub at: Time,
     pub worker: usize,
-    pub peers: usize,
 }
 
 /// A view's worker-side half: its input handles and trace handles on one worker.
@@ -109,50 +108,31 @@ pub trait View: Any {
     fn gauges(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
-
-    /// The view as `Any`, for a read to downcast to the view's own type.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-}
-
-/// A view built on a worker, with its type's id (what reads are routed by).
-pub struct Hosted {
-    pub type_id: TypeId,
-    pub view: Box<dyn View>,
-}
-
-impl Hosted {
-    pub fn new<V: View>(view: V) -> Self {
-        Hosted {
-            type_id: TypeId::of::<V>(),
-            view: Box::new(view),
-        }
-    }
 }
 
 /// The views of one worker, in registration order.
 #[derive(Default)]
 pub struct Views {
-    pub views: Vec<Hosted>,
+    views: Vec<Box<dyn View>>,
 }
 
 impl Views {
     /// Registers a built view; hands back what it exports to views built after
     /// it (its arrangements).
     pub fn add<V: View, Up>(&mut self, (view, exports): (V, Up)) -> Up {
-        self.views.push(Hosted::new(view));
+        self.views.push(Box::new(view));
         exports
     }
 
-    /// The view of type `id`, if registered.
-    pub fn get_mut(&mut self, id: TypeId) -> Option<&mut dyn View> {
+    /// The view of type `V`, if registered.
+    pub fn get<V: View>(&mut self) -> Option<&mut V> {
         self.views
             .iter_mut()
-            .find(|h| h.type_id == id)
-            .map(|h| &mut *h.view)
+            .find_map(|v| (&mut **v as &mut dyn Any).downcast_mut::<V>())
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn View>> {
-        self.views.iter_mut().map(|h| &mut h.view)
+        self.views.iter_mut()
     }
 }
 

@@ -250,8 +250,10 @@ pub struct Definition {
 /// published after the drop and still name it.
 #[derive(Debug, Default)]
 struct Registry {
-    by_name: BTreeMap<(&'static str, String), Definition>,
-    names: HashMap<(&'static str, u64), String>,
+    /// kind → name → definition.
+    by_name: HashMap<&'static str, BTreeMap<String, Definition>>,
+    /// kind → id → name.
+    names: HashMap<&'static str, HashMap<u64, String>>,
 }
 
 /// The compilers of every kind and what is defined now. Updated by the
@@ -328,18 +330,30 @@ impl Catalog {
             let compiled = match &c.op {
                 Op::Put { body, source } => match compiler.compile(body) {
                     Ok(compiled) => {
-                        registry.define(kind, id, &c.name, body, *source, epoch, seq, clock);
+                        registry.define(
+                            id,
+                            Definition {
+                                kind,
+                                name: c.name.clone(),
+                                body: body.clone(),
+                                source: *source,
+                                epoch,
+                                seq,
+                                clock,
+                                created_epoch: epoch,
+                            },
+                        );
                         Some(compiled)
                     }
                     Err(e) => {
                         tracing::error!(kind, name = %c.name, epoch, error = %e,
                             "a logged definition no longer compiles; it is dropped");
-                        registry.by_name.remove(&(kind, c.name.clone()));
+                        registry.remove(kind, &c.name);
                         None
                     }
                 },
                 Op::Remove => {
-                    registry.by_name.remove(&(kind, c.name.clone()));
+                    registry.remove(kind, &c.name);
                     None
                 }
             };
@@ -353,42 +367,34 @@ impl Catalog {
         let registry = self.registry.lock().expect("poisoned");
         registry
             .by_name
-            .values()
-            .filter(|d| d.kind == kind)
-            .cloned()
-            .collect()
+            .get(kind)
+            .map_or_else(Vec::new, |defs| defs.values().cloned().collect())
     }
 
     /// One definition.
     pub fn get(&self, kind: &str, name: &str) -> Option<Definition> {
         let registry = self.registry.lock().expect("poisoned");
-        let kind = self.compiler(kind).ok()?.kind();
-        registry.by_name.get(&(kind, name.to_owned())).cloned()
+        registry.by_name.get(kind)?.get(name).cloned()
     }
 
     /// The name of definition `id` of `kind`, dropped ones included.
     pub fn name(&self, kind: &str, id: u64) -> Option<String> {
-        let kind = self.compiler(kind).ok()?.kind();
         let registry = self.registry.lock().expect("poisoned");
-        registry.names.get(&(kind, id)).cloned()
+        registry.names.get(kind)?.get(&id).cloned()
     }
 
-    /// Whether definition `id` of `kind` is defined now (one lock, no copy).
+    /// Whether definition `id` of `kind` is defined now.
     pub fn is_defined(&self, kind: &str, id: u64) -> bool {
-        let Ok(compiler) = self.compiler(kind) else {
-            return false;
-        };
-        let kind = compiler.kind();
         let registry = self.registry.lock().expect("poisoned");
-        registry
-            .names
-            .get(&(kind, id))
-            .is_some_and(|name| registry.by_name.contains_key(&(kind, name.clone())))
+        let name = registry.names.get(kind).and_then(|n| n.get(&id));
+        let defs = registry.by_name.get(kind);
+        name.zip(defs).is_some_and(|(n, d)| d.contains_key(n))
     }
 
     /// How many definitions of every kind there are.
     pub fn len(&self) -> usize {
-        self.registry.lock().expect("poisoned").by_name.len()
+        let registry = self.registry.lock().expect("poisoned");
+        registry.by_name.values().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -397,34 +403,24 @@ impl Catalog {
 }
 
 impl Registry {
-    #[allow(clippy::too_many_arguments)]
-    fn define(
-        &mut self,
-        kind: &'static str,
-        id: u64,
-        name: &str,
-        body: &str,
-        source: Source,
-        epoch: Time,
-        seq: u64,
-        clock: Millis,
-    ) {
-        let key = (kind, name.to_owned());
-        let created_epoch = self.by_name.get(&key).map_or(epoch, |d| d.created_epoch);
-        self.names.insert((kind, id), name.to_owned());
-        self.by_name.insert(
-            key,
-            Definition {
-                kind,
-                name: name.to_owned(),
-                body: body.to_owned(),
-                source,
-                epoch,
-                seq,
-                clock,
-                created_epoch,
-            },
-        );
+    /// Defines (or redefines, keeping when it was first created) `d`, whose id is `id`.
+    fn define(&mut self, id: u64, mut d: Definition) {
+        let defs = self.by_name.entry(d.kind).or_default();
+        if let Some(old) = defs.get(&d.name) {
+            d.created_epoch = old.created_epoch;
+        }
+        self.names
+            .entry(d.kind)
+            .or_default()
+            .insert(id, d.name.clone());
+        defs.insert(d.name.clone(), d);
+    }
+
+    /// Drops a definition; its id keeps its name.
+    fn remove(&mut self, kind: &'static str, name: &str) {
+        if let Some(defs) = self.by_name.get_mut(kind) {
+            defs.remove(name);
+        }
     }
 }
 

@@ -234,18 +234,22 @@ pub(super) struct TopFields<'de> {
     /// The first known key given more than once: such a message is refused
     /// (which `userId` or `type` did the sender mean?).
     pub(super) duplicate: Option<&'static str>,
-    seen: u8,
 }
 
 impl<'de> Fields<'de> for TopFields<'de> {
     const KEYS: &'static [&'static str] = &TOP_KEYS;
 
     fn set<A: MapAccess<'de>>(&mut self, key: usize, map: &mut A) -> Result<(), A::Error> {
-        let bit = 1u8 << key;
-        if self.seen & bit != 0 && self.duplicate.is_none() {
+        // Every slot is set when its key is read (`null` too), so a set slot
+        // means the key came before.
+        let seen = match key {
+            T_PROPERTIES => self.properties.is_some(),
+            T_TRAITS => self.traits.is_some(),
+            _ => self.s[key].is_some(),
+        };
+        if seen && self.duplicate.is_none() {
             self.duplicate = Some(TOP_KEYS[key]);
         }
-        self.seen |= bit;
         match key {
             T_PROPERTIES => self.properties = Some(map.next_value::<Shaped<_>>()?.0),
             T_TRAITS => self.traits = Some(map.next_value::<Shaped<_>>()?.0),

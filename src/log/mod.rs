@@ -448,9 +448,13 @@ fn refuse_unless_tail(
 ) -> Result<(), LogError> {
     let path = &files[c.file].path;
     let later = files.len() - 1 - c.file;
-    let bytes = fs::read(path).map_err(io_err("read", path))?;
-    let after = bytes.get(c.offset as usize..).unwrap_or(&[]);
-    let intact = damage::intact_records(after, c.offset).len();
+    // Only the bytes after the damage: after a crash that is the short torn tail
+    // of a file that may be large.
+    let mut after = Vec::new();
+    let mut file = File::open(path).map_err(io_err("open log file", path))?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(c.offset)).map_err(io_err("seek", path))?;
+    file.read_to_end(&mut after).map_err(io_err("read", path))?;
+    let intact = damage::intact_records(&after, c.offset).len();
     if c.torn && later == 0 && intact == 0 {
         return Ok(());
     }

@@ -1,7 +1,6 @@
 //! The running engine: start-up (catalog, services, workers, sequencer, replay),
 //! submissions, definitions, and reads of any view at one pinned epoch.
 
-use std::any::TypeId;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +35,15 @@ impl From<Option<u64>> for ReadAt {
             as_of: None,
         }
     }
+}
+
+/// The definition a read is of (a segment, say): the read is at or after the
+/// epoch it took effect at, and one of a past point before it is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defined {
+    /// The kind of definition, for the refusal ("before this segment was defined").
+    pub kind: &'static str,
+    pub epoch: Time,
 }
 
 /// Which workers a read asks.
@@ -352,14 +360,14 @@ impl Engine {
     }
 
     /// Reads view `V` at one complete epoch: the newest (after `at.min_seq`), or
-    /// the one `at.as_of` names; at or after `min_epoch`. `read` runs on each
+    /// the one `at.as_of` names; at or after `defined`'s epoch. `read` runs on each
     /// worker `route` names, against that worker's `V`, between steps; the answers
     /// come in worker order, with the epoch they are as of. No answers before
     /// anything is readable.
     pub async fn read<V, A, F>(
         &self,
         at: impl Into<ReadAt>,
-        min_epoch: Option<Time>,
+        defined: Option<Defined>,
         route: Route,
         read: F,
     ) -> Result<(Readable, Vec<A>), EngineError>
@@ -374,7 +382,7 @@ impl Engine {
             .read_permits
             .try_acquire()
             .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
-        let (as_of, pin) = self.pin_for(at, min_epoch).await?;
+        let (as_of, pin) = self.pin_for(at, defined).await?;
         let Some(pin) = pin else {
             return Ok((as_of, Vec::new()));
         };
@@ -390,12 +398,8 @@ impl Engine {
             let read = read.clone();
             let request = Request {
                 at: pin.at,
-                view: TypeId::of::<V>(),
-                read: Box::new(move |view, cx| {
-                    let answer = view
-                        .and_then(|v| v.downcast_mut::<V>())
-                        .map(|v| read(v, cx));
-                    let _ = tx.send(answer);
+                read: Box::new(move |views, cx| {
+                    let _ = tx.send(views.get::<V>().map(|v| read(v, cx)));
                 }),
             };
             self.requests[w].send(request).map_err(|_| self.gone())?;
@@ -426,16 +430,16 @@ impl Engine {
     async fn pin_for(
         &self,
         at: ReadAt,
-        min_epoch: Option<Time>,
+        defined: Option<Defined>,
     ) -> Result<(Readable, Option<Pin>), EngineError> {
         if let Some(seq) = at.min_seq.max(at.as_of) {
             self.wait_for_seq(seq, self.config.min_seq_timeout).await?;
         }
         match at.as_of {
-            Some(seq) => self.pin_as_of(seq, min_epoch),
+            Some(seq) => self.pin_as_of(seq, defined),
             None => {
-                if let Some(epoch) = min_epoch {
-                    self.wait_for_epoch(epoch, self.config.min_seq_timeout)
+                if let Some(d) = defined {
+                    self.wait_for_epoch(d.epoch, self.config.min_seq_timeout)
                         .await?;
                 }
                 Ok(self.pin())
@@ -485,7 +489,7 @@ impl Engine {
     fn pin_as_of(
         &self,
         seq: u64,
-        min_epoch: Option<Time>,
+        defined: Option<Defined>,
     ) -> Result<(Readable, Option<Pin>), EngineError> {
         let mut s = self.shared.state.lock().expect("poisoned");
         // The newest point is always readable; older ones while history keeps them.
@@ -502,8 +506,11 @@ impl Engine {
                 kept: s.as_of_history,
             });
         };
-        if min_epoch.is_some_and(|e| r.done <= e) {
-            return Err(EngineError::AsOfBeforeDefinition { asked: seq });
+        if let Some(d) = defined.filter(|d| r.done <= d.epoch) {
+            return Err(EngineError::AsOfBeforeDefinition {
+                asked: seq,
+                kind: d.kind,
+            });
         }
         let pin = self.shared.pin_locked(&mut s, r.done - 1);
         Ok((r, Some(pin)))

@@ -33,8 +33,8 @@ pub enum EngineError {
         oldest: u64,
         kept: usize,
     },
-    #[error("as_of={asked} is before this definition took effect")]
-    AsOfBeforeDefinition { asked: u64 },
+    #[error("as_of={asked} is before this {kind} was defined")]
+    AsOfBeforeDefinition { asked: u64, kind: &'static str },
     #[error("no view {0} is registered on the workers")]
     NoSuchView(&'static str),
     #[error("definition refused: {0}")]

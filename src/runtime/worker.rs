@@ -2,7 +2,6 @@
 //! owns to all of them, steps the dataflow, reports completed epochs, compacts
 //! the views behind the readers, and serves reads between steps.
 
-use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +16,13 @@ use super::{Epoch, Readable};
 use crate::event::Event;
 use crate::symbols::Symbols;
 
-/// A read of one view on one worker: called with the view (`None` when no view
-/// of the asked type is registered) and where it runs.
-pub(crate) type ReadFn = Box<dyn FnOnce(Option<&mut dyn Any>, ReadCtx) + Send>;
+/// A read on one worker: called with the worker's views (it finds its own by
+/// type) and where it runs.
+pub(crate) type ReadFn = Box<dyn FnOnce(&mut Views, ReadCtx) + Send>;
 
-/// A read a worker serves between steps, at epoch `at`, against the view whose
-/// type is `view`.
+/// A read a worker serves between steps, at epoch `at`.
 pub(crate) struct Request {
     pub at: Time,
-    pub view: TypeId,
     pub read: ReadFn,
 }
 
@@ -239,10 +236,8 @@ impl Host {
             let cx = ReadCtx {
                 at: request.at,
                 worker: self.index,
-                peers: self.peers,
             };
-            let view = self.views.get_mut(request.view).map(|v| v.as_any_mut());
-            (request.read)(view, cx);
+            (request.read)(&mut self.views, cx);
         }
     }
 }

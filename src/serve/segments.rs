@@ -35,8 +35,10 @@ use crate::catalog::segments::{
 };
 use crate::catalog::{Catalog, Compiler, Control, Definition, Source, StartupError};
 use crate::config::Config;
-use crate::reply::{error, read_at, rfc3339};
-use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
+use crate::reply::{engine_error, error, read_at, rfc3339};
+use crate::runtime::{
+    Defined, Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost,
+};
 
 /// The segment view's registration.
 #[derive(Debug)]
@@ -100,17 +102,6 @@ impl ServeView for Segments {
     }
 }
 
-/// An engine error as an HTTP answer, in the segment endpoints' words.
-fn engine_error(e: EngineError) -> Response {
-    match e {
-        EngineError::AsOfBeforeDefinition { asked } => error(
-            StatusCode::NOT_FOUND,
-            format!("as_of={asked} is before this segment was defined"),
-        ),
-        e => crate::reply::engine_error(e),
-    }
-}
-
 /// The change feed of `engine`'s segment view.
 pub fn hub(engine: &Engine) -> Arc<Hub> {
     engine
@@ -121,6 +112,11 @@ pub fn hub(engine: &Engine) -> Arc<Hub> {
 /// A segment's definition.
 pub fn definition(engine: &Engine, name: &str) -> Option<Definition> {
     engine.catalog().get(KIND, name)
+}
+
+/// A segment read is of the segment defined at `epoch`.
+fn defined(epoch: Option<Time>) -> Option<Defined> {
+    epoch.map(|epoch| Defined { kind: KIND, epoch })
 }
 
 /// The segments a user is in, by id, with `since`, in id order.
@@ -134,9 +130,9 @@ pub async fn user_segments(
     let (as_of, answers) = engine
         .read(
             at,
-            min_epoch,
+            defined(min_epoch),
             Route::Owner(user),
-            move |v: &mut SegmentView, cx| v.user_segments(user, cx),
+            move |v: &mut SegmentView, cx| v.traces.user_segments(user, cx.at),
         )
         .await?;
     Ok((as_of, answers.into_iter().next().unwrap_or_default()))
@@ -149,9 +145,12 @@ pub async fn segment_sizes(
     min_epoch: Option<Time>,
 ) -> Result<(Readable, HashMap<SegId, i64>), EngineError> {
     let (as_of, answers) = engine
-        .read(at, min_epoch, Route::All, |v: &mut SegmentView, cx| {
-            v.sizes(cx)
-        })
+        .read(
+            at,
+            defined(min_epoch),
+            Route::All,
+            |v: &mut SegmentView, cx| v.traces.sizes(cx.at),
+        )
         .await?;
     let mut sizes = HashMap::new();
     for (seg, n) in answers.into_iter().flatten() {
@@ -168,9 +167,12 @@ pub async fn segment_size(
     min_epoch: Option<Time>,
 ) -> Result<(Readable, i64), EngineError> {
     let (as_of, answers) = engine
-        .read(at, min_epoch, Route::All, move |v: &mut SegmentView, cx| {
-            v.size(id, cx)
-        })
+        .read(
+            at,
+            defined(min_epoch),
+            Route::All,
+            move |v: &mut SegmentView, cx| v.traces.size(id, cx.at),
+        )
         .await?;
     Ok((as_of, answers.into_iter().sum()))
 }
@@ -187,9 +189,12 @@ pub async fn segment_members(
 ) -> Result<(Readable, Vec<UserId>, Option<UserId>), EngineError> {
     let ask = limit.saturating_add(1);
     let (as_of, answers) = engine
-        .read(at, min_epoch, Route::All, move |v: &mut SegmentView, cx| {
-            v.members(id, after, ask, cx)
-        })
+        .read(
+            at,
+            defined(min_epoch),
+            Route::All,
+            move |v: &mut SegmentView, cx| v.traces.members(id, after, ask, cx.at),
+        )
         .await?;
     let mut members: Vec<UserId> = answers.into_iter().flatten().collect();
     members.sort_unstable();

@@ -465,6 +465,12 @@ fn main() -> anyhow::Result<()> {
                     for (path, len) in &done.quarantined {
                         println!("quarantined {len} bytes to {}", path.display());
                     }
+                    for path in &done.rewritten {
+                        println!("rewrote {} with its intact records", path.display());
+                    }
+                    for path in &done.removed {
+                        println!("removed {} (no intact record in it)", path.display());
+                    }
                     for g in &done.gaps {
                         println!(
                             "lost: epochs {}..{}, events seq {}..{} ({} events)",

@@ -516,10 +516,6 @@ impl View for ProfileView {
             self.feeder.scheduled() as f64,
         )]
     }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
 }
 
 impl ProfileArrangements<'_> {

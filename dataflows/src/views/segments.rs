@@ -68,7 +68,7 @@ use crate::read::{
 };
 use crate::rules::{Needs, Rule, Subject};
 use crate::types::{Diff, IdMap, IdSet, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
-use crate::view::{Env, EpochBatch, Names, ReadCtx, View};
+use crate::view::{Env, EpochBatch, Names, View};
 use crate::views::profiles::{
     rfm_buckets, ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY,
     RFM_MONETARY, RFM_RECENCY,
@@ -286,38 +286,6 @@ impl View for SegmentView {
 
     fn compact(&mut self, frontier: Time) {
         self.traces.compact_to(frontier);
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-}
-
-impl SegmentView {
-    /// The segments `user` is in at the read's time, with `since`.
-    pub fn user_segments(&mut self, user: UserId, cx: ReadCtx) -> Vec<(SegId, Since)> {
-        self.traces.user_segments(user, cx.at)
-    }
-
-    /// Members of `segment` on this worker.
-    pub fn size(&mut self, segment: SegId, cx: ReadCtx) -> i64 {
-        self.traces.size(segment, cx.at)
-    }
-
-    /// Every segment with members on this worker, with its count.
-    pub fn sizes(&mut self, cx: ReadCtx) -> Vec<(SegId, i64)> {
-        self.traces.sizes(cx.at)
-    }
-
-    /// Up to `limit` members of `segment` on this worker after `after`, in id order.
-    pub fn members(
-        &mut self,
-        segment: SegId,
-        after: Option<UserId>,
-        limit: usize,
-        cx: ReadCtx,
-    ) -> Vec<UserId> {
-        self.traces.members(segment, after, limit, cx.at)
     }
 }
 
