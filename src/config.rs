@@ -144,6 +144,35 @@ pub struct RawConfig {
     pub log: RawLog,
     pub engine: RawEngine,
     pub segments: RawSegments,
+    pub snapshot: SnapshotConfig,
+}
+
+/// `[snapshot]`: checkpoints of every view's state, so that a restart reads a
+/// snapshot and the log after it instead of all history.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Write a snapshot once this many events were logged since the last one
+    /// (0: only when asked, by `shopstream snapshot`).
+    pub every_events: u64,
+    /// ... but not more often than this.
+    pub min_interval_s: u64,
+    /// Snapshots kept (the newest; at least 1). An older one is a fallback when
+    /// the newest is damaged.
+    pub keep: usize,
+    /// Remove log files whose records all are in the oldest kept snapshot.
+    pub prune_log: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            every_events: 2_000_000,
+            min_interval_s: 60,
+            keep: 2,
+            prune_log: false,
+        }
+    }
 }
 
 impl Default for RawSegments {
@@ -289,6 +318,7 @@ pub struct Config {
     pub builtin_segments: bool,
     pub lifecycle: RawLifecycle,
     pub tiers: RawTiers,
+    pub snapshot: SnapshotConfig,
 }
 
 impl RawConfig {
@@ -327,6 +357,7 @@ impl RawConfig {
             Ok(())
         }
         let (i, h, l, e, g) = (self.ingest, self.http, self.log, self.engine, self.segments);
+        let snapshot = self.snapshot;
         positive("segments.feed_retention", g.feed_retention as u64)?;
         let lc = &g.lifecycle;
         if !(lc.new_days > 0 && lc.active_days > 0 && lc.active_days < lc.churned_days) {
@@ -355,6 +386,7 @@ impl RawConfig {
         positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
         positive("engine.clock_tick_ms", e.clock_tick_ms)?;
+        positive("snapshot.keep", snapshot.keep as u64)?;
         if e.workers == 0 || e.workers > 256 {
             return Err(ConfigError::Invalid {
                 key: "engine.workers",
@@ -416,6 +448,7 @@ impl RawConfig {
             builtin_segments: g.builtins,
             lifecycle: g.lifecycle,
             tiers: g.tiers,
+            snapshot,
         })
     }
 }

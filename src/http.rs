@@ -65,7 +65,7 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
         // Bodies are limited by the ingest handlers themselves, with a JSON 413.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(limit(engine.config.max_concurrent_ingest));
-    let mut reads = Router::new();
+    let mut reads = crate::serve::admin::routes();
     for view in views {
         reads = reads.merge(view.routes());
     }

@@ -37,4 +37,5 @@ pub mod reply;
 pub mod runtime;
 pub mod serve;
 pub mod server;
+pub mod snapshot;
 pub mod symbols;

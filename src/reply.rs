@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use shopstream_dataflows::types::Millis;
 
 use crate::runtime::{EngineError, ReadAt};
+use crate::snapshot::SnapshotError;
 
 /// A JSON error answer.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -28,6 +29,8 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         EngineError::AsOfGone { .. } => StatusCode::GONE,
         EngineError::AsOfBeforeDefinition { .. } => StatusCode::NOT_FOUND,
         EngineError::Definition(_) => StatusCode::BAD_REQUEST,
+        EngineError::Snapshot(SnapshotError::Busy | SnapshotError::Empty) => StatusCode::CONFLICT,
+        EngineError::Snapshot(_) => StatusCode::INTERNAL_SERVER_ERROR,
         EngineError::Overloaded(_)
         | EngineError::Unavailable(_)
         | EngineError::ShuttingDown

@@ -70,6 +70,26 @@ impl Symbols {
         f(guard.get(&id).map(|s| &**s))
     }
 
+    /// Every `(id, text)` held, for a snapshot.
+    pub fn save(&self) -> Vec<(Sym, String)> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in &self.shards {
+            let shard = shard.read().expect("poisoned");
+            out.extend(shard.iter().map(|(id, s)| (*id, s.to_string())));
+        }
+        out
+    }
+
+    /// Restores what [`save`](Self::save) returned.
+    pub fn restore(&self, saved: Vec<(Sym, String)>) {
+        for (id, text) in saved {
+            self.shards[(id as usize) % SHARDS]
+                .write()
+                .expect("poisoned")
+                .insert(id, text.into_boxed_str());
+        }
+    }
+
     /// Number of strings held (for metrics).
     pub fn len(&self) -> usize {
         self.shards

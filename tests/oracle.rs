@@ -3,8 +3,10 @@
 //! serves (sequencer, durable log, timely workers, arrangements read by cursor) at
 //! every epoch equals a from-scratch computation over the same logged events.
 //!
-//! After the last epoch the engine is restarted on its log (with another number of
-//! workers) and must answer the same.
+//! Halfway through, the engine writes a snapshot. After the last epoch it is
+//! restarted (with another number of workers) from that snapshot and the log
+//! after it, then once more from the whole log (the snapshot removed), and must
+//! answer the same both times.
 //!
 //! The from-scratch side (`tests/util/oracle.rs`) shares nothing with the engine
 //! but the spec's constants (weights, window widths, RFM buckets): it walks every
@@ -51,7 +53,10 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
     let mut n = 0;
     let mut steps = Vec::new();
     let result = rt.block_on(async {
-        for (advance, ops) in workload {
+        for (step, (advance, ops)) in workload.iter().enumerate() {
+            if step == workload.len() / 2 && !logged.is_empty() {
+                engine.snapshot().await.expect("snapshot");
+            }
             base += advance * 3_600_000;
             let mut batch = Vec::new();
             for op in ops {
@@ -128,15 +133,38 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
     engine.shutdown();
     result?;
 
-    // A restart replays the log through the same path: the same answers, with a
-    // different number of workers too.
+    // A restart from the snapshot and the log after it, then one from the whole
+    // log: the same answers, with a different number of workers too.
+    let want = oracle(&logged, clock);
+    for from_snapshot in [true, false] {
+        if !from_snapshot {
+            let _ = std::fs::remove_dir_all(dir.path().join(shopstream::snapshot::DIR));
+        }
+        restarted(dir.path(), 1 + workers % 3, &rt, &logged, &want)?;
+    }
+    Ok(())
+}
+
+/// Restarts on `data_dir` and compares every profile with `want`.
+fn restarted(
+    data_dir: &std::path::Path,
+    workers: usize,
+    rt: &tokio::runtime::Runtime,
+    logged: &[(u64, Event)],
+    want: &std::collections::BTreeMap<String, shopstream::serve::profile::ProfileRead>,
+) -> Result<(), TestCaseError> {
     let mut config = Config::defaults();
-    config.data_dir = dir.path().to_path_buf();
-    config.workers = 1 + workers % 3;
+    config.data_dir = data_dir.to_path_buf();
+    config.workers = workers;
     config.fsync = shopstream::log::FsyncPolicy::Never;
     let engine: Arc<Engine> =
         Engine::start(config, &shopstream::serve::all_hosts(), |_, _| {}).expect("engine restarts");
-    let want = oracle(&logged, clock);
+    let snapshots = shopstream::snapshot::list(&shopstream::snapshot::dir(data_dir)).expect("list");
+    prop_assert_eq!(
+        engine.recovery().snapshot_epoch,
+        snapshots.first().map(|s| s.0),
+        "starts from the snapshot when there is one"
+    );
     let replayed = rt.block_on(async {
         for u in 0..USERS {
             let user = format!("u{u}");

@@ -26,6 +26,7 @@ use shopstream::catalog::{Control, Source};
 use shopstream::config::Config;
 use shopstream::event::Event;
 use shopstream::runtime::Engine;
+use shopstream::serve::feed::SizeTrack;
 use shopstream::serve::segments::{self as seg, hub};
 use shopstream_dataflows::rules::{Rule, Subject};
 use shopstream_dataflows::types::{intern, Sym};
@@ -258,7 +259,10 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
     let mut state = State::new();
     let mut want_feed = Vec::new();
     let result = rt.block_on(async {
-        for (acts, advance, ops) in plan {
+        for (step, (acts, advance, ops)) in plan.iter().enumerate() {
+            if step == plan.len() / 2 && engine.readable().done > 0 {
+                engine.snapshot().await.expect("snapshot");
+            }
             // Definitions first, each in its own record.
             for a in acts {
                 let control = match a {
@@ -316,23 +320,73 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
         prop_assert_eq!(got_feed, want_feed);
         Ok(())
     });
+    let feed_before = retained_feed(&engine);
     engine.shutdown();
     result?;
 
-    // A restart replays events and definitions: the same members, the same `since`.
-    let engine: Arc<Engine> = Engine::start(
-        config(1 + workers % 3),
-        &shopstream::serve::all_hosts(),
-        |_, _| {},
-    )
-    .expect("engine restarts");
-    let replayed = rt.block_on(async {
-        let got = observe(&engine, &rules, logged.len() as u64).await?;
-        prop_assert_eq!(&got, &state, "after the replay");
-        Ok(())
-    });
-    engine.shutdown();
-    replayed
+    // A restart from the snapshot and the log after it, then one from the whole
+    // log: the same members, the same `since`, the same feed and sizes.
+    for from_snapshot in [true, false] {
+        if !from_snapshot {
+            let _ = std::fs::remove_dir_all(dir.path().join(shopstream::snapshot::DIR));
+        }
+        let engine: Arc<Engine> = Engine::start(
+            config(1 + workers % 3),
+            &shopstream::serve::all_hosts(),
+            |_, _| {},
+        )
+        .expect("engine restarts");
+        prop_assert_eq!(
+            engine.recovery().snapshot_epoch.is_some(),
+            from_snapshot && dir.path().join(shopstream::snapshot::DIR).exists(),
+            "starts from the snapshot when there is one"
+        );
+        let replayed = rt.block_on(async {
+            let got = observe(&engine, &rules, logged.len() as u64).await?;
+            prop_assert_eq!(
+                &got,
+                &state,
+                "after the restart (from a snapshot: {})",
+                from_snapshot
+            );
+            Ok(())
+        });
+        let feed_after = retained_feed(&engine);
+        engine.shutdown();
+        replayed?;
+        prop_assert_eq!(
+            &feed_after,
+            &feed_before,
+            "the retained feed and sizes after the restart"
+        );
+    }
+    Ok(())
+}
+
+/// What the change feed holds, for resumption, and every segment's size history.
+/// Segments the plans define: `s0`..`s3`.
+const SEGMENTS: u8 = 4;
+
+/// The feed as `(segment, user, enter, as_of)`, and the size histories.
+type Retained = (Vec<(String, String, bool, u64)>, Vec<SizeTrack>);
+
+fn retained_feed(engine: &Arc<Engine>) -> Retained {
+    let hub = hub(engine);
+    let backlog = hub
+        .subscribe(Some((0, u32::MAX)))
+        .map(|s| s.backlog)
+        .unwrap_or_default();
+    let events = backlog
+        .iter()
+        .map(|e| {
+            let (s, u) = hub.describe(e);
+            (s, u, e.enter, e.as_of)
+        })
+        .collect();
+    let sizes = (0..SEGMENTS)
+        .map(|k| hub.size_history(segment_id(&format!("s{k}"))))
+        .collect();
+    (events, sizes)
 }
 
 proptest! {

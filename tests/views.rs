@@ -10,7 +10,7 @@ use shopstream::config::Config;
 use shopstream::event::{parse_message, ParseContext};
 use shopstream::runtime::{Engine, EngineError, Route};
 use shopstream_dataflows::types::{intern, owner, Time};
-use shopstream_dataflows::view::{EpochBatch, ReadCtx, View};
+use shopstream_dataflows::view::{EpochBatch, Place, ReadCtx, RestoreError, View};
 use shopstream_dataflows::views::profiles::ProfileView;
 
 fn engine(workers: usize) -> (tempfile::TempDir, Arc<Engine>) {
@@ -109,6 +109,12 @@ impl View for Unregistered {
     }
     fn feed(&mut self, _epoch: &EpochBatch<'_>) {}
     fn compact(&mut self, _frontier: Time) {}
+    fn snapshot(&mut self, _at: Time) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _: &[Vec<u8>], _: Time, _: Place) -> Result<(), RestoreError> {
+        Ok(())
+    }
 }
 
 #[test]

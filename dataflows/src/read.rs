@@ -183,6 +183,25 @@ pub fn for_each_key<K, R>(
     }
 }
 
+/// Calls `each(key, val, accumulated)` for every `(key, val)` of a trace whose
+/// difference at `as_of` is not zero, in key and value order (a snapshot's walk).
+pub fn for_each_val<K, V, R>(
+    trace: &mut TraceAgent<ValSpine<K, V, Time, R>>,
+    as_of: Time,
+    mut each: impl FnMut(&K, &V, R),
+) where
+    K: ExchangeData,
+    V: ExchangeData,
+    R: ExchangeData + Semigroup,
+{
+    let (mut cursor, storage) = cursor_at(trace);
+    while let Some(key) = cursor.get_key(&storage) {
+        let mut each = |v: &V, r: R| each(key, v, r);
+        read_key_at!(cursor, storage, key, as_of, each, val => val);
+        cursor.step_key(&storage);
+    }
+}
+
 /// Method-call syntax for a function of a value (keeps an operator chain readable).
 pub trait Pipe: Sized {
     fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {

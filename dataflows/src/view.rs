@@ -27,6 +27,16 @@
 //! are compiled by the host once per record, for every worker, and reach the
 //! views as a [`DefinitionChange`] with their kind and an opaque compiled value.
 //!
+//! 5. **Snapshotted and restored** ([`View::snapshot`], [`View::restore`]): so that
+//!    a restart does not replay all history, the host asks every view for its
+//!    state at a complete epoch `E` (after everything up to `E` was fed and
+//!    before anything later is) and, at the next start, hands the saved parts of
+//!    every worker back to every worker, at epoch `E`, before the log after `E` is
+//!    fed. A view restores what its inputs had accumulated and whatever feeder
+//!    state it keeps outside the dataflow; what it derives inside the dataflow is
+//!    derived again. Parts are keyed by what they hold, not by worker: a restart
+//!    with another number of workers keeps, on each worker, what it owns.
+//!
 //! Nothing here does I/O: a view's only channels to the outside are its
 //! [`EpochBatch`] in and the services of the [`Env`] out.
 
@@ -108,6 +118,56 @@ pub trait View: Any {
     fn gauges(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
+
+    /// This worker's state at `at`, the last epoch fed (and complete), as bytes
+    /// [`View::restore`] reads back, on any worker of any number of workers.
+    /// Required, not defaulted: a view that forgot it would come back empty after
+    /// a restart from a snapshot.
+    fn snapshot(&mut self, at: Time) -> Vec<u8>;
+
+    /// Restores, at epoch `at` (before that epoch is fed), what the snapshot
+    /// parts of every worker hold for the keys this worker owns (`owner(key,
+    /// peers) == worker`).
+    fn restore(&mut self, parts: &[Vec<u8>], at: Time, place: Place) -> Result<(), RestoreError>;
+}
+
+/// Where a view runs: its worker and how many there are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub worker: usize,
+    pub peers: usize,
+}
+
+impl Place {
+    /// Whether this worker owns `key`.
+    pub fn owns(&self, key: u64) -> bool {
+        crate::types::owner(key, self.peers) == self.worker
+    }
+}
+
+/// A snapshot part that does not decode (another version, or damage the file's
+/// checksum missed).
+#[derive(Debug, thiserror::Error)]
+#[error("view {view}: snapshot part does not decode: {reason}")]
+pub struct RestoreError {
+    pub view: &'static str,
+    pub reason: String,
+}
+
+/// Encodes a view's snapshot part (bincode; a view's state types are serde).
+pub fn encode_part<T: serde::Serialize>(state: &T) -> Vec<u8> {
+    bincode::serialize(state).expect("view state serializes")
+}
+
+/// Decodes a part written by [`encode_part`].
+pub fn decode_part<T: serde::de::DeserializeOwned>(
+    view: &'static str,
+    part: &[u8],
+) -> Result<T, RestoreError> {
+    bincode::deserialize(part).map_err(|e| RestoreError {
+        view,
+        reason: e.to_string(),
+    })
 }
 
 /// The views of one worker, in registration order.

@@ -227,6 +227,28 @@ pub trait Compiler: Send + Sync {
     }
 }
 
+/// The catalog as a snapshot keeps it ([`Catalog::save`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedCatalog {
+    pub defined: Vec<SavedDefinition>,
+    /// Every name ever defined: `(kind, id, name)` (dropped ones still name the
+    /// exits the feed publishes).
+    pub names: Vec<(String, u64, String)>,
+}
+
+/// A [`Definition`] as a snapshot keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDefinition {
+    pub kind: String,
+    pub name: String,
+    pub body: String,
+    pub source: Source,
+    pub epoch: Time,
+    pub seq: u64,
+    pub clock: Millis,
+    pub created_epoch: Time,
+}
+
 /// A definition as defined now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Definition {
@@ -358,6 +380,82 @@ impl Catalog {
                 }
             };
             out.push(DefinitionChange { kind, id, compiled });
+        }
+        out
+    }
+
+    /// Everything defined and every name ever defined, for a snapshot.
+    pub fn save(&self) -> SavedCatalog {
+        let registry = self.registry.lock().expect("poisoned");
+        let defined = registry
+            .by_name
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(|d| SavedDefinition {
+                kind: d.kind.to_owned(),
+                name: d.name.clone(),
+                body: d.body.clone(),
+                source: d.source,
+                epoch: d.epoch,
+                seq: d.seq,
+                clock: d.clock,
+                created_epoch: d.created_epoch,
+            })
+            .collect();
+        let names = registry
+            .names
+            .iter()
+            .flat_map(|(kind, ids)| ids.iter().map(|(id, n)| (kind.to_string(), *id, n.clone())))
+            .collect();
+        SavedCatalog { defined, names }
+    }
+
+    /// Restores a saved catalog (into an empty one, at start) and compiles every
+    /// definition for the workers, as [`apply`](Self::apply) does for a record.
+    /// A definition that no longer compiles, or of a kind this version does not
+    /// know, is dropped and said so, as in a replay.
+    pub fn restore(&self, saved: SavedCatalog) -> Vec<DefinitionChange> {
+        let mut registry = self.registry.lock().expect("poisoned");
+        for (kind, id, name) in saved.names {
+            if let Ok(c) = self.compiler(&kind) {
+                registry.names.entry(c.kind()).or_default().insert(id, name);
+            }
+        }
+        let mut out = Vec::with_capacity(saved.defined.len());
+        for d in saved.defined {
+            let compiler = match self.compiler(&d.kind) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(name = %d.name, error = %e,
+                        "a saved definition is of a kind this version does not know; skipped");
+                    continue;
+                }
+            };
+            let (kind, id) = (compiler.kind(), compiler.id(&d.name));
+            match compiler.compile(&d.body) {
+                Ok(compiled) => {
+                    registry.define(
+                        id,
+                        Definition {
+                            kind,
+                            name: d.name,
+                            body: d.body,
+                            source: d.source,
+                            epoch: d.epoch,
+                            seq: d.seq,
+                            clock: d.clock,
+                            created_epoch: d.created_epoch,
+                        },
+                    );
+                    out.push(DefinitionChange {
+                        kind,
+                        id,
+                        compiled: Some(compiled),
+                    });
+                }
+                Err(e) => tracing::error!(kind, name = %d.name, error = %e,
+                    "a saved definition no longer compiles; it is dropped"),
+            }
         }
         out
     }

@@ -216,6 +216,9 @@ pub struct Recovery {
     pub bytes: u64,
     /// Gaps recorded by a salvage that replay stepped over.
     pub gaps: Vec<Gap>,
+    /// The epoch of the snapshot the start began from (set by the engine; the
+    /// records counted here are those read after it).
+    pub snapshot_epoch: Option<u64>,
 }
 
 /// Errors of the log.
@@ -359,10 +362,32 @@ impl Replay {
 /// is left untouched.
 pub fn open(
     cfg: &LogConfig,
+    on_record: impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
+) -> Result<(LogWriter, Recovery), LogError> {
+    open_after(cfg, None, on_record)
+}
+
+/// As [`open`], for a start from a snapshot that holds every epoch through
+/// `covered`: files whose records all precede `covered + 1` (the next file starts
+/// at or before it) are not read at all, so a restart reads only the log's tail.
+/// Records of the first file read may still be at or before `covered`; the
+/// callback skips them. The last file is always read (the writer appends to it).
+pub fn open_after(
+    cfg: &LogConfig,
+    covered: Option<u64>,
     mut on_record: impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
 ) -> Result<(LogWriter, Recovery), LogError> {
     fs::create_dir_all(&cfg.dir).map_err(io_err("create directory", &cfg.dir))?;
-    let files = file::list_files(&cfg.dir)?;
+    let mut files = file::list_files(&cfg.dir)?;
+    let mut skipped_bytes = 0;
+    if let Some(covered) = covered {
+        let skip = covered_files(&files, covered);
+        for f in files.drain(..skip) {
+            skipped_bytes += fs::metadata(&f.path)
+                .map_err(io_err("stat", &f.path))?
+                .len();
+        }
+    }
 
     let mut replay = Replay {
         next: None,
@@ -399,7 +424,7 @@ pub fn open(
     };
 
     let (next_epoch, next_seq) = replay.next.unwrap_or((0, 1));
-    let mut bytes = replay.bytes;
+    let mut bytes = replay.bytes + skipped_bytes;
     let writer = if kept == 0 {
         let (file, path, _) = file::create_file(&cfg.dir, next_epoch, next_seq)?;
         bytes += FILE_HEADER_LEN;
@@ -426,6 +451,7 @@ pub fn open(
         truncated_bytes,
         bytes,
         gaps: replay.stepped,
+        snapshot_epoch: None,
     };
     tracing::info!(
         dir = %cfg.dir.display(),
@@ -437,6 +463,41 @@ pub fn open(
         "log: opened"
     );
     Ok((writer, recovery))
+}
+
+/// How many of `files` (in epoch order) hold only epochs through `covered`: each
+/// one whose successor starts at or before `covered + 1`. Never the last.
+fn covered_files(files: &[file::LogFile], covered: u64) -> usize {
+    files
+        .windows(2)
+        .take_while(|pair| pair[1].epoch <= covered.saturating_add(1))
+        .count()
+}
+
+/// The epoch the oldest log file starts at (`None`: no log file). A log whose
+/// oldest files were removed after a snapshot starts past 0.
+pub fn first_epoch(dir: &Path) -> Result<Option<u64>, LogError> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    Ok(file::list_files(dir)?.first().map(|f| f.epoch))
+}
+
+/// Removes the log files whose records all are at or before epoch `covered` (a
+/// snapshot holds them), never the last file, and syncs the directory. Returns
+/// the files removed.
+pub fn remove_covered(dir: &Path, covered: u64) -> Result<Vec<PathBuf>, LogError> {
+    let files = file::list_files(dir)?;
+    let n = covered_files(&files, covered);
+    let mut removed = Vec::with_capacity(n);
+    for f in &files[..n] {
+        fs::remove_file(&f.path).map_err(io_err("remove log file", &f.path))?;
+        removed.push(f.path.clone());
+    }
+    if !removed.is_empty() {
+        file::sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// Refuses damage `c` unless it is the true tail: torn, in the last file, with no

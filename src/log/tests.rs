@@ -620,6 +620,7 @@ fn empty_directory() {
             truncated_bytes: 0,
             bytes: FILE_HEADER_LEN,
             gaps: Vec::new(),
+            snapshot_epoch: None,
         }
     );
     assert_eq!((writer.next_epoch(), writer.next_seq()), (0, 1));

@@ -8,14 +8,17 @@ use std::time::Duration;
 use shopstream_dataflows::types::{owner, Time};
 use shopstream_dataflows::view::{Env, Names, ReadCtx, View};
 
+use super::epoch::Feed;
 use super::host::{HostContext, ViewHost};
+use super::sequencer::{SnapshotContext, SnapshotInfo, Work};
 use super::shared::{Pin, Shared};
 use super::worker::{self, Request};
 use super::{sequencer, EngineError, Readable, ReplayError, SubmitAck, Unavailable};
 use crate::catalog::{Catalog, Control};
 use crate::config::Config;
 use crate::event::Event;
-use crate::log::Recovery;
+use crate::log::{self, Recovery};
+use crate::snapshot::{self, SnapshotError};
 use crate::symbols::Symbols;
 
 /// Which epoch a read is at: the newest complete one (at or after `min_seq`), or,
@@ -58,7 +61,7 @@ pub enum Route {
 /// The running engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     shared: Arc<Shared>,
-    submit: flume::Sender<sequencer::Submit>,
+    submit: flume::Sender<sequencer::Work>,
     requests: Vec<flume::Sender<Request>>,
     pub symbols: Arc<Symbols>,
     read_permits: Arc<tokio::sync::Semaphore>,
@@ -74,11 +77,11 @@ pub struct Engine {
 }
 
 /// What a worker receives: epochs from the sequencer, reads from handlers.
-type Inbox = (flume::Receiver<Arc<super::Epoch>>, flume::Receiver<Request>);
+type Inbox = (flume::Receiver<Feed>, flume::Receiver<Request>);
 
 /// The channels between the engine and its workers, before the workers start.
 struct Wiring {
-    epoch_txs: Vec<flume::Sender<Arc<super::Epoch>>>,
+    epoch_txs: Vec<flume::Sender<Feed>>,
     request_txs: Vec<flume::Sender<Request>>,
     inboxes: Vec<Option<Inbox>>,
 }
@@ -115,6 +118,7 @@ impl Engine {
             hosts.iter().flat_map(|h| h.compilers(&config)).collect(),
         ));
         let env = Self::provide(&config, hosts, &symbols, &catalog);
+        let snapshots = Self::restore(&config, hosts, &env, &symbols, &catalog)?;
         let shared = Arc::new(Shared::new(config.workers, config.as_of_history, catalog));
         let mut wiring = Wiring::new(config.workers);
         let guards = Self::start_workers(&config, &shared, &symbols, &env, &mut wiring)?;
@@ -127,7 +131,9 @@ impl Engine {
             std::thread::Builder::new()
                 .name("shopstream-sequencer".into())
                 .spawn(move || {
-                    sequencer::run(config, shared, submit_rx, epoch_txs, ready_tx, progress)
+                    sequencer::run(
+                        config, shared, submit_rx, epoch_txs, snapshots, ready_tx, progress,
+                    )
                 })
                 .expect("spawn sequencer")
         };
@@ -177,6 +183,71 @@ impl Engine {
             h.provide(&mut env, cx);
         }
         env
+    }
+
+    /// Chooses the snapshot to start from ([`snapshot::choose`]) and restores
+    /// what lives outside the workers: the symbol table, the catalog (compiled
+    /// for the workers) and the host halves. The sequencer hands the rest to the
+    /// workers as the first epoch.
+    fn restore(
+        config: &Config,
+        hosts: &[Arc<dyn ViewHost>],
+        env: &Env,
+        symbols: &Arc<Symbols>,
+        catalog: &Arc<Catalog>,
+    ) -> Result<SnapshotContext, EngineError> {
+        let save_hosts = {
+            let hosts = hosts.to_vec();
+            let env = env.clone();
+            Arc::new(move || {
+                hosts
+                    .iter()
+                    .filter_map(|h| h.snapshot(&env).map(|b| (h.name().to_owned(), b)))
+                    .collect()
+            })
+        };
+        let log_starts = log::first_epoch(&config.data_dir)?;
+        let chosen = snapshot::choose(&snapshot::dir(&config.data_dir), log_starts)?;
+        let restore = match chosen {
+            None => None,
+            Some(mut s) => {
+                symbols.restore(std::mem::take(&mut s.symbols));
+                let definitions = catalog.restore(std::mem::take(&mut s.catalog));
+                for h in hosts {
+                    if let Some(saved) = s.host(h.name()) {
+                        h.restore(env, saved)
+                            .map_err(|reason| SnapshotError::Damaged {
+                                path: snapshot::dir(&config.data_dir),
+                                reason: format!("view {}: {reason}", h.name()),
+                            })?;
+                    }
+                }
+                tracing::info!(
+                    epoch = s.epoch,
+                    seq = s.next_seq - 1,
+                    workers = s.workers,
+                    "snapshot: starting from it"
+                );
+                Some((Arc::new(s), definitions))
+            }
+        };
+        Ok(SnapshotContext {
+            symbols: symbols.clone(),
+            save_hosts,
+            restore,
+        })
+    }
+
+    /// Writes a snapshot after the last epoch logged, and answers once it is
+    /// durable (see [`crate::snapshot`]).
+    pub async fn snapshot(&self) -> Result<SnapshotInfo, EngineError> {
+        self.refuse_when_unhealthy()?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.submit
+            .send_async(Work::Snapshot(reply))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        Ok(rx.await.map_err(|_| EngineError::ShuttingDown)??)
     }
 
     /// Starts the timely workers, each building every view.
@@ -276,15 +347,15 @@ impl Engine {
         events: Vec<Event>,
         controls: Vec<Control>,
     ) -> (
-        sequencer::Submit,
+        Work,
         tokio::sync::oneshot::Receiver<Result<SubmitAck, EngineError>>,
     ) {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let submit = sequencer::Submit {
+        let submit = Work::Submit(sequencer::Submit {
             events,
             controls,
             reply,
-        };
+        });
         (submit, rx)
     }
 

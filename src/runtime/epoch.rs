@@ -1,10 +1,13 @@
 //! The epoch model: what a log record is to the workers, and what the views
 //! include once they have completed a run of them.
 
+use std::sync::Arc;
+
 use shopstream_dataflows::types::{Millis, Time};
 use shopstream_dataflows::view::DefinitionChange;
 
 use crate::event::Event;
+use crate::snapshot::Snapshot;
 
 /// One log record as the workers see it: a run of consecutive sequence numbers and
 /// the engine clock after them. The events stay in the chunks they were submitted
@@ -17,6 +20,29 @@ pub struct Epoch {
     pub chunks: Vec<Vec<Event>>,
     /// Definitions (of every kind) that take effect at this epoch, compiled.
     pub definitions: Vec<DefinitionChange>,
+    /// The snapshot this epoch restores (the first epoch of a start from a
+    /// snapshot: no events, every definition, and the views' saved parts).
+    pub restore: Option<Arc<Snapshot>>,
+}
+
+/// What the sequencer sends a worker, in log order.
+pub(crate) enum Feed {
+    Epoch(Arc<Epoch>),
+    /// Save the views once every epoch sent before is complete.
+    Snapshot(SnapshotTake),
+}
+
+/// One worker's snapshot: `(worker, epoch, [(view name, part)])`.
+pub(crate) type WorkerParts = (usize, Time, Vec<(String, Vec<u8>)>);
+
+/// A worker's share of taking a snapshot.
+pub(crate) struct SnapshotTake {
+    /// Where the worker sends `(worker, epoch, [(view, part)])`.
+    pub parts: flume::Sender<WorkerParts>,
+    /// Disconnects when every part is in and the host halves are saved: until
+    /// then the worker feeds nothing more, so that their state is of the same
+    /// epoch.
+    pub resume: flume::Receiver<()>,
 }
 
 impl Epoch {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::catalog::CatalogError;
 use crate::log::LogError;
+use crate::snapshot::SnapshotError;
 
 /// Errors the engine reports to handlers.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum EngineError {
     Timely(String),
     #[error("the log could not be replayed: {0}")]
     Replay(#[from] ReplayError),
+    #[error("{0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Why the engine no longer takes events or answers reads.

@@ -49,4 +49,15 @@ pub trait ViewHost: Send + Sync {
 
     /// Ends what outlives requests (open feeds) at shutdown.
     fn close(&self, _env: &Env) {}
+
+    /// The host half's own state for a snapshot (the change feed, say), taken
+    /// while every worker waits at the snapshot's epoch; `None`: it keeps none.
+    fn snapshot(&self, _env: &Env) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Restores what [`snapshot`](Self::snapshot) saved, before the workers start.
+    fn restore(&self, _env: &Env, _saved: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -19,12 +19,15 @@ use shopstream_dataflows::types::{IdMap, Millis};
 
 use shopstream_dataflows::view::DefinitionChange;
 
+use super::epoch::{Feed, SnapshotTake, WorkerParts};
 use super::shared::Shared;
 use super::{EngineError, Epoch, Unavailable};
 use crate::catalog::Control;
 use crate::config::{ClockMode, Config};
 use crate::event::Event;
 use crate::log::{self, LogConfig, LogError, LogWriter, RecordHeader, Recovery};
+use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::symbols::Symbols;
 
 /// Events from one connection (or request), or definition changes, and where to
 /// acknowledge them.
@@ -32,6 +35,42 @@ pub struct Submit {
     pub events: Vec<Event>,
     pub controls: Vec<Control>,
     pub reply: tokio::sync::oneshot::Sender<Result<SubmitAck, EngineError>>,
+}
+
+/// What the sequencer is asked to do, in arrival order.
+pub enum Work {
+    Submit(Submit),
+    /// Take a snapshot after the last epoch logged (see [`crate::snapshot`]).
+    Snapshot(SnapshotReply),
+}
+
+/// Where the outcome of a requested snapshot goes.
+pub type SnapshotReply = tokio::sync::oneshot::Sender<Result<SnapshotInfo, SnapshotError>>;
+
+/// A snapshot written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub epoch: u64,
+    /// The last sequence number it holds.
+    pub seq: u64,
+    pub path: std::path::PathBuf,
+    pub bytes: u64,
+    /// From the request to the file being durable.
+    pub millis: u64,
+    /// Log files removed after it (`snapshot.prune_log`).
+    pub removed_log_files: usize,
+}
+
+/// What the sequencer needs, besides its own state, to take and restore
+/// snapshots: the host halves' state and the symbol table.
+#[derive(Clone)]
+pub struct SnapshotContext {
+    pub symbols: Arc<Symbols>,
+    /// Each view host's own state, by name, at the moment it is called.
+    pub save_hosts: Arc<dyn Fn() -> Vec<(String, Vec<u8>)> + Send + Sync>,
+    /// The snapshot to start from (chosen and partly restored by the engine),
+    /// with its definitions compiled.
+    pub restore: Option<(Arc<Snapshot>, Vec<DefinitionChange>)>,
 }
 
 /// The outcome of one submission.
@@ -54,6 +93,23 @@ struct Dedup {
     horizon: usize,
     seen: IdMap<u64>,
     order: VecDeque<u64>,
+}
+
+impl Dedup {
+    /// The horizon, oldest first, with each id's sequence number.
+    fn save(&self) -> Vec<(u64, u64)> {
+        self.order
+            .iter()
+            .filter_map(|id| self.seen.get(id).map(|seq| (*id, *seq)))
+            .collect()
+    }
+
+    /// Restores a saved horizon (the newest `horizon` of it).
+    fn restore(&mut self, saved: &[(u64, u64)]) {
+        for (id, seq) in saved {
+            let _ = self.insert(*id, *seq);
+        }
+    }
 }
 
 impl Dedup {
@@ -96,7 +152,7 @@ struct Sequencer {
     config: Config,
     shared: Arc<Shared>,
     writer: Option<LogWriter>,
-    workers: Vec<flume::Sender<Arc<Epoch>>>,
+    workers: Vec<flume::Sender<Feed>>,
     dedup: Dedup,
     next_epoch: u64,
     next_seq: u64,
@@ -104,14 +160,24 @@ struct Sequencer {
     last_record: Instant,
     /// The payload of the record being written, reused.
     payload: Vec<u8>,
+    snapshots: SnapshotContext,
+    /// Set while a snapshot is being collected and written.
+    snapshot_busy: Arc<std::sync::atomic::AtomicBool>,
+    /// `next_seq` and time of the last snapshot (or of the start).
+    last_snapshot: (u64, Instant),
 }
 
 impl Sequencer {
     /// Hands an epoch to every worker (blocking when a worker is behind: backpressure).
     fn forward(&self, epoch: Epoch) {
         let epoch = Arc::new(epoch);
+        self.send_all(|| Feed::Epoch(epoch.clone()));
+    }
+
+    /// Sends `feed()` to every worker, in order with what was sent before.
+    fn send_all(&self, feed: impl Fn() -> Feed) {
         for w in &self.workers {
-            let mut next = epoch.clone();
+            let mut next = feed();
             loop {
                 match w.send_timeout(next, Duration::from_millis(100)) {
                     Ok(()) | Err(flume::SendTimeoutError::Disconnected(_)) => break,
@@ -271,6 +337,7 @@ impl Sequencer {
             clock: self.clock,
             chunks,
             definitions,
+            restore: None,
         }))
     }
 
@@ -322,8 +389,9 @@ pub(crate) fn decode_payload(payload: &[u8]) -> bincode::Result<(Vec<Event>, Vec
 pub(super) fn run(
     config: Config,
     shared: Arc<Shared>,
-    submissions: flume::Receiver<Submit>,
-    workers: Vec<flume::Sender<Arc<Epoch>>>,
+    submissions: flume::Receiver<Work>,
+    workers: Vec<flume::Sender<Feed>>,
+    snapshots: SnapshotContext,
     ready: std::sync::mpsc::Sender<Result<Recovery, EngineError>>,
     progress: impl FnMut(u64, u64),
 ) {
@@ -338,6 +406,9 @@ pub(super) fn run(
         clock: Millis::MIN,
         last_record: Instant::now(),
         payload: Vec::new(),
+        snapshots,
+        snapshot_busy: Arc::default(),
+        last_snapshot: (1, Instant::now()),
     };
     let opened = seq.replay(progress);
     let started = opened.is_ok();
@@ -348,8 +419,9 @@ pub(super) fn run(
 }
 
 impl Sequencer {
-    /// Opens the log and hands every record to the workers as it is read,
-    /// rebuilding the catalog, the deduplication horizon and the clock.
+    /// Restores the snapshot to start from (if any), then opens the log and hands
+    /// every record after it to the workers as it is read, rebuilding the
+    /// catalog, the deduplication horizon and the clock.
     fn replay(&mut self, mut progress: impl FnMut(u64, u64)) -> Result<Recovery, EngineError> {
         let log_config = LogConfig {
             dir: self.config.data_dir.clone(),
@@ -357,17 +429,56 @@ impl Sequencer {
             fsync: self.config.fsync,
             fsync_interval: self.config.fsync_interval,
         };
+        let covered = self.restore_snapshot();
         let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
-        let (writer, recovery) = log::open(&log_config, |header, payload, read| {
-            self.replay_record(header, payload)?;
-            progress(read, total);
-            Ok(())
-        })?;
+        let (writer, mut recovery) =
+            log::open_after(&log_config, covered, |header, payload, read| {
+                if covered.is_none_or(|c| header.epoch > c) {
+                    self.replay_record(header, payload)?;
+                }
+                progress(read, total);
+                Ok(())
+            })?;
+        if let Some(epoch) = covered {
+            // The log must go on from the snapshot: epochs after it numbered anew
+            // would contradict what it holds.
+            if writer.next_epoch() < epoch + 1 {
+                return Err(SnapshotError::LogBehind {
+                    log_ends: recovery.last_epoch,
+                    snapshot: epoch,
+                }
+                .into());
+            }
+            recovery.snapshot_epoch = Some(epoch);
+            recovery.last_epoch = recovery.last_epoch.max(Some(epoch));
+        }
         self.shared
             .logged_seq
             .store(recovery.next_seq.saturating_sub(1), Ordering::Relaxed);
         self.writer = Some(writer);
+        self.last_snapshot = (self.next_seq, Instant::now());
         Ok(recovery)
+    }
+
+    /// Takes up the sequencer's part of the snapshot to start from and sends the
+    /// workers its epoch: no events, every definition, the views' parts. Returns
+    /// the epoch it covers.
+    fn restore_snapshot(&mut self) -> Option<u64> {
+        let (snapshot, definitions) = self.snapshots.restore.take()?;
+        self.dedup.restore(&snapshot.dedup);
+        self.clock = snapshot.clock;
+        self.next_epoch = snapshot.epoch + 1;
+        self.next_seq = snapshot.next_seq;
+        let epoch = snapshot.epoch;
+        self.forward(Epoch {
+            epoch,
+            first_seq: snapshot.next_seq,
+            clock: snapshot.clock,
+            chunks: Vec::new(),
+            definitions,
+            restore: Some(snapshot),
+        });
+        Some(epoch)
     }
 
     /// One replayed record: what it defines, its message ids, then the epoch.
@@ -390,8 +501,92 @@ impl Sequencer {
             clock: header.clock_ms,
             chunks: vec![events],
             definitions,
+            restore: None,
         });
         Ok(())
+    }
+
+    /// Starts a snapshot after the last epoch logged: syncs the log (a snapshot
+    /// holds only durable epochs, so the log always goes on from it), takes the
+    /// sequencer's own state, and asks every worker for its views' parts, in
+    /// order with the epochs. A thread collects the parts, adds the host halves'
+    /// state and writes the file; `reply` (if any) hears when it is durable.
+    fn snapshot(&mut self, reply: Option<SnapshotReply>) {
+        let refuse = |reply: Option<SnapshotReply>, e: SnapshotError| {
+            if let Some(r) = reply {
+                let _ = r.send(Err(e));
+            }
+        };
+        if self.next_epoch == 0 {
+            return refuse(reply, SnapshotError::Empty);
+        }
+        if self.snapshot_busy.swap(true, Ordering::SeqCst) {
+            return refuse(reply, SnapshotError::Busy);
+        }
+        if let Some(w) = self.writer.as_mut() {
+            if w.durable_next_epoch() < w.next_epoch() {
+                if let Err(e) = w.sync() {
+                    tracing::error!(error = %e, "log sync failed; refusing further events");
+                    self.shared.healthy.store(false, Ordering::SeqCst);
+                    self.writer = None;
+                }
+            }
+        }
+        if self.writer.is_none() {
+            self.snapshot_busy.store(false, Ordering::SeqCst);
+            return refuse(reply, SnapshotError::LogFailed);
+        }
+        let base = Snapshot {
+            epoch: self.next_epoch - 1,
+            next_seq: self.next_seq,
+            clock: self.clock,
+            workers: self.workers.len() as u32,
+            created_ms: now_ms(),
+            dedup: self.dedup.save(),
+            catalog: self.shared.catalog.save(),
+            ..Snapshot::default()
+        };
+        let (parts_tx, parts_rx) = flume::unbounded();
+        let (resume_tx, resume_rx) = flume::bounded(0);
+        self.send_all(|| {
+            Feed::Snapshot(SnapshotTake {
+                parts: parts_tx.clone(),
+                resume: resume_rx.clone(),
+            })
+        });
+        drop(parts_tx);
+        self.last_snapshot = (self.next_seq, Instant::now());
+        let job = Collect {
+            base,
+            parts: parts_rx,
+            resume: resume_tx,
+            workers: self.workers.len(),
+            cx: self.snapshots.clone(),
+            config: self.config.clone(),
+            busy: self.snapshot_busy.clone(),
+            started: Instant::now(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("shopstream-snapshot".into())
+            .spawn(move || job.run(reply));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "snapshot: cannot start its thread");
+            self.snapshot_busy.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// After a commit: a snapshot when `snapshot.every_events` events were logged
+    /// since the last one, and not sooner than `snapshot.min_interval_s`.
+    fn snapshot_when_due(&mut self) {
+        let s = &self.config.snapshot;
+        let (seq, at) = self.last_snapshot;
+        if s.every_events > 0
+            && self.next_seq.saturating_sub(seq) >= s.every_events
+            && at.elapsed() >= Duration::from_secs(s.min_interval_s)
+            && !self.snapshot_busy.load(Ordering::SeqCst)
+        {
+            self.snapshot(None);
+        }
     }
 
     /// How long to wait for a submission before an idle duty: a wall-clock tick
@@ -409,28 +604,37 @@ impl Sequencer {
 
     /// Serves submissions until shutdown (once the queue is drained) or until
     /// every submitter is gone.
-    fn serve(&mut self, submissions: &flume::Receiver<Submit>) {
+    fn serve(&mut self, submissions: &flume::Receiver<Work>) {
         let tick = self.tick();
         loop {
             if self.shared.shutdown.load(Ordering::SeqCst) && submissions.is_empty() {
                 break;
             }
             let first = match submissions.recv_timeout(tick) {
-                Ok(s) => s,
+                Ok(Work::Submit(s)) => s,
+                Ok(Work::Snapshot(reply)) => {
+                    self.snapshot(Some(reply));
+                    continue;
+                }
                 Err(flume::RecvTimeoutError::Timeout) => {
                     self.idle(tick);
                     continue;
                 }
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
-            let group = self.gather(first, submissions);
+            let (group, snapshot) = self.gather(first, submissions);
             if self.writer.is_none() {
                 for s in group {
                     let _ = s.reply.send(Err(Unavailable::LogNotWritable.into()));
                 }
-                continue;
+            } else {
+                self.commit(group);
             }
-            self.commit(group);
+            // A snapshot asked for during the group follows it.
+            if let Some(reply) = snapshot {
+                self.snapshot(Some(reply));
+            }
+            self.snapshot_when_due();
         }
     }
 
@@ -447,21 +651,106 @@ impl Sequencer {
     }
 
     /// One group commit: `first` and whatever else is queued, up to
-    /// `engine.max_record_events` events.
-    fn gather(&self, first: Submit, submissions: &flume::Receiver<Submit>) -> Vec<Submit> {
+    /// `engine.max_record_events` events; and a snapshot request met on the way
+    /// (which ends the group: it is taken after it).
+    fn gather(
+        &self,
+        first: Submit,
+        submissions: &flume::Receiver<Work>,
+    ) -> (Vec<Submit>, Option<SnapshotReply>) {
         let max_events = self.config.max_record_events;
         let mut n = first.events.len();
         let mut group = vec![first];
         while n < max_events {
             match submissions.try_recv() {
-                Ok(s) => {
+                Ok(Work::Submit(s)) => {
                     n += s.events.len();
                     group.push(s);
                 }
+                Ok(Work::Snapshot(reply)) => return (group, Some(reply)),
                 Err(_) => break,
             }
         }
-        group
+        (group, None)
+    }
+}
+
+/// Collects a snapshot's parts and writes it (on a thread of its own, so that
+/// the sequencer goes on logging meanwhile).
+struct Collect {
+    base: Snapshot,
+    parts: flume::Receiver<WorkerParts>,
+    resume: flume::Sender<()>,
+    workers: usize,
+    cx: SnapshotContext,
+    config: Config,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    started: Instant,
+}
+
+impl Collect {
+    fn run(self, reply: Option<SnapshotReply>) {
+        let busy = self.busy.clone();
+        let outcome = self.write();
+        busy.store(false, Ordering::SeqCst);
+        match &outcome {
+            Ok(info) => {
+                metrics::counter!("shopstream_snapshots_total").increment(1);
+                metrics::gauge!("shopstream_snapshot_bytes").set(info.bytes as f64);
+                metrics::gauge!("shopstream_snapshot_epoch").set(info.epoch as f64);
+                tracing::info!(epoch = info.epoch, seq = info.seq, bytes = info.bytes,
+                    millis = info.millis, removed_log_files = info.removed_log_files,
+                    path = %info.path.display(), "snapshot: written");
+            }
+            Err(e) => tracing::error!(error = %e, "snapshot: failed"),
+        }
+        if let Some(r) = reply {
+            let _ = r.send(outcome);
+        }
+    }
+
+    fn write(self) -> Result<SnapshotInfo, SnapshotError> {
+        let mut snap = self.base;
+        let mut views: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for _ in 0..self.workers {
+            let (w, at, parts) = self.parts.recv().map_err(|_| SnapshotError::WorkerGone)?;
+            if at != snap.epoch {
+                return Err(SnapshotError::WorkerGone);
+            }
+            for (name, part) in parts {
+                let i = match views.iter().position(|(n, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        views.push((name, vec![Vec::new(); self.workers]));
+                        views.len() - 1
+                    }
+                };
+                views[i].1[w] = part;
+            }
+        }
+        // Every worker has staged the epoch and waits: the host halves are at it.
+        snap.hosts = (self.cx.save_hosts)();
+        drop(self.resume);
+        snap.views = views;
+        snap.symbols = self.cx.symbols.save();
+        let dir = snapshot::dir(&self.config.data_dir);
+        let (path, bytes) = snapshot::write(&dir, &snap)?;
+        let oldest = snapshot::retain(&dir, self.config.snapshot.keep)?;
+        let mut removed_log_files = 0;
+        if let (true, Some(oldest)) = (self.config.snapshot.prune_log, oldest) {
+            match log::remove_covered(&self.config.data_dir, oldest) {
+                Ok(removed) => removed_log_files = removed.len(),
+                Err(e) => tracing::error!(error = %e, "snapshot: cannot remove covered log files"),
+            }
+        }
+        Ok(SnapshotInfo {
+            epoch: snap.epoch,
+            seq: snap.next_seq - 1,
+            path,
+            bytes,
+            millis: self.started.elapsed().as_millis() as u64,
+            removed_log_files,
+        })
     }
 }
 

@@ -16,8 +16,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use shopstream_dataflows::types::{Millis, Time, UserId};
-use shopstream_dataflows::views::segments::{Change, ChangeSink, SegId, KIND};
+use shopstream_dataflows::views::segments::{Change, ChangeSink, SegId, StagedEpoch, KIND};
 use tokio::sync::broadcast;
 
 use crate::catalog::Catalog;
@@ -25,7 +26,7 @@ use crate::symbols::Symbols;
 
 /// One published membership change: compact (ids, no strings); names are
 /// looked up when it is sent ([`Hub::describe`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEvent {
     /// Position in the feed: `{epoch}.{index}` (the SSE id).
     pub position: (Time, u32),
@@ -67,7 +68,7 @@ pub const SIZE_HOURS: usize = 720;
 /// A segment's size, and its size over time at three grains: each of the last
 /// [`SIZE_HISTORY`] changes, and the size at the end of each minute and hour of
 /// engine clock in which it changed (for a chart over a day or a month).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SizeTrack {
     pub size: i64,
     pub recent: VecDeque<SizePoint>,
@@ -123,7 +124,16 @@ struct HubState {
     /// Per segment: (epoch, as_of seq, clock, size) after each epoch that changed it.
     sizes: HashMap<SegId, SizeTrack>,
     /// Epoch → (seq, clock), for epochs with changes not yet published.
-    epoch_info: BTreeMap<Time, (u64, Millis)>,
+    epoch_info: BTreeMap<Time, StagedEpoch>,
+}
+
+/// The feed as a snapshot keeps it ([`Hub::save`]).
+#[derive(Serialize, Deserialize)]
+struct SavedFeed {
+    published_through: Time,
+    dropped_through: Option<(Time, u32)>,
+    retained: Vec<FeedEvent>,
+    sizes: Vec<(SegId, SizeTrack)>,
 }
 
 /// Collects the workers' staged changes and publishes complete epochs.
@@ -162,25 +172,35 @@ pub enum Unresumable {
 
 impl ChangeSink for Hub {
     /// Worker `w` has completed every epoch below `through`; `changes` are its
-    /// updates at those epochs (`info` gives each epoch's seq and clock).
-    fn stage(&self, w: usize, through: Time, changes: Vec<Change>, info: Vec<(Time, u64, Millis)>) {
+    /// updates at those epochs (`info` gives each epoch's seq, clock and drops).
+    fn stage(&self, w: usize, through: Time, changes: Vec<Change>, info: Vec<StagedEpoch>) {
         let mut s = self.state.lock().expect("poisoned");
         for (m, t, d) in changes {
             s.pending.entry(t).or_default().push((m, t, d));
         }
-        for (e, seq, clock) in info {
-            s.epoch_info.insert(e, (seq, clock));
+        for e in info {
+            s.epoch_info.insert(e.epoch, e);
         }
         s.staged_through[w] = s.staged_through[w].max(through);
         let ready = *s.staged_through.iter().min().expect("workers");
         if ready <= s.published_through {
             return;
         }
-        let epochs: Vec<Time> = s.pending.range(..ready).map(|(t, _)| *t).collect();
+        let mut epochs: Vec<Time> = s.pending.range(..ready).map(|(t, _)| *t).collect();
+        epochs.extend(
+            s.epoch_info
+                .range(..ready)
+                .filter(|(_, e)| !e.dropped.is_empty())
+                .map(|(t, _)| *t),
+        );
+        epochs.sort_unstable();
+        epochs.dedup();
         for t in epochs {
             let mut changes = s.pending.remove(&t).unwrap_or_default();
             changes.sort_unstable_by_key(|((seg, user, _), _, d)| (*seg, *user, *d));
-            let (seq, clock) = s.epoch_info.get(&t).copied().unwrap_or((0, Millis::MIN));
+            let info = s.epoch_info.get(&t);
+            let (seq, clock) = info.map_or((0, Millis::MIN), |e| (e.seq, e.clock));
+            let dropped = info.map(|e| e.dropped.clone()).unwrap_or_default();
             let mut deltas: BTreeMap<SegId, i64> = BTreeMap::new();
             let events: Arc<[FeedEvent]> = changes
                 .iter()
@@ -219,10 +239,12 @@ impl ChangeSink for Hub {
             for (seg, delta) in deltas {
                 s.sizes.entry(seg).or_default().record(t, seq, clock, delta);
             }
-            // Dropped segments whose last member has left keep no history.
-            let names = &self.names;
-            s.sizes
-                .retain(|seg, track| track.size != 0 || names.is_defined(KIND, *seg));
+            // A dropped segment's members all left at its drop: it keeps no history.
+            for seg in dropped {
+                if s.sizes.get(&seg).is_some_and(|t| t.size == 0) {
+                    s.sizes.remove(&seg);
+                }
+            }
         }
         s.published_through = ready;
         metrics::gauge!("shopstream_segment_feed_retained").set(s.retained.len() as f64);
@@ -333,6 +355,38 @@ impl Hub {
         })
     }
 
+    /// What a snapshot keeps of the feed: the retained changes (so that
+    /// subscribers resume across a restart as they would after a full replay)
+    /// and every segment's size over time. Taken while the workers wait at the
+    /// snapshot's epoch, so everything through it is published and nothing after.
+    pub fn save(&self) -> Vec<u8> {
+        let s = self.state.lock().expect("poisoned");
+        let saved = SavedFeed {
+            published_through: s.published_through,
+            dropped_through: s.dropped_through,
+            retained: s.retained.iter().copied().collect(),
+            sizes: s.sizes.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        };
+        bincode::serialize(&saved).expect("the feed serializes")
+    }
+
+    /// Restores what [`save`](Self::save) wrote, before any worker stages. The
+    /// changes of the restored epoch itself were published before the snapshot,
+    /// so the workers do not stage them again (`SegmentView::restore`).
+    pub fn restore(&self, saved: &[u8]) -> Result<(), String> {
+        let saved: SavedFeed = bincode::deserialize(saved).map_err(|e| e.to_string())?;
+        let mut s = self.state.lock().expect("poisoned");
+        s.published_through = saved.published_through;
+        s.staged_through.fill(saved.published_through);
+        s.dropped_through = saved.dropped_through;
+        s.retained = saved.retained.into();
+        while s.retained.len() > s.retention {
+            s.dropped_through = s.retained.pop_front().map(|e| e.position);
+        }
+        s.sizes = saved.sizes.into_iter().collect();
+        Ok(())
+    }
+
     /// The first epoch not yet published.
     pub fn published_through(&self) -> Time {
         self.state.lock().expect("poisoned").published_through
@@ -354,20 +408,26 @@ mod tests {
         let catalog = Arc::new(Catalog::new(Vec::new()));
         let hub = Hub::new(1, 3, catalog, Arc::new(Symbols::default()));
         let change = |seg: u64, user: u64, t: Time| ((seg, user, Since::default()), t, 1);
+        let staged = |epoch: Time, seq: u64| StagedEpoch {
+            epoch,
+            seq,
+            clock: 0,
+            dropped: Vec::new(),
+        };
         hub.stage(
             0,
             1,
             vec![change(1, 1, 0), change(1, 2, 0)],
-            vec![(0, 2, 0)],
+            vec![staged(0, 2)],
         );
         hub.stage(
             0,
             2,
             vec![change(2, 1, 1), change(2, 2, 1)],
-            vec![(1, 4, 0)],
+            vec![staged(1, 4)],
         );
         let five = (0..5).map(|u| change(3, u, 2)).collect();
-        hub.stage(0, 3, five, vec![(2, 9, 0)]);
+        hub.stage(0, 3, five, vec![staged(2, 9)]);
         // Over the retention of 3, epochs 0 and 1 went; epoch 2 (the newest) stays whole.
         assert_eq!(hub.retained_len(), 5);
         let sub = hub.subscribe(Some((1, u32::MAX))).expect("after epoch 1");

@@ -10,6 +10,7 @@
 //! `views::build`), its file here implementing [`ServeView`] (one line in
 //! [`views`]), its oracle test, its README section.
 
+pub mod admin;
 pub mod feed;
 pub mod health;
 pub mod profile;

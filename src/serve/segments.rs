@@ -69,6 +69,19 @@ impl ViewHost for Segments {
         wanted(config).map(drop)
     }
 
+    /// The change feed and the sizes over time: derived from changes, so a
+    /// start from a snapshot would otherwise lose what came before it.
+    fn snapshot(&self, env: &Env) -> Option<Vec<u8>> {
+        env.get::<Arc<Hub>>().map(|hub| hub.save())
+    }
+
+    fn restore(&self, env: &Env, saved: &[u8]) -> Result<(), String> {
+        match env.get::<Arc<Hub>>() {
+            Some(hub) => hub.restore(saved),
+            None => Ok(()),
+        }
+    }
+
     /// The built-in segments and the segment file, against what the log defines.
     fn startup(&self, config: &Config, catalog: &Catalog) -> Result<Vec<Control>, StartupError> {
         let wanted = wanted(config)?;

@@ -161,21 +161,35 @@ fn read_acks(stream: TcpStream) -> Result<SendReport, ClientError> {
 
 /// GETs `path` from the HTTP API; answers (status, JSON body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Value), ClientError> {
+    http_call(addr, "GET", path, Duration::from_secs(60))
+}
+
+/// POSTs an empty body to `path` of the HTTP API (a snapshot may take minutes);
+/// answers (status, JSON body).
+pub fn http_post(addr: SocketAddr, path: &str) -> Result<(u16, Value), ClientError> {
+    http_call(addr, "POST", path, Duration::from_secs(600))
+}
+
+fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Value), ClientError> {
     let url = format!("http://{addr}{path}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_global(Some(timeout))
         .build()
         .into();
-    let mut resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| ClientError::Http(format!("GET {url}: {e}")))?;
+    let failed = |e: ureq::Error| ClientError::Http(format!("{method} {url}: {e}"));
+    let mut resp = match method {
+        "POST" => agent.post(&url).send_empty(),
+        _ => agent.get(&url).call(),
+    }
+    .map_err(failed)?;
     let status = resp.status().as_u16();
-    let body: Value = resp
-        .body_mut()
-        .read_json()
-        .map_err(|e| ClientError::Http(format!("GET {url}: {e}")))?;
+    let body: Value = resp.body_mut().read_json().map_err(failed)?;
     Ok((status, body))
 }
 

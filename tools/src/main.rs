@@ -106,6 +106,12 @@ enum Command {
         #[command(subcommand)]
         what: LogCommand,
     },
+    /// Write a snapshot of every view now (a restart then reads it and only the
+    /// log after it); prints where, and how large.
+    Snapshot {
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        addr: SocketAddr,
+    },
     /// Query the server.
     Query {
         #[command(subcommand)]
@@ -485,6 +491,14 @@ fn main() -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Snapshot { addr } => {
+            let (status, body) = client::http_post(addr, "/v1/admin/snapshot")?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            if status != 201 {
+                bail!("HTTP {status}");
+            }
+            Ok(())
         }
         Command::Query {
             what: Query::User { id, min_seq },

@@ -58,11 +58,12 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 
 use crate::read::{
-    arrange_local_by_key, arrange_local_by_self, compact, cursor_at, for_each_key, Pipe,
+    arrange_local_by_key, arrange_local_by_self, compact, cursor_at, for_each_key, for_each_val,
+    Pipe,
 };
 use crate::read_key_at;
 use crate::types::*;
-use crate::view::{Env, EpochBatch, ReadCtx, View};
+use crate::view::{decode_part, encode_part, Env, EpochBatch, Place, ReadCtx, RestoreError, View};
 
 /// Width of the short window.
 pub const WINDOW_7D: Millis = 7 * DAY_MS;
@@ -326,6 +327,9 @@ pub struct ProfileArrangements<'scope> {
     pub facets: Arranged<'scope, UserValTrace<Facet, Diff>>,
     pub traits: Arranged<'scope, UserValTrace<Sym, Latest>>,
     pub rfm: Arranged<'scope, KeyTrace<RfmKey>>,
+    /// Per user, the totals of order events only (what the RFM buckets read):
+    /// kept as a trace of its own so that a snapshot can save the input.
+    pub orders: Arranged<'scope, UserKeyTrace<Lifetime>>,
 }
 
 /// The profile view: arrange each input where its differences accumulate, and
@@ -339,12 +343,14 @@ pub struct ProfileArrangements<'scope> {
 /// order-driven) changes are replicated to every worker, so that the owner can rank
 /// a user without asking the others.
 pub fn profiles<'scope>(c: ProfileCollections<'scope>) -> ProfileArrangements<'scope> {
+    let orders = arrange_local_by_self(c.orders, "Profiles: order totals");
     ProfileArrangements {
         lifetime: arrange_local_by_self(c.lifetime, "Profiles: lifetime"),
         windows: arrange_local_by_self(c.windows, "Profiles: windows"),
         facets: arrange_local_by_key(c.facets, "Profiles: facets"),
         traits: arrange_local_by_key(c.traits, "Profiles: traits"),
-        rfm: rfm_histogram(c.orders),
+        rfm: rfm_histogram(orders.clone()),
+        orders,
     }
 }
 
@@ -352,10 +358,10 @@ pub fn profiles<'scope>(c: ProfileCollections<'scope>) -> ProfileArrangements<'s
 /// `(worker, dimension, bucket)`: a user's buckets move when they order, so the old
 /// ones are retracted by a per-user reduction, and each change goes to every worker.
 fn rfm_histogram<'scope>(
-    orders: VecCollection<'scope, Time, UserId, Lifetime>,
+    orders: Arranged<'scope, UserKeyTrace<Lifetime>>,
 ) -> Arranged<'scope, KeyTrace<RfmKey>> {
-    let peers = orders.inner.scope().peers() as u32;
-    arrange_local_by_self(orders, "Profiles: order totals")
+    let peers = orders.stream.scope().peers() as u32;
+    orders
         .reduce_abelian::<_, ValBuilder<UserId, [i64; 3], Time, Diff>, ValSpine<UserId, [i64; 3], Time, Diff>, _, _>(
             "Profiles: RFM buckets",
             |_user, input, output| {
@@ -404,6 +410,7 @@ pub struct ProfileTraces {
     pub facets: UserValTrace<Facet, Diff>,
     pub traits: UserValTrace<Sym, Latest>,
     pub rfm: KeyTrace<RfmKey>,
+    pub orders: UserKeyTrace<Lifetime>,
 }
 
 /// Settings of the profile view, provided by the host in the [`Env`].
@@ -516,6 +523,72 @@ impl View for ProfileView {
             self.feeder.scheduled() as f64,
         )]
     }
+
+    /// The accumulated inputs at `at` (one entry per user and facet, not per
+    /// event) and the feeder's order book and window schedule. The RFM histogram
+    /// is derived from the order totals, so it is not saved.
+    fn snapshot(&mut self, at: Time) -> Vec<u8> {
+        let t = &mut self.traces;
+        let mut state = ProfileState::default();
+        for_each_key(&mut t.lifetime, at, |u, l| state.lifetime.push((*u, l)));
+        for_each_key(&mut t.orders, at, |u, l| state.orders.push((*u, l)));
+        for_each_key(&mut t.windows, at, |u, w| state.windows.push((*u, w)));
+        for_each_val(&mut t.facets, at, |u, f, d| state.facets.push((*u, *f, d)));
+        for_each_val(&mut t.traits, at, |u, k, l| state.traits.push((*u, *k, l)));
+        self.feeder.save(&mut state);
+        encode_part(&state)
+    }
+
+    /// Each accumulated value goes in as one update at `at`: the arrangements
+    /// accumulate it to what they held when the snapshot was taken.
+    fn restore(&mut self, parts: &[Vec<u8>], at: Time, place: Place) -> Result<(), RestoreError> {
+        self.inputs.advance_to(at);
+        let mut book = Vec::new();
+        for part in parts {
+            let state: ProfileState = decode_part("profiles", part)?;
+            let i = &mut self.inputs;
+            let mine = |u: &UserId| place.owns(*u);
+            for (u, l) in state.lifetime.into_iter().filter(|x| mine(&x.0)) {
+                i.lifetime.update(u, l);
+            }
+            for (u, l) in state.orders.into_iter().filter(|x| mine(&x.0)) {
+                i.orders.update(u, l);
+            }
+            for (u, w) in state.windows.into_iter().filter(|x| mine(&x.0)) {
+                i.windows.update(u, w);
+            }
+            for (u, f, d) in state.facets.into_iter().filter(|x| mine(&x.0)) {
+                i.facets.update((u, f), d);
+            }
+            for (u, k, l) in state.traits.into_iter().filter(|x| mine(&x.0)) {
+                i.traits.update((u, k), l);
+            }
+            book.extend(state.order_book.into_iter().filter(|x| mine(&x.0 .0)));
+            self.feeder.schedule.extend(
+                state
+                    .schedule
+                    .into_iter()
+                    .filter(|e| mine(&e.user))
+                    .map(Reverse),
+            );
+        }
+        self.feeder.restore_orders(book);
+        Ok(())
+    }
+}
+
+/// What a profile snapshot part holds: the inputs as accumulated at the
+/// snapshot's epoch, and the feeder's state.
+#[derive(Default, Serialize, Deserialize)]
+struct ProfileState {
+    lifetime: Vec<(UserId, Lifetime)>,
+    orders: Vec<(UserId, Lifetime)>,
+    windows: Vec<(UserId, Windowed)>,
+    facets: Vec<(UserId, Facet, Diff)>,
+    traits: Vec<(UserId, Sym, Latest)>,
+    /// The order book, oldest first (the order of its FIFO).
+    order_book: Vec<((UserId, Sym), OrderState)>,
+    schedule: Vec<Expiry>,
 }
 
 impl ProfileArrangements<'_> {
@@ -527,6 +600,7 @@ impl ProfileArrangements<'_> {
             facets: self.facets.trace.clone(),
             traits: self.traits.trace.clone(),
             rfm: self.rfm.trace.clone(),
+            orders: self.orders.trace.clone(),
         }
     }
 }
@@ -576,7 +650,7 @@ impl ProfileSink for ProfileInputs {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct OrderState {
     /// When it was completed: a cancellation takes it back out of the windows it
     /// counted in, which are the windows of this time.
@@ -600,7 +674,7 @@ struct EventDelta {
 /// (7 or 30) of `user`. An event in both windows has one entry at a time: the 7-day
 /// exit re-schedules the 30-day one. Packed to 32 bytes: the schedule holds one
 /// entry per windowed event, so it is the largest per-event state of the view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct Expiry {
     at: Millis,
     user: UserId,
@@ -672,6 +746,26 @@ impl ProfileFeeder {
                     self.orders.remove(&old);
                 }
             }
+        }
+    }
+
+    /// Saves the order book (oldest first) and the schedule into a snapshot.
+    fn save(&self, state: &mut ProfileState) {
+        state.order_book = self
+            .order_fifo
+            .iter()
+            .filter_map(|k| self.orders.get(k).map(|o| (*k, *o)))
+            .collect();
+        state.schedule = self.schedule.iter().map(|e| e.0).collect();
+    }
+
+    /// Restores an order book saved oldest first. From several parts (a restart
+    /// with another number of workers) their orders are kept part after part, and
+    /// the newest `order_horizon` of them: eviction order then differs from a
+    /// replay with the new number of workers, which has its own per-worker horizon.
+    fn restore_orders(&mut self, book: Vec<((UserId, Sym), OrderState)>) {
+        for (key, state) in book {
+            self.remember_order(key, state);
         }
     }
 
@@ -914,6 +1008,7 @@ impl ProfileTraces {
         compact(&mut self.facets, frontier);
         compact(&mut self.traits, frontier);
         compact(&mut self.rfm, frontier);
+        compact(&mut self.orders, frontier);
     }
 
     /// Reads what this worker holds for `user` at `as_of`, by seeking cursors.

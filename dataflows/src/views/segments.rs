@@ -64,11 +64,12 @@ use timely::dataflow::operators::{Capability, Concatenate, Inspect, Probe};
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::read::{
-    arrange_local_by_key, arrange_local_by_self, compact, for_each_key, read_key, read_vals, Pipe,
+    arrange_local_by_key, arrange_local_by_self, compact, for_each_key, for_each_val, read_key,
+    read_vals, Pipe,
 };
 use crate::rules::{Needs, Rule, Subject};
 use crate::types::{Diff, IdMap, IdSet, Millis, Sym, Time, UserId, UserKeyTrace, UserValTrace};
-use crate::view::{Env, EpochBatch, Names, View};
+use crate::view::{decode_part, encode_part, Env, EpochBatch, Names, Place, RestoreError, View};
 use crate::views::profiles::{
     rfm_buckets, ProfileArrangements, ProfileTraces, Rank, UserProfile, RFM_FREQUENCY,
     RFM_MONETARY, RFM_RECENCY,
@@ -110,6 +111,8 @@ enum Msg {
     },
     Define(SegId, Arc<Rule>),
     Drop(SegId),
+    /// A membership saved by a snapshot, restored at the snapshot's epoch.
+    Restore(Membership),
 }
 
 /// The segment view's input: one per worker, fed the same definitions and epochs
@@ -132,6 +135,11 @@ impl SegmentInputs {
     /// Drops segment `id` at the current epoch: every member exits.
     pub fn drop_segment(&mut self, id: SegId) {
         self.send(Msg::Drop(id));
+    }
+
+    /// Restores a membership from a snapshot at the current epoch.
+    pub fn restore(&mut self, m: Membership) {
+        self.send(Msg::Restore(m));
     }
 
     /// Moves to epoch `time` (no earlier than the current one).
@@ -164,17 +172,24 @@ pub struct SegmentTraces {
 /// their epoch is complete.
 pub type ChangeBuffer = Rc<RefCell<Vec<Change>>>;
 
+/// An epoch as the change feed needs it, whether or not it has changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StagedEpoch {
+    pub epoch: Time,
+    pub seq: u64,
+    pub clock: Millis,
+    /// Segments dropped at this epoch (and not defined again in it): their
+    /// members all exit at it, and the feed forgets their sizes then. Decided
+    /// by the epoch, not by the catalog when the feed publishes (during a replay
+    /// the catalog is ahead), so that a replay keeps what a live run kept.
+    pub dropped: Vec<SegId>,
+}
+
 /// Where a worker hands the membership changes of its complete epochs: the
-/// host's change feed. `epochs` gives the `(epoch, seq, clock)` of each epoch
-/// below `through` not handed over before, whether or not it has changes.
+/// host's change feed. `epochs` are the epochs below `through` not handed over
+/// before.
 pub trait ChangeSink: Send + Sync {
-    fn stage(
-        &self,
-        worker: usize,
-        through: Time,
-        changes: Vec<Change>,
-        epochs: Vec<(Time, u64, Millis)>,
-    );
+    fn stage(&self, worker: usize, through: Time, changes: Vec<Change>, epochs: Vec<StagedEpoch>);
 }
 
 /// The segment view on one worker.
@@ -184,8 +199,12 @@ pub struct SegmentView {
     changes: ChangeBuffer,
     sink: Arc<dyn ChangeSink>,
     /// Epochs fed whose changes are not staged yet: (epoch, seq, clock).
-    unstaged: VecDeque<(Time, u64, Millis)>,
+    unstaged: VecDeque<StagedEpoch>,
     worker: usize,
+    /// The epoch a snapshot was restored at: its updates put back memberships
+    /// the change feed has already published (the host restored the feed), so
+    /// they are not staged again.
+    restored_at: Option<Time>,
 }
 
 /// Builds the segment view over the profile view's arrangements, in the same
@@ -244,6 +263,7 @@ pub fn build<'scope>(
         sink: env.expect::<Arc<dyn ChangeSink>>(),
         unstaged: VecDeque::new(),
         worker: scope.index(),
+        restored_at: None,
     };
     (view, ())
 }
@@ -259,26 +279,39 @@ impl View for SegmentView {
         // A log that starts past epoch 0 (older files removed) still stamps each
         // epoch's updates with its own number.
         self.inputs.advance_to(epoch.epoch);
+        let mut dropped = Vec::new();
         for change in epoch.definitions.iter().filter(|c| c.kind == KIND) {
+            dropped.retain(|d| *d != change.id);
             match change.compiled_as::<Rule>() {
                 Some(rule) => self.inputs.define(change.id, rule),
-                None => self.inputs.drop_segment(change.id),
+                None => {
+                    self.inputs.drop_segment(change.id);
+                    dropped.push(change.id);
+                }
             }
         }
         self.inputs
             .close_epoch(epoch.seq, epoch.clock, epoch.epoch + 1);
-        self.unstaged
-            .push_back((epoch.epoch, epoch.seq, epoch.clock));
+        self.unstaged.push_back(StagedEpoch {
+            epoch: epoch.epoch,
+            seq: epoch.seq,
+            clock: epoch.clock,
+            dropped,
+        });
     }
 
     /// Hands the membership changes of the epochs below `through` to the sink.
     fn completed(&mut self, through: Time) {
         let mut buffer = self.changes.borrow_mut();
-        let (ready, later): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < through);
+        let (mut ready, later): (Vec<_>, Vec<_>) =
+            buffer.drain(..).partition(|(_, t, _)| *t < through);
         *buffer = later;
         drop(buffer);
+        if let Some(at) = self.restored_at {
+            ready.retain(|(_, t, _)| *t != at);
+        }
         let mut epochs = Vec::new();
-        while self.unstaged.front().is_some_and(|(e, _, _)| *e < through) {
+        while self.unstaged.front().is_some_and(|e| e.epoch < through) {
             epochs.extend(self.unstaged.pop_front());
         }
         self.sink.stage(self.worker, through, ready, epochs);
@@ -286,6 +319,32 @@ impl View for SegmentView {
 
     fn compact(&mut self, frontier: Time) {
         self.traces.compact_to(frontier);
+    }
+
+    /// Every membership with its `since`. The operator's other state (wake-ups,
+    /// the RFM index) is derived again: the restored epoch carries every
+    /// definition, so every user is evaluated at it, and members who still
+    /// match keep their `since`.
+    fn snapshot(&mut self, at: Time) -> Vec<u8> {
+        let mut members: Vec<Membership> = Vec::new();
+        for_each_val(&mut self.traces.by_user, at, |u, (s, since), d| {
+            if d > 0 {
+                members.push((*s, *u, *since));
+            }
+        });
+        encode_part(&members)
+    }
+
+    fn restore(&mut self, parts: &[Vec<u8>], at: Time, place: Place) -> Result<(), RestoreError> {
+        self.inputs.advance_to(at);
+        for part in parts {
+            let members: Vec<Membership> = decode_part("segments", part)?;
+            for m in members.into_iter().filter(|m| place.owns(m.1)) {
+                self.inputs.restore(m);
+            }
+        }
+        self.restored_at = Some(at);
+        Ok(())
     }
 }
 
@@ -398,8 +457,10 @@ impl Evaluator {
         let mut everyone = false;
         let mut rescore = false;
         let mut dropped = Vec::new();
+        let mut restored = Vec::new();
         for m in msgs {
             match m {
+                Msg::Restore(m) => restored.push(m),
                 Msg::Touch(u) => touched.push(u),
                 Msg::Rescore => rescore = true,
                 Msg::Epoch { seq, clock } => self.last = Since { seq, clock },
@@ -412,6 +473,13 @@ impl Evaluator {
                     self.rules.remove(&id);
                     dropped.push(id);
                 }
+            }
+        }
+        for (seg, user, since) in restored {
+            let st = self.users.entry(user).or_default();
+            if let Err(at) = st.segments.binary_search_by_key(&seg, |(s, _)| *s) {
+                st.segments.insert(at, (seg, since));
+                emit((seg, user, since), 1);
             }
         }
         self.needs = self
