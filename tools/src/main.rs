@@ -47,7 +47,7 @@ struct ServeArgs {
     clock: Option<ClockMode>,
     /// Allow listening on a non-loopback address without [[auth.tokens]]
     /// (auth.insecure): anyone who reaches the ports may send and read everything.
-    #[arg(long, env = "SHOPSTREAM_INSECURE")]
+    #[arg(long, env = "SHOPSTREAM_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     insecure: bool,
 }
 
