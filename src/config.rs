@@ -135,6 +135,52 @@ pub struct TierLevel {
     pub min: String,
 }
 
+/// `[auth]`: API tokens and which endpoints are open (see [`crate::auth`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub tokens: Vec<crate::auth::RawToken>,
+    pub public_health: bool,
+    pub public_metrics: bool,
+    /// Allow listening on a non-loopback address with no tokens (`--insecure`).
+    pub insecure: bool,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            tokens: Vec::new(),
+            public_health: true,
+            public_metrics: false,
+            insecure: false,
+        }
+    }
+}
+
+/// `[tls]`: one certificate for both listeners (see [`crate::tls`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain; `""` (the default) and `key_file` `""`: no TLS.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ingest: bool,
+    pub http: bool,
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ingest: true,
+            http: true,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// The file as written.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -145,6 +191,8 @@ pub struct RawConfig {
     pub engine: RawEngine,
     pub segments: RawSegments,
     pub snapshot: SnapshotConfig,
+    pub auth: RawAuth,
+    pub tls: RawTls,
 }
 
 /// `[snapshot]`: checkpoints of every view's state, so that a restart reads a
@@ -319,6 +367,17 @@ pub struct Config {
     pub lifecycle: RawLifecycle,
     pub tiers: RawTiers,
     pub snapshot: SnapshotConfig,
+    /// API tokens; access control is on when there is at least one.
+    pub auth: crate::auth::Auth,
+    /// Listening on a non-loopback address without tokens is allowed.
+    pub insecure: bool,
+    /// The certificate, when TLS is configured.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// TCP ingest uses TLS (when `tls` is set).
+    pub tls_ingest: bool,
+    /// HTTP uses TLS (when `tls` is set).
+    pub tls_http: bool,
+    pub tls_handshake_timeout: Duration,
 }
 
 impl RawConfig {
@@ -358,6 +417,38 @@ impl RawConfig {
         }
         let (i, h, l, e, g) = (self.ingest, self.http, self.log, self.engine, self.segments);
         let snapshot = self.snapshot;
+        let auth = crate::auth::Auth::new(
+            &self.auth.tokens,
+            self.auth.public_health,
+            self.auth.public_metrics,
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            key: "auth.tokens",
+            reason,
+        })?;
+        let t = self.tls;
+        let tls = match (
+            t.cert_file.as_os_str().is_empty(),
+            t.key_file.as_os_str().is_empty(),
+        ) {
+            (true, true) => None,
+            (false, false) => Some(crate::tls::TlsFiles {
+                cert: t.cert_file,
+                key: t.key_file,
+            }),
+            (cert_missing, _) => {
+                return Err(ConfigError::Invalid {
+                    key: if cert_missing {
+                        "tls.cert_file"
+                    } else {
+                        "tls.key_file"
+                    },
+                    reason: "tls.cert_file and tls.key_file go together: set both, or neither"
+                        .into(),
+                })
+            }
+        };
+        positive("tls.handshake_timeout_ms", t.handshake_timeout_ms)?;
         positive("segments.feed_retention", g.feed_retention as u64)?;
         let lc = &g.lifecycle;
         if !(lc.new_days > 0 && lc.active_days > 0 && lc.active_days < lc.churned_days) {
@@ -449,6 +540,12 @@ impl RawConfig {
             lifecycle: g.lifecycle,
             tiers: g.tiers,
             snapshot,
+            auth,
+            insecure: self.auth.insecure,
+            tls,
+            tls_ingest: t.ingest,
+            tls_http: t.http,
+            tls_handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
         })
     }
 }
@@ -481,6 +578,30 @@ mod tests {
         assert!(err.contains("engine.workers"), "{err}");
         let err = toml::from_str::<RawConfig>("[ingest]\nmax_lines = 3\n").unwrap_err();
         assert!(err.to_string().contains("max_lines"), "{err}");
+    }
+
+    #[test]
+    fn auth_and_tls_mistakes_name_their_key() {
+        let err = |text: &str| {
+            toml::from_str::<RawConfig>(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[auth.tokens]]\nname = \"ci\"\nsha256 = \"zz\"\nscopes = [\"ingest\"]\n");
+        assert!(
+            e.contains("auth.tokens") && e.contains("\"ci\"") && e.contains("hex"),
+            "{e}"
+        );
+        let e = err("[tls]\ncert_file = \"c.pem\"\n");
+        assert!(e.contains("tls.key_file"), "{e}");
+        let ok: RawConfig = toml::from_str(&format!(
+            "[[auth.tokens]]\nname = \"ci\"\nsha256 = \"{}\"\nscopes = [\"ingest\", \"query\"]\n",
+            crate::auth::digest_hex(b"t")
+        ))
+        .unwrap();
+        assert!(ok.validate().unwrap().auth.enabled());
     }
 
     #[test]

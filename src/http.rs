@@ -1,15 +1,24 @@
 //! The HTTP API in one router: ingest, every view's endpoints, health and
-//! metrics, with the limits every request shares; and the accept loop that
-//! serves it, with a header read timeout (`http.header_timeout_ms`) so that a
-//! connection that never finishes its request head is closed.
+//! metrics, with the limits every request shares and the scope each route needs;
+//! and the accept loop that serves it (over TLS when configured), with a header
+//! read timeout (`http.header_timeout_ms`) so that a connection that never
+//! finishes its request head is closed.
+//!
+//! Scopes, when access control is on ([`crate::auth`]): ingest routes need
+//! `ingest`; every `GET` (or `HEAD`) of a view needs `query`; any other method on
+//! a view's routes (defining, changing, dropping, erasing) needs `admin`;
+//! `/healthz` and `/metrics` are open or need `query` (`auth.public_health`,
+//! `auth.public_metrics`). The check runs before the concurrency limits, so
+//! unauthenticated requests take no permit.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 
+use crate::auth::{token_from_authorization, Auth, Denied, Scope};
 use crate::reply::error;
 use crate::runtime::Engine;
 use crate::serve::ServeView;
@@ -48,6 +57,71 @@ async fn limit_concurrency(
     }
 }
 
+/// Which scope a request needs (`None`: open), by the group of routes it is in.
+type ScopeOf = fn(&Auth, &axum::extract::Request) -> Option<Scope>;
+
+#[derive(Clone)]
+struct Guard {
+    auth: Arc<Auth>,
+    scope_of: ScopeOf,
+}
+
+/// Lets a request through if its `Authorization` carries a token with the scope
+/// its route needs; otherwise 401 (no known token, with `WWW-Authenticate`) or 403.
+async fn require_scope(
+    State(guard): State<Guard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(scope) = (guard.scope_of)(&guard.auth, &request) else {
+        return next.run(request).await;
+    };
+    let presented = match request.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => match token_from_authorization(v.as_bytes()) {
+            Ok(token) => Some(token),
+            Err(denied) => return refuse(&denied),
+        },
+    };
+    match guard.auth.check(presented.as_deref(), scope) {
+        Ok(_) => next.run(request).await,
+        Err(denied) => refuse(&denied),
+    }
+}
+
+fn refuse(denied: &Denied) -> Response {
+    metrics::counter!("shopstream_auth_refused_total", "transport" => "http").increment(1);
+    if denied.is_forbidden() {
+        return error(StatusCode::FORBIDDEN, denied.to_string());
+    }
+    let mut r = error(StatusCode::UNAUTHORIZED, denied.to_string());
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(r#"Bearer realm="shopstream""#),
+    );
+    r
+}
+
+fn ingest_scope(_: &Auth, _: &axum::extract::Request) -> Option<Scope> {
+    Some(Scope::Ingest)
+}
+
+fn view_scope(_: &Auth, request: &axum::extract::Request) -> Option<Scope> {
+    Some(match *request.method() {
+        Method::GET | Method::HEAD => Scope::Query,
+        _ => Scope::Admin,
+    })
+}
+
+fn health_scope(auth: &Auth, request: &axum::extract::Request) -> Option<Scope> {
+    let public = if request.uri().path() == "/metrics" {
+        auth.public_metrics
+    } else {
+        auth.public_health
+    };
+    (!public).then_some(Scope::Query)
+}
+
 /// The HTTP API: ingest, the endpoints of every view in `views`, health and metrics.
 ///
 /// Ingest and everything else have limits of their own
@@ -61,6 +135,18 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
             limit_concurrency,
         )
     };
+    let auth = Arc::new(engine.config.auth.clone());
+    // Outermost, so that it runs first; not there at all when access control is off.
+    let guard = |routes: Router<Arc<Engine>>, scope_of: ScopeOf| {
+        if !auth.enabled() {
+            return routes;
+        }
+        let guard = Guard {
+            auth: auth.clone(),
+            scope_of,
+        };
+        routes.layer(axum::middleware::from_fn_with_state(guard, require_scope))
+    };
     let ingest = crate::ingest::http::routes()
         // Bodies are limited by the ingest handlers themselves, with a JSON 413.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -71,9 +157,9 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
     }
     let reads = reads.layer(limit(engine.config.max_concurrent_requests));
     Router::new()
-        .merge(ingest)
-        .merge(reads)
-        .merge(crate::serve::health::routes())
+        .merge(guard(ingest, ingest_scope))
+        .merge(guard(reads, view_scope))
+        .merge(guard(crate::serve::health::routes(), health_scope))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
@@ -81,11 +167,13 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
 
 /// Serves `app` on `listener` until `stop` resolves, then lets open connections
 /// finish (the caller bounds how long). Each connection must send its request
-/// head within `header_timeout`, or it is closed.
+/// head within `header_timeout`, or it is closed. With `tls`, each connection
+/// first completes a TLS handshake within the given time, or is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     header_timeout: std::time::Duration,
+    tls: Option<(tokio_rustls::TlsAcceptor, std::time::Duration)>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -99,7 +187,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => {
@@ -117,12 +205,26 @@ pub async fn serve(
                 async move { app.call(req.map(axum::body::Body::new)).await }
             },
         );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some((acceptor, timeout)) => {
+                    let Some(stream) =
+                        crate::tls::handshake(&acceptor, stream, timeout, peer).await
+                    else {
+                        return;
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         });

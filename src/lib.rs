@@ -20,13 +20,17 @@
 //!   services, its definitions at start), the change feed, health and metrics;
 //!   [`serve::views`] is the registration list.
 //! * [`reply`]: JSON errors, the status of each engine error, read positions.
-//! * [`http`]: the one router (ingest, views, health).
+//! * [`http`]: the one router (ingest, views, health), with the scope each
+//!   route needs.
+//! * [`auth`]: API tokens with scopes (digests in the config, constant-time checks).
+//! * [`tls`]: rustls for both listeners, with a handshake timeout.
 //! * [`server`]: start and stop everything with one signal.
 //! * [`symbols`]: the reverse map of interned ids, for answers.
 //!
 //! The `shopstream` binary and the client tools (`gen`, `send`, `query`, `load`, the
 //! demo workload) are the `shopstream-tools` crate in `tools/`.
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod event;
@@ -39,3 +43,4 @@ pub mod serve;
 pub mod server;
 pub mod snapshot;
 pub mod symbols;
+pub mod tls;

@@ -23,6 +23,27 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("refusing to listen on {addr} ({key}) without access control: it is not a loopback address, so anyone who can reach it could send and read everything. Configure [[auth.tokens]] (see config/default.toml), or pass --insecure (auth.insecure = true) to allow it")]
+    Insecure { key: &'static str, addr: SocketAddr },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Refuses a configuration that listens beyond loopback with no tokens, unless
+/// `auth.insecure`: an open port on a network should be a decision, not a default.
+fn check_exposure(config: &Config) -> Result<(), ServerError> {
+    if config.auth.enabled() || config.insecure {
+        return Ok(());
+    }
+    for (key, addr) in [
+        ("ingest.tcp_addr", config.tcp_addr),
+        ("http.addr", config.http_addr),
+    ] {
+        if !addr.ip().is_loopback() {
+            return Err(ServerError::Insecure { key, addr });
+        }
+    }
+    Ok(())
 }
 
 /// How long a graceful shutdown waits for open responses (SSE streams, slow
@@ -40,11 +61,21 @@ pub struct Server {
 
 impl Server {
     /// Replays the log, then binds the listeners (port 0 picks a free port) and
-    /// starts serving. `progress` sees (bytes replayed, bytes total).
+    /// starts serving. `progress` sees (bytes replayed, bytes total). Access
+    /// control and TLS settings are checked first, before a long replay.
     pub async fn start(
         config: Config,
         progress: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<Server, ServerError> {
+        check_exposure(&config)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::acceptor)
+            .transpose()?
+            .map(|acceptor| (acceptor, config.tls_handshake_timeout));
+        let tls_for = |on: bool| tls.clone().filter(|_| on);
+        let (tcp_tls, http_tls) = (tls_for(config.tls_ingest), tls_for(config.tls_http));
         crate::serve::health::metrics_handle();
         let views = crate::serve::views();
         let hosts = crate::serve::hosts(&views);
@@ -69,6 +100,7 @@ impl Server {
         tasks.push(tokio::spawn(crate::ingest::listener::serve(
             tcp,
             engine.clone(),
+            tcp_tls,
             rx.clone(),
         )));
         let app = crate::http::router(engine.clone(), &views);
@@ -78,7 +110,7 @@ impl Server {
             let stop = async move {
                 let _ = http_rx.changed().await;
             };
-            crate::http::serve(http, app, header_timeout, stop).await;
+            crate::http::serve(http, app, header_timeout, http_tls, stop).await;
         }));
         tracing::info!(%tcp_addr, %http_addr, "shopstream is serving");
         Ok(Server {

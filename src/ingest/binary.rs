@@ -6,6 +6,8 @@
 //! every event. Answers are the same NDJSON lines as the text protocol, with errors
 //! naming `frame` (1-based) and `index` within it. A frame over
 //! `ingest.max_batch_bytes` is refused and skipped; the framing stays in step.
+//! With access control on, the first frame carries the token instead
+//! ([`encode_auth_frame`]); the listener reads it before any event frame.
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -20,11 +22,20 @@ pub const MAGIC: &[u8] = b"SSB1";
 
 /// Encodes one frame (length prefix included).
 pub fn encode_frame(events: &[Event]) -> Vec<u8> {
-    let body = bincode::serialize(events).expect("events serialize");
+    length_prefixed(&bincode::serialize(events).expect("events serialize"))
+}
+
+fn length_prefixed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 4);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
+}
+
+/// The frame a client sends first when access control is on: its body is the
+/// auth line's JSON, `{"auth": TOKEN}` (see [`crate::auth::first_line`]).
+pub fn encode_auth_frame(token: &str) -> Vec<u8> {
+    length_prefixed(&crate::auth::first_line(token))
 }
 
 pub(crate) async fn read_frames(

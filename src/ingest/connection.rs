@@ -118,9 +118,9 @@ pub(crate) async fn submit(
     }
 }
 
-/// Writes error and ack lines in batch order.
+/// Writes error and ack lines in batch order (to a TCP or a TLS stream).
 pub(crate) async fn write_answers(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    wr: impl tokio::io::AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Pending>,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::new(wr);

@@ -1,23 +1,35 @@
-//! The TCP listener: a cap on connections, and per connection the framing it
-//! opens with: bincode frames after the magic bytes
+//! The TCP listener: a cap on connections, TLS when configured, and per
+//! connection the framing it opens with: bincode frames after the magic bytes
 //! [`binary::MAGIC`](super::binary::MAGIC), NDJSON lines otherwise (see
 //! [`super::connection`] for what a connection answers).
+//!
+//! With access control on, the first line (binary: the first frame after the
+//! magic) must be `{"auth": "TOKEN"}` with a token of the `ingest` scope. It is
+//! not answered when accepted, and not counted in the line or frame numbers of
+//! answers, so a client's answers are the same with or without it; a missing or
+//! refused one is answered with a fatal error line and the connection is closed
+//! before anything else of it is read, so nothing it sent is logged.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::connection::{read_more, write_answers, Pending, IN_FLIGHT, READ_CHUNK};
+use super::connection::{fail, read_more, write_answers, Pending, IN_FLIGHT, READ_CHUNK};
 use super::{binary, ndjson};
+use crate::auth::{token_from_first_line, Scope};
 use crate::runtime::Engine;
 
 /// Accepts connections until `shutdown` fires. Beyond `ingest.max_connections` open
-/// at once, a new connection is answered with one error line and closed.
+/// at once, a new connection is answered with one error line and closed. With
+/// `tls`, each connection completes a handshake within the given time (holding
+/// its connection slot meanwhile), or is dropped.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    tls: Option<(tokio_rustls::TlsAcceptor, std::time::Duration)>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let max = engine.config.max_connections;
@@ -45,10 +57,25 @@ pub async fn serve(
             });
             continue;
         };
-        let engine = engine.clone();
+        let (engine, tls) = (engine.clone(), tls.clone());
         tokio::spawn(async move {
             let _ = socket.set_nodelay(true);
-            if let Err(e) = handle(socket, engine).await {
+            let result = match tls {
+                None => {
+                    let (rd, wr) = socket.into_split();
+                    handle(rd, wr, engine).await
+                }
+                Some((acceptor, timeout)) => {
+                    match crate::tls::handshake(&acceptor, socket, timeout, peer).await {
+                        Some(stream) => {
+                            let (rd, wr) = tokio::io::split(stream);
+                            handle(rd, wr, engine).await
+                        }
+                        None => Ok(()),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -56,8 +83,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(socket: TcpStream, engine: Arc<Engine>) -> std::io::Result<()> {
-    let (mut rd, wr) = socket.into_split();
+async fn handle(
+    mut rd: impl AsyncRead + Unpin,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    engine: Arc<Engine>,
+) -> std::io::Result<()> {
     let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT);
     let writer = tokio::spawn(write_answers(wr, rx));
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -80,13 +110,91 @@ async fn handle(socket: TcpStream, engine: Arc<Engine>) -> std::io::Result<()> {
             break;
         }
     }
-    let result = if buf.starts_with(binary::MAGIC) {
+    let framed = buf.starts_with(binary::MAGIC);
+    if framed {
         buf.drain(..binary::MAGIC.len());
-        binary::read_frames(&mut rd, buf, &engine, &tx).await
-    } else {
-        ndjson::read_lines(&mut rd, buf, &engine, &tx).await
-    };
+    }
+    let result = async {
+        if engine.config.auth.enabled()
+            && !authenticate(&mut rd, &mut buf, framed, &engine, &tx).await?
+        {
+            return Ok(());
+        }
+        if framed {
+            binary::read_frames(&mut rd, buf, &engine, &tx).await
+        } else {
+            ndjson::read_lines(&mut rd, buf, &engine, &tx).await
+        }
+    }
+    .await;
     drop(tx);
     let written = writer.await.unwrap_or(Ok(()));
     result.and(written)
+}
+
+/// Reads the connection's first line (`framed`: first frame) and checks the token
+/// in it for the `ingest` scope; on success removes it from `buf`. A refusal is
+/// queued as a fatal answer and gives `false`: the caller reads nothing more.
+async fn authenticate(
+    rd: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut Vec<u8>,
+    framed: bool,
+    engine: &Engine,
+    tx: &mpsc::Sender<Pending>,
+) -> std::io::Result<bool> {
+    let max = engine.config.max_line_bytes;
+    loop {
+        let verdict = match first_unit(buf, framed, max) {
+            Err(reason) => Err(reason),
+            Ok(Some((body, used))) => match token_from_first_line(&buf[body]).and_then(|token| {
+                engine
+                    .config
+                    .auth
+                    .check(Some(&token), Scope::Ingest)
+                    .cloned()
+            }) {
+                Ok(token) => {
+                    tracing::debug!(token = %token.name, "ingest connection authenticated");
+                    buf.drain(..used);
+                    return Ok(true);
+                }
+                Err(denied) => Err(denied.to_string()),
+            },
+            Ok(None) => Ok(()),
+        };
+        let reason = match verdict {
+            Err(reason) => reason,
+            Ok(()) if read_more(rd, buf, engine.config.idle_timeout, tx).await? > 0 => continue,
+            Ok(()) => "connection closed before its auth line".into(),
+        };
+        metrics::counter!("shopstream_auth_refused_total", "transport" => "tcp").increment(1);
+        fail(tx, reason).await;
+        return Ok(false);
+    }
+}
+
+/// The first line (or frame) in `buf` once it is complete: the range of its body
+/// and the bytes it takes. Longer than `max` (`ingest.max_line_bytes`): refused.
+fn first_unit(
+    buf: &[u8],
+    framed: bool,
+    max: usize,
+) -> Result<Option<(Range<usize>, usize)>, String> {
+    let too_long = || format!("the auth line is over the {max}-byte limit");
+    if framed {
+        let Some(len) = buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if len > max {
+            return Err(too_long());
+        }
+        Ok((buf.len() >= 4 + len).then_some((4..4 + len, 4 + len)))
+    } else {
+        match memchr::memchr(b'\n', buf) {
+            Some(nl) => Ok(Some((0..nl, nl + 1))),
+            None if buf.len() > max => Err(too_long()),
+            None => Ok(None),
+        }
+    }
 }

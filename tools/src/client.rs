@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use shopstream::event::{parse_message, ParseContext};
-use shopstream::ingest::binary::{encode_frame, MAGIC};
+use shopstream::ingest::binary::{encode_auth_frame, encode_frame, MAGIC};
 
 /// Errors of the client commands.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +50,13 @@ pub struct SendReport {
 /// starts with the binary magic as is, or (with `binary`) NDJSON converted to
 /// bincode frames on the client, validated with that context (its reporting
 /// currency and rates must be the server's). Waits for the final acknowledgement.
+/// With `token`, the connection opens with it (an auth line, or an auth frame
+/// after the magic).
 pub fn send(
     path: &Path,
     addr: SocketAddr,
     binary: Option<&ParseContext>,
+    token: Option<&str>,
     progress: bool,
 ) -> Result<SendReport, ClientError> {
     let file = std::fs::File::open(path).map_err(io(format!("open {}", path.display())))?;
@@ -84,6 +87,10 @@ pub fn send(
         .unwrap_or(false);
     if let Some(ctx) = binary.filter(|_| !starts_binary) {
         out.write_all(MAGIC).map_err(io("send"))?;
+        if let Some(token) = token {
+            out.write_all(&encode_auth_frame(token))
+                .map_err(io("send"))?;
+        }
         let mut batch = Vec::with_capacity(1024);
         let mut line = Vec::new();
         loop {
@@ -111,6 +118,14 @@ pub fn send(
             out.write_all(&encode_frame(&batch)).map_err(io("send"))?;
         }
     } else {
+        if let Some(token) = token {
+            out.write_all(&auth_preamble(token, starts_binary))
+                .map_err(io("send"))?;
+            if starts_binary {
+                // The file's magic went out in front of the auth frame.
+                input.consume(MAGIC.len());
+            }
+        }
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = input.read(&mut buf).map_err(io("read input"))?;
@@ -129,6 +144,20 @@ pub fn send(
     report.bytes = size;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// What a connection opens with to present `token`: the auth line, or (binary)
+/// the magic and the auth frame.
+pub fn auth_preamble(token: &str, binary: bool) -> Vec<u8> {
+    if binary {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&encode_auth_frame(token));
+        out
+    } else {
+        let mut out = shopstream::auth::first_line(token);
+        out.push(b'\n');
+        out
+    }
 }
 
 /// Reads answer lines until the server closes; keeps the last ack.
@@ -161,19 +190,33 @@ fn read_acks(stream: TcpStream) -> Result<SendReport, ClientError> {
 
 /// GETs `path` from the HTTP API; answers (status, JSON body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Value), ClientError> {
-    http_call(addr, "GET", path, Duration::from_secs(60))
+    http_get_with(addr, path, None)
 }
 
-/// POSTs an empty body to `path` of the HTTP API (a snapshot may take minutes);
-/// answers (status, JSON body).
-pub fn http_post(addr: SocketAddr, path: &str) -> Result<(u16, Value), ClientError> {
-    http_call(addr, "POST", path, Duration::from_secs(600))
+/// [`http_get`], presenting `token` (`Authorization: Bearer`) when given.
+pub fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, Value), ClientError> {
+    http_call(addr, "GET", path, token, Duration::from_secs(60))
+}
+
+/// POSTs an empty body to `path` of the HTTP API (a snapshot may take minutes),
+/// presenting `token` when given; answers (status, JSON body).
+pub fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, Value), ClientError> {
+    http_call(addr, "POST", path, token, Duration::from_secs(600))
 }
 
 fn http_call(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, Value), ClientError> {
     let url = format!("http://{addr}{path}");
@@ -183,9 +226,22 @@ fn http_call(
         .build()
         .into();
     let failed = |e: ureq::Error| ClientError::Http(format!("{method} {url}: {e}"));
+    let bearer = token.map(|t| format!("Bearer {t}"));
     let mut resp = match method {
-        "POST" => agent.post(&url).send_empty(),
-        _ => agent.get(&url).call(),
+        "POST" => {
+            let mut request = agent.post(&url);
+            if let Some(b) = &bearer {
+                request = request.header("authorization", b);
+            }
+            request.send_empty()
+        }
+        _ => {
+            let mut request = agent.get(&url);
+            if let Some(b) = &bearer {
+                request = request.header("authorization", b);
+            }
+            request.call()
+        }
     }
     .map_err(failed)?;
     let status = resp.status().as_u16();
@@ -194,10 +250,15 @@ fn http_call(
 }
 
 /// Waits until the views include `seq`, by a read with `min_seq`.
-pub fn wait_visible(addr: SocketAddr, seq: u64) -> Result<Duration, ClientError> {
+pub fn wait_visible(
+    addr: SocketAddr,
+    seq: u64,
+    token: Option<&str>,
+) -> Result<Duration, ClientError> {
     let started = Instant::now();
     loop {
-        let (status, body) = http_get(addr, &format!("/v1/users/_/profile?min_seq={seq}"))?;
+        let path = format!("/v1/users/_/profile?min_seq={seq}");
+        let (status, body) = http_get_with(addr, &path, token)?;
         match status {
             200 | 404 => return Ok(started.elapsed()),
             504 => continue,

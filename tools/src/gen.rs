@@ -417,10 +417,26 @@ pub fn to_event(m: &Message) -> Event {
 /// Writes the whole workload to `out`, as NDJSON or (with `binary`) as frames of
 /// 1024 events after the binary magic. Returns the number of events written.
 pub fn write_all(o: &GenOptions, binary: bool, out: &mut impl Write) -> std::io::Result<u64> {
+    write_stream(o, binary, None, out)
+}
+
+/// [`write_all`] for a connection: with `token`, opened with the auth line (or,
+/// binary, the auth frame after the magic).
+pub fn write_stream(
+    o: &GenOptions,
+    binary: bool,
+    token: Option<&str>,
+    out: &mut impl Write,
+) -> std::io::Result<u64> {
     let mut n = 0;
     let mut buf = Vec::with_capacity(1 << 20);
+    if let Some(token) = token {
+        out.write_all(&crate::client::auth_preamble(token, binary))?;
+    }
     if binary {
-        out.write_all(MAGIC)?;
+        if token.is_none() {
+            out.write_all(MAGIC)?;
+        }
         let mut batch = Vec::with_capacity(1024);
         for m in Workload::new(o.clone()) {
             batch.push(to_event(&m));

@@ -183,6 +183,10 @@ pub struct LoadArgs {
     /// answered as duplicates of the first; 0 sends the generator's ids as they are.
     #[arg(long)]
     pub message_id_offset: Option<u64>,
+    /// API token (when the server has access control on): sent as the first line
+    /// of each ingest connection and as `Authorization: Bearer` of each query.
+    #[arg(long, env = "SHOPSTREAM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub gen: GenOptions,
 }
@@ -210,6 +214,7 @@ impl LoadArgs {
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
             gen: self.gen.clone(),
             message_id_offset: self.message_id_offset.unwrap_or_else(run_id_offset),
+            token: self.token.clone(),
             progress,
         };
         o.check()?;
@@ -236,6 +241,8 @@ pub struct LoadOptions {
     pub gen: GenOptions,
     /// Added to every messageId number, to tell runs apart (see [`run_id_offset`]).
     pub message_id_offset: u64,
+    /// API token for both sides, when the server has access control on.
+    pub token: Option<String>,
     /// Draw a live progress line on stderr.
     pub progress: bool,
 }
@@ -257,6 +264,7 @@ impl LoadOptions {
                 ..GenOptions::default()
             },
             message_id_offset: run_id_offset(),
+            token: None,
             progress: false,
         }
     }
@@ -504,6 +512,8 @@ struct Shared {
     /// Signalled when `latest` moves.
     new_ack: Condvar,
     stats: Stats,
+    /// `Authorization` of every HTTP request, when a token was given.
+    authorization: Option<String>,
 }
 
 impl Shared {
@@ -854,8 +864,12 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// GETs `url`: (status, body), or the transport error.
-fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, Vec<u8>), String> {
-    match agent.get(url).call() {
+fn get(agent: &ureq::Agent, url: &str, auth: Option<&str>) -> Result<(u16, Vec<u8>), String> {
+    let mut request = agent.get(url);
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    match request.call() {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
             resp.body_mut()
@@ -956,7 +970,7 @@ async fn query_connection(shared: &Shared, http: SocketAddr, rx: flume::Receiver
         while let Ok(due) = rx.recv_async().await {
             let path = format!("/v1/users/u{}/profile", due.user);
             let sent = Instant::now();
-            let outcome = ask(&mut sender, &host, &path).await;
+            let outcome = ask(&mut sender, &host, &path, shared.authorization.as_deref()).await;
             let end = Instant::now();
             let mut q = lock(&shared.stats.queries);
             let (r, latency, service) = &mut *q;
@@ -987,14 +1001,18 @@ async fn ask(
     sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     host: &str,
     path: &str,
+    auth: Option<&str>,
 ) -> Result<(u16, Vec<u8>), String> {
     use http_body_util::BodyExt;
     sender
         .ready()
         .await
         .map_err(|e| format!("GET {path}: {e}"))?;
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, host)
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, host);
+    if let Some(auth) = auth {
+        request = request.header(hyper::header::AUTHORIZATION, auth);
+    }
+    let request = request
         .body(http_body_util::Empty::new())
         .map_err(|e| format!("GET {path}: {e}"))?;
     let response = sender
@@ -1058,7 +1076,7 @@ fn probe(shared: &Shared, opts: &LoadOptions) {
 fn probe_one(shared: &Shared, agent: &ureq::Agent, http: SocketAddr, p: AckPoint) {
     let url = format!("http://{http}/v1/users/_/profile?min_seq={}", p.seq);
     loop {
-        let outcome = get(agent, &url);
+        let outcome = get(agent, &url, shared.authorization.as_deref());
         let now = Instant::now();
         let mut f = lock(&shared.stats.freshness);
         let (r, fresh, after_ack) = &mut *f;
@@ -1103,7 +1121,14 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, LoadError> {
     opts.check()?;
     let mut sockets = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
-        let s = connect(opts.ingest)?;
+        let mut s = connect(opts.ingest)?;
+        if let Some(token) = &opts.token {
+            s.write_all(&crate::client::auth_preamble(token, false))
+                .map_err(|source| LoadError::Io {
+                    what: "send the auth line",
+                    source,
+                })?;
+        }
         let r = s.try_clone().map_err(|source| LoadError::Io {
             what: "clone socket",
             source,
@@ -1145,6 +1170,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, LoadError> {
                 micros_histogram(),
             )),
         },
+        authorization: opts.token.as_ref().map(|t| format!("Bearer {t}")),
     };
     let bar = progress_bar(opts.progress);
     let shared = &shared;

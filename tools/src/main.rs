@@ -45,6 +45,19 @@ struct ServeArgs {
     /// Engine clock for windows: event time or wall time.
     #[arg(long, value_enum, env = "SHOPSTREAM_CLOCK")]
     clock: Option<ClockMode>,
+    /// Allow listening on a non-loopback address without [[auth.tokens]]
+    /// (auth.insecure): anyone who reaches the ports may send and read everything.
+    #[arg(long, env = "SHOPSTREAM_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
+}
+
+/// An API token for a server with access control on.
+#[derive(clap::Args, Clone)]
+struct TokenArg {
+    /// API token: TCP ingest sends it as the first line (or frame), HTTP as
+    /// `Authorization: Bearer`.
+    #[arg(long, global = true, env = "SHOPSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +89,8 @@ enum Command {
         /// Also wait until the views include the last event (needs the HTTP address).
         #[arg(long)]
         wait_visible: Option<SocketAddr>,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Write a deterministic, seeded shop workload (NDJSON or binary frames) to a
     /// file, to stdout, or straight to a server.
@@ -91,6 +106,8 @@ enum Command {
         /// Stream to this TCP ingest address instead, and wait for the final ack.
         #[arg(long)]
         to: Option<SocketAddr>,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Drive a running server open loop: ingest at a target rate, profile queries at
     /// a target rate; report ack latency, freshness and query latency.
@@ -111,6 +128,9 @@ enum Command {
     Snapshot {
         #[arg(long, default_value = "127.0.0.1:7401")]
         addr: SocketAddr,
+        /// A token with the admin scope, when access control is on.
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Query the server.
     Query {
@@ -118,7 +138,21 @@ enum Command {
         what: Query,
         #[arg(long, global = true, default_value = "127.0.0.1:7401")]
         addr: SocketAddr,
+        #[command(flatten)]
+        token: TokenArg,
     },
+    /// Access control helpers.
+    Auth {
+        #[command(subcommand)]
+        what: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Print the hex SHA-256 of the token read from stdin (one trailing newline is
+    /// dropped): the `sha256` of its `[[auth.tokens]]` entry.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +194,9 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(c) = args.clock {
         raw.engine.clock = c;
+    }
+    if args.insecure {
+        raw.auth.insecure = true;
     }
     Ok(raw.validate()?)
 }
@@ -336,6 +373,7 @@ fn gen(
     out: &std::path::Path,
     binary: bool,
     to: Option<SocketAddr>,
+    token: Option<&str>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let n = match to {
@@ -351,7 +389,7 @@ fn gen(
                     .last()
             });
             let mut w = std::io::BufWriter::with_capacity(1 << 20, &stream);
-            let n = shopstream_tools::gen::write_all(options, binary, &mut w)?;
+            let n = shopstream_tools::gen::write_stream(options, binary, token, &mut w)?;
             drop(w);
             stream.shutdown(std::net::Shutdown::Write)?;
             let last = acks.join().ok().flatten().unwrap_or_default();
@@ -405,12 +443,14 @@ fn main() -> anyhow::Result<()> {
             binary,
             currency,
             wait_visible,
+            token: TokenArg { token },
         } => {
             let ctx = shopstream::event::ParseContext::new(&currency);
             let report = client::send(
                 &file,
                 addr,
                 binary.then_some(&ctx),
+                token.as_deref(),
                 std::io::stderr().is_terminal(),
             )?;
             for e in &report.errors {
@@ -424,7 +464,7 @@ fn main() -> anyhow::Result<()> {
                 secs, n as f64 / secs.max(1e-9)
             );
             if let Some(http) = wait_visible {
-                let extra = client::wait_visible(http, report.ack_seq)?;
+                let extra = client::wait_visible(http, report.ack_seq, token.as_deref())?;
                 let total = secs + extra.as_secs_f64();
                 println!(
                     "visible after {total:.3} s = {:.0} events/s end to end",
@@ -438,7 +478,8 @@ fn main() -> anyhow::Result<()> {
             out,
             binary,
             to,
-        } => gen(&options, &out, binary, to),
+            token: TokenArg { token },
+        } => gen(&options, &out, binary, to, token.as_deref()),
         Command::Load { args, json } => {
             let opts = args.options(!json && std::io::stderr().is_terminal())?;
             let report = shopstream_tools::load::run(&opts)?;
@@ -492,23 +533,43 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Snapshot { addr } => {
-            let (status, body) = client::http_post(addr, "/v1/admin/snapshot")?;
+        Command::Snapshot {
+            addr,
+            token: TokenArg { token },
+        } => {
+            let (status, body) = client::http_post(addr, "/v1/admin/snapshot", token.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             if status != 201 {
                 bail!("HTTP {status}");
             }
             Ok(())
         }
+        Command::Auth {
+            what: AuthCommand::Hash,
+        } => {
+            let mut token = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+                .context("reading the token from stdin")?;
+            let token = token
+                .strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&token);
+            if token.is_empty() {
+                bail!("no token on stdin");
+            }
+            println!("{}", shopstream::auth::digest_hex(token.as_bytes()));
+            Ok(())
+        }
         Command::Query {
             what: Query::User { id, min_seq },
             addr,
+            token: TokenArg { token },
         } => {
             let path = match min_seq {
                 Some(s) => format!("/v1/users/{id}/profile?min_seq={s}"),
                 None => format!("/v1/users/{id}/profile"),
             };
-            let (status, body) = client::http_get(addr, &path)?;
+            let (status, body) = client::http_get_with(addr, &path, token.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&body)?);
             if status != 200 {
                 bail!("HTTP {status}");
