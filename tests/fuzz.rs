@@ -16,7 +16,7 @@
 //! # Running
 //! * `cargo test --test fuzz`: every corpus file as it is, then 2,000 mutated
 //!   inputs per target (seconds in a debug build).
-//! * `FUZZ_INPUTS=1000000 cargo test --release --test fuzz -- --test-threads 1`:
+//! * `FUZZ_INPUTS=1000000 cargo test --release --test fuzz fuzz_ -- --test-threads 1`:
 //!   the soak, 1M inputs per target, one target at a time; each prints its
 //!   inputs/s.
 //! * `FUZZ_SEED=S` repeats a run (the seed is printed); `FUZZ_TARGET=ndjson`
