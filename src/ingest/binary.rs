@@ -8,11 +8,15 @@
 //! `ingest.max_batch_bytes` is refused and skipped; the framing stays in step.
 //! With access control on, the first frame carries the token instead
 //! ([`encode_auth_frame`]); the listener reads it before any event frame.
+//!
+//! The framing is [`FrameDecoder`], with no I/O, so that the split of the stream
+//! into reads cannot change the answer (`tests/fuzz.rs` checks it); `read_frames`
+//! only moves bytes and batches between it and the connection.
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::connection::{read_more, submit, Origin, Pending};
+use super::connection::{read_more, submit, Decoded, Origin, Pending};
 use super::{Refusal, Validator};
 use crate::event::Event;
 use crate::runtime::Engine;
@@ -44,11 +48,8 @@ pub(crate) async fn read_frames(
     engine: &Engine,
     tx: &mpsc::Sender<Pending>,
 ) -> std::io::Result<()> {
-    let max = engine.config.max_batch_bytes;
     let mut validator = Validator::new(&engine.config);
-    let mut frame_no = 0u64;
-    // Bytes of an oversized frame still to discard.
-    let mut skip = 0usize;
+    let mut frames = FrameDecoder::new(engine.config.max_batch_bytes);
     let mut eof = false;
     // What the listener read while it sniffed the framing may hold whole frames:
     // take them before waiting for more input.
@@ -61,15 +62,54 @@ pub(crate) async fn read_frames(
             eof = true;
         }
         validator.tick();
-        let mut events = Vec::new();
-        let mut rejects = Vec::new();
+        let mut out = Decoded::default();
+        frames.frames(&mut buf, &validator, &mut out);
+        if eof {
+            frames.end(&mut buf, &mut out);
+        }
+        submit(engine, tx, out.events, out.rejects).await?;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+/// The binary framing of one connection: frame numbers, and the skipping of a
+/// frame over the limit.
+///
+/// Invariant: whatever the split of the stream into reads, every frame yields its
+/// valid events and one refusal per bad event, or one refusal for the whole frame;
+/// a length prefix is never trusted beyond `max` (an oversized frame is skipped as
+/// it arrives, never buffered), so the buffer holds at most one frame of at most
+/// `max` bytes plus what one read added.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max: usize,
+    /// Frames seen so far: the number of the last one.
+    frame_no: u64,
+    /// Bytes of an oversized frame still to discard.
+    skip: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(max: usize) -> Self {
+        FrameDecoder {
+            max,
+            frame_no: 0,
+            skip: 0,
+        }
+    }
+
+    /// Takes the complete frames at the front of `buf` (removing them from it)
+    /// into `out`.
+    pub fn frames(&mut self, buf: &mut Vec<u8>, validator: &Validator, out: &mut Decoded) {
         let mut pos = 0;
         loop {
-            if skip > 0 {
-                let n = skip.min(buf.len() - pos);
-                skip -= n;
+            if self.skip > 0 {
+                let n = self.skip.min(buf.len() - pos);
+                self.skip -= n;
                 pos += n;
-                if skip > 0 {
+                if self.skip > 0 {
                     break;
                 }
             }
@@ -77,59 +117,64 @@ pub(crate) async fn read_frames(
                 break;
             }
             let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-            if len > max {
-                frame_no += 1;
-                rejects.push((
-                    Origin::Frame(frame_no),
+            if len > self.max {
+                self.frame_no += 1;
+                out.rejects.push((
+                    Origin::Frame(self.frame_no),
                     Refusal::FrameTooLarge {
-                        frame: frame_no,
+                        frame: self.frame_no,
                         len,
-                        max,
+                        max: self.max,
                     },
                 ));
                 pos += 4;
-                skip = len;
+                self.skip = len;
                 continue;
             }
             if buf.len() - pos < 4 + len {
                 break;
             }
-            frame_no += 1;
+            self.frame_no += 1;
+            let frame = self.frame_no;
             let body = &buf[pos + 4..pos + 4 + len];
             pos += 4 + len;
             match bincode::deserialize::<Vec<Event>>(body) {
                 Ok(batch) => {
                     for (i, ev) in batch.into_iter().enumerate() {
                         match validator.check(&ev) {
-                            Ok(()) => events.push(ev),
-                            Err(r) => rejects.push((Origin::FrameEvent(frame_no, i), r)),
+                            Ok(()) => out.events.push(ev),
+                            Err(r) => out.rejects.push((Origin::FrameEvent(frame, i), r)),
                         }
                     }
                 }
-                Err(e) => rejects.push((
-                    Origin::Frame(frame_no),
+                Err(e) => out.rejects.push((
+                    Origin::Frame(frame),
                     Refusal::BadFrame {
-                        frame: frame_no,
+                        frame,
                         reason: e.to_string(),
                     },
                 )),
             }
         }
         buf.drain(..pos);
-        if eof && (!buf.is_empty() || skip > 0) {
-            // Inside an oversized frame being skipped, the frame is already counted.
-            if skip == 0 {
-                frame_no += 1;
-            }
-            rejects.push((
-                Origin::Frame(frame_no),
-                Refusal::TruncatedFrame { frame: frame_no },
-            ));
-            buf.clear();
+    }
+
+    /// At EOF, after [`FrameDecoder::frames`]: a frame left incomplete is refused.
+    pub fn end(&mut self, buf: &mut Vec<u8>, out: &mut Decoded) {
+        if buf.is_empty() && self.skip == 0 {
+            return;
         }
-        submit(engine, tx, events, rejects).await?;
-        if eof {
-            return Ok(());
+        // Inside an oversized frame being skipped, the frame is already counted.
+        if self.skip == 0 {
+            self.frame_no += 1;
         }
+        out.rejects.push((
+            Origin::Frame(self.frame_no),
+            Refusal::TruncatedFrame {
+                frame: self.frame_no,
+            },
+        ));
+        buf.clear();
+        self.skip = 0;
     }
 }

@@ -35,11 +35,19 @@ pub const MAX_REJECTS_PER_BATCH: usize = 256;
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
 /// Where a refused message was on the connection (numbers are 1-based).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Origin {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
     Line(u64),
     Frame(u64),
     FrameEvent(u64, usize),
+}
+
+/// What a framing decoder made of the bytes read so far: the valid events and the
+/// refusals, each in stream order; one batch to submit.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub events: Vec<Event>,
+    pub rejects: Vec<(Origin, Refusal)>,
 }
 
 /// One batch's answer, in the order the batches were read.

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{count_refusal, Validator};
-use crate::event::MessageType;
+use super::{count_refusal, Refusal, Validator};
+use crate::event::{Event, MessageType};
 use crate::reply::{engine_error, error};
 use crate::runtime::Engine;
 
@@ -36,22 +36,53 @@ pub async fn batch(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: 
         Ok(b) => b,
         Err(r) => return r,
     };
+    match batch_messages(&bytes) {
+        Ok(messages) => ingest(&engine, &messages, None).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("body must be {{\"batch\": [message, ...]}}: {e}"),
+        ),
+    }
+}
+
+/// The messages of a `/v1/batch` body, each as its raw JSON text (validated one by
+/// one afterwards, so one bad message does not refuse the batch); an error when the
+/// body is not an object with one `batch` array.
+pub fn batch_messages(body: &[u8]) -> Result<Vec<&[u8]>, serde_json::Error> {
     #[derive(Deserialize)]
     struct Batch<'a> {
         #[serde(borrow)]
         batch: Vec<&'a RawValue>,
     }
-    let parsed: Batch<'_> = match serde_json::from_slice(&bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body must be {{\"batch\": [message, ...]}}: {e}"),
-            )
+    // serde's derived `Deserialize` also reads a struct from a JSON array of its
+    // fields, so `[[m1, m2]]` would pass for a batch (found by tests/fuzz.rs):
+    // only an object is one.
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        return Err(serde::de::Error::custom("got a JSON array, not an object"));
+    }
+    let parsed: Batch<'_> = serde_json::from_slice(body)?;
+    Ok(parsed.batch.iter().map(|m| m.get().as_bytes()).collect())
+}
+
+/// Validates each message: the valid events, and the index and reason of each
+/// refused one. Every message is one or the other.
+pub fn validate(
+    validator: &Validator,
+    messages: &[&[u8]],
+    default: Option<MessageType>,
+) -> (Vec<Event>, Vec<(usize, Refusal)>) {
+    let mut events = Vec::with_capacity(messages.len());
+    let mut rejected = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match validator.parse(m, default) {
+            Ok(ev) => events.push(ev),
+            Err(r) => rejected.push((i, r)),
         }
-    };
-    let messages: Vec<&[u8]> = parsed.batch.iter().map(|m| m.get().as_bytes()).collect();
-    ingest(&engine, &messages, None).await
+    }
+    (events, rejected)
 }
 
 pub async fn track(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Response {
@@ -170,18 +201,14 @@ fn gunzip(bytes: &[u8], max: usize) -> Result<Bytes, Response> {
 }
 
 async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType>) -> Response {
-    let validator = Validator::new(&engine.config);
-    let mut events = Vec::with_capacity(messages.len());
-    let mut rejected = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        match validator.parse(m, default) {
-            Ok(ev) => events.push(ev),
-            Err(r) => {
-                count_refusal(&r);
-                rejected.push(json!({"index": i, "reason": r.to_string()}));
-            }
-        }
-    }
+    let (events, refused) = validate(&Validator::new(&engine.config), messages, default);
+    let rejected: Vec<_> = refused
+        .iter()
+        .map(|(i, r)| {
+            count_refusal(r);
+            json!({"index": i, "reason": r.to_string()})
+        })
+        .collect();
     let accepted = events.len();
     let ack = if events.is_empty() {
         None
@@ -206,4 +233,23 @@ async fn ingest(engine: &Engine, messages: &[&[u8]], default: Option<MessageType
         Json(json!({"success": status == StatusCode::OK, "accepted": accepted, "rejected": rejected, "seq": seq, "duplicates": duplicates})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_messages;
+
+    #[test]
+    fn a_batch_is_an_object_not_an_array_of_its_fields() {
+        let e = batch_messages(b" [[{}]]").expect_err("an array body");
+        assert!(e.to_string().contains("not an object"), "{e}");
+        assert_eq!(
+            batch_messages(b"{\"batch\": [{}, 1]}")
+                .expect("a batch")
+                .len(),
+            2
+        );
+        let e = batch_messages(b"{\"batch\": [], \"batch\": []}").expect_err("two batches");
+        assert!(e.to_string().contains("duplicate field"), "{e}");
+    }
 }

@@ -275,8 +275,14 @@ impl Rule {
     /// decimals of the reporting currency (2 for USD, 0 for JPY).
     pub fn compile(text: &str, money_scale: u32) -> Result<Rule, RuleError> {
         if text.len() > MAX_RULE_BYTES {
+            // The position is a character boundary, like every other error's
+            // (tests/fuzz.rs found this one inside a multi-byte character).
+            let mut at = MAX_RULE_BYTES;
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
             return err(
-                MAX_RULE_BYTES,
+                at,
                 format!(
                     "a rule is at most {MAX_RULE_BYTES} bytes; this one is {}",
                     text.len()
@@ -338,6 +344,8 @@ mod tests {
         assert!(error(&"x".repeat(MAX_RULE_BYTES + 1))
             .message
             .contains("at most"));
+        let long = format!("{}é", "x".repeat(MAX_RULE_BYTES - 1));
+        assert_eq!(error(&long).at, MAX_RULE_BYTES - 1);
         assert!(error("").message.contains("expected a field name"));
     }
 }
