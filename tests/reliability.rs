@@ -39,10 +39,53 @@ fn assert_same_profiles(
 
 /// A fresh in-process server that ingested exactly `messages` on one connection.
 fn fresh_server_with(messages: &[Value]) -> TestServer {
-    let server = TestServer::start();
+    fresh_server_tweaked(messages, |_| {})
+}
+
+fn fresh_server_tweaked(
+    messages: &[Value],
+    tweak: impl FnOnce(&mut shopstream::config::Config),
+) -> TestServer {
+    let server = TestServer::start_with(tweak);
     let answers = send_messages(server.tcp, messages);
     assert_eq!(answers.seq(), messages.len() as u64);
     server
+}
+
+/// Asserts that two servers hold the same memberships at `seq`: each user's
+/// segments by name, and every segment's size. (`since` is the sequence number of
+/// the record a user entered at, which depends on how events were grouped into
+/// records, so it is not compared between servers fed differently.)
+fn assert_same_segments(
+    what: &str,
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    users: &[String],
+    seq: u64,
+) {
+    let names = |addr, user: &str| {
+        let (status, body) = get_json(addr, &format!("/v1/users/{user}/segments?min_seq={seq}"));
+        assert_eq!(status, 200, "{what}: {body}");
+        body["segments"]
+            .as_array()
+            .expect("segments")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name").to_owned())
+            .collect::<Vec<_>>()
+    };
+    for u in users {
+        assert_eq!(names(a, u), names(b, u), "{what}: segments of {u}");
+    }
+    let sizes = |addr| {
+        let (_, body) = get_json(addr, &format!("/v1/segments?min_seq={seq}"));
+        body["segments"]
+            .as_array()
+            .expect("segments")
+            .iter()
+            .map(|s| (s["name"].clone(), s["size"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sizes(a), sizes(b), "{what}: segment sizes");
 }
 
 #[test]
@@ -609,9 +652,12 @@ fn stream_until_killed(addr: std::net::SocketAddr, s: &Sender) -> u64 {
 /// The fault harness (issue 9): the real server, three senders (two NDJSON, one
 /// binary) streaming at once, SIGKILL at a random moment, restart. Every
 /// acknowledged event must be there, each sender's logged events must be a
-/// prefix of what it sent, and every profile must equal a fresh server's that
-/// ingested exactly those prefixes (the oracle). 10 runs by default; `SOAK=1`
-/// runs 100 (or `SOAK_RUNS=N`); `SEED=S` repeats one run. Seeds are printed.
+/// prefix of what it sent, and every profile and every membership must equal a
+/// fresh server's that ingested exactly those prefixes (the oracle). The server
+/// writes a snapshot every 400 events, so kills land while snapshots are
+/// written too, and restarts start from one and the log after it. 10 runs by
+/// default; `SOAK=1` runs 100 (or `SOAK_RUNS=N`); `SEED=S` repeats one run.
+/// Seeds are printed.
 #[test]
 fn random_sigkills_lose_no_acknowledged_event() {
     let soak = std::env::var("SOAK").is_ok_and(|v| v == "1");
@@ -631,6 +677,17 @@ fn random_sigkills_lose_no_acknowledged_event() {
         runs
     };
     let mut lost_total = 0;
+    let mut from_snapshot = 0;
+    let settings = tempfile::tempdir().expect("temp dir");
+    let config = settings.path().join("harness.toml");
+    std::fs::write(
+        &config,
+        "[snapshot]\nevery_events = 400\nmin_interval_s = 0\n",
+    )
+    .expect("write config");
+    let args = [std::ffi::OsStr::new("--config"), config.as_os_str()];
+    let segments_file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/segments.toml");
     for run in 0..runs {
         let seed = base.wrapping_add(run);
         eprintln!("sigkill harness: run {run} seed {seed} (repeat with SEED={seed})");
@@ -659,7 +716,7 @@ fn random_sigkills_lose_no_acknowledged_event() {
             })
             .collect();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut p = ServerProcess::spawn(dir.path());
+        let mut p = ServerProcess::spawn_with(dir.path(), &args);
         // Mostly while the senders are still sending (they take ~100 ms).
         let kill_after = std::time::Duration::from_millis(next(130));
         let tcp = p.tcp;
@@ -675,8 +732,11 @@ fn random_sigkills_lose_no_acknowledged_event() {
                 .map(|h| h.join().expect("sender"))
                 .collect()
         });
-        let restarted = ServerProcess::spawn(dir.path());
+        let restarted = ServerProcess::spawn_with(dir.path(), &args);
         let s = restarted.as_of;
+        if restarted.stderr().contains("snapshot: starting from it") {
+            from_snapshot += 1;
+        }
         // Each sender's logged events: the profiles of its users say how many.
         let mut logged = Vec::new();
         for (k, sender) in senders.iter().enumerate() {
@@ -714,14 +774,12 @@ fn random_sigkills_lose_no_acknowledged_event() {
         if prefixes.is_empty() {
             assert_eq!(s, 0, "seed {seed}: nothing logged, nothing replayed");
         } else {
-            let fresh = fresh_server_with(&prefixes);
-            assert_same_profiles(
-                &format!("seed {seed}"),
-                restarted.http,
-                fresh.http,
-                &users,
-                s,
-            );
+            // The binary reads the repository's segment file; so does the oracle.
+            let fresh =
+                fresh_server_tweaked(&prefixes, |c| c.segments_file = Some(segments_file.clone()));
+            let what = format!("seed {seed}");
+            assert_same_profiles(&what, restarted.http, fresh.http, &users, s);
+            assert_same_segments(&what, restarted.http, fresh.http, &users, s);
             fresh.shutdown();
         }
         lost_total += senders.iter().map(|x| x.messages.len()).sum::<usize>() - s as usize;
@@ -730,7 +788,7 @@ fn random_sigkills_lose_no_acknowledged_event() {
             senders.iter().map(|x| x.messages.len()).collect::<Vec<_>>()
         );
     }
-    eprintln!("sigkill harness: {runs} runs, {lost_total} unacknowledged sends not logged, none acknowledged lost");
+    eprintln!("sigkill harness: {runs} runs ({from_snapshot} restarts from a snapshot), {lost_total} unacknowledged sends not logged, none acknowledged lost");
 }
 
 /// Issue 9, Segment-compatible HTTP: the RudderStack SDKs gzip their bodies by
