@@ -289,6 +289,9 @@ pub struct Config {
     pub builtin_segments: bool,
     pub lifecycle: RawLifecycle,
     pub tiers: RawTiers,
+    /// Not a setting: the tests of disk faults arm it to make log writes or fsyncs
+    /// fail (see [`crate::log::Faults`]); inert otherwise.
+    pub log_faults: std::sync::Arc<crate::log::Faults>,
 }
 
 impl RawConfig {
@@ -416,6 +419,7 @@ impl RawConfig {
             builtin_segments: g.builtins,
             lifecycle: g.lifecycle,
             tiers: g.tiers,
+            log_faults: Default::default(),
         })
     }
 }
