@@ -57,6 +57,7 @@ pub struct RawIngest {
     pub max_id_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_addr: usize,
     pub queue_depth: usize,
     pub max_future_skew_s: u64,
     pub idle_timeout_s: u64,
@@ -191,9 +192,10 @@ impl Default for RawIngest {
             max_id_bytes: crate::event::DEFAULT_MAX_ID_BYTES,
             max_batch_bytes: 500 * 1024,
             max_connections: 1024,
+            max_connections_per_addr: 64,
             queue_depth: 256,
             max_future_skew_s: 86_400,
-            idle_timeout_s: 300,
+            idle_timeout_s: 60,
         }
     }
 }
@@ -246,6 +248,8 @@ pub struct Config {
     pub max_id_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_connections: usize,
+    /// Open ingest connections from one remote IP address.
+    pub max_connections_per_addr: usize,
     pub queue_depth: usize,
     pub max_future_skew: Duration,
     pub idle_timeout: Duration,
@@ -355,6 +359,10 @@ impl RawConfig {
         positive("http.body_timeout_ms", h.body_timeout_ms)?;
         positive("http.header_timeout_ms", h.header_timeout_ms)?;
         positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
+        positive(
+            "ingest.max_connections_per_addr",
+            i.max_connections_per_addr as u64,
+        )?;
         positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
         positive("engine.clock_tick_ms", e.clock_tick_ms)?;
@@ -387,6 +395,7 @@ impl RawConfig {
             max_id_bytes: i.max_id_bytes,
             max_batch_bytes: i.max_batch_bytes,
             max_connections: i.max_connections,
+            max_connections_per_addr: i.max_connections_per_addr,
             queue_depth: i.queue_depth,
             max_future_skew: Duration::from_secs(i.max_future_skew_s),
             idle_timeout: Duration::from_secs(i.idle_timeout_s),

@@ -11,7 +11,6 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -106,21 +105,6 @@ fn messages(user: &str, n: usize) -> Vec<Value> {
             with_id(m, &format!("{user}-{i}"))
         })
         .collect()
-}
-
-/// `POST /v1/batch` over a raw socket: status and the whole answer, headers included.
-fn post_batch_raw(addr: SocketAddr, batch: &[Value]) -> (u16, String) {
-    use std::io::Write;
-    let body = serde_json::to_vec(&json!({ "batch": batch })).expect("json");
-    let mut s = TcpStream::connect(addr).expect("connect to http");
-    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    let head = format!(
-        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("send head");
-    s.write_all(&body).expect("send body");
-    http_answer(s)
 }
 
 const N: usize = 200;
