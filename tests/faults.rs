@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shopstream::log::Faults;
 use util::*;
 
@@ -92,21 +92,6 @@ fn fill(path: &Path) {
     while f.write(&[0]).is_ok_and(|n| n == 1) {}
 }
 
-/// `n` messages of `user`, with messageIds `{user}-{i}`.
-fn messages(user: &str, n: usize) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            let m = track(
-                user,
-                "Product Viewed",
-                T0 + i as i64,
-                json!({"product_id": format!("p{i}"), "price": 1.25, "note": "x".repeat(40)}),
-            );
-            with_id(m, &format!("{user}-{i}"))
-        })
-        .collect()
-}
-
 const N: usize = 200;
 
 fn ingest_survives(fault: Fault, data_dir: &Path) {
@@ -115,12 +100,12 @@ fn ingest_survives(fault: Fault, data_dir: &Path) {
     let server = TestServer::start_in(data_dir, with_faults);
     let reason = fault.reason();
 
-    let before = send_messages(server.tcp, &messages("before", N));
+    let before = send_messages(server.tcp, &numbered("before", N));
     assert!(before.errors().is_empty(), "{:?}", before.errors());
     assert_eq!(before.seq(), N as u64);
 
     fault.start(&faults);
-    let during = messages("during", N);
+    let during = numbered("during", N);
     let refused = send_messages(server.tcp, &during);
     assert!(
         refused.acks().is_empty(),
@@ -175,7 +160,7 @@ fn ingest_survives(fault: Fault, data_dir: &Path) {
         (N as u64, 0),
         "the refused events are logged on retry, not dropped as duplicates"
     );
-    let after = send_messages(server.tcp, &messages("after", N));
+    let after = send_messages(server.tcp, &numbered("after", N));
     assert!(after.errors().is_empty(), "{:?}", after.errors());
     assert_eq!(after.seq(), 3 * N as u64, "no hole in the numbering");
     let (status, health) = get_json(server.http, "/healthz");

@@ -9,23 +9,8 @@ mod util;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use util::*;
-
-/// `n` messages of `user`, messageIds `{user}-{i}`.
-fn messages(user: &str, n: usize) -> Vec<Value> {
-    (0..n)
-        .map(|i| {
-            let m = track(
-                user,
-                "Product Viewed",
-                T0 + i as i64,
-                json!({"product_id": format!("p{}", i % 50), "price": 2}),
-            );
-            with_id(m, &format!("{user}-{i}"))
-        })
-        .collect()
-}
 
 /// Over `ingest.max_connections_per_addr` from one address, a connection gets a
 /// fatal error line naming the limit; idle connections are closed after
@@ -65,7 +50,7 @@ fn one_address_cannot_take_every_slot_and_idle_connections_free_theirs() {
     // closes, so the first attempt may still find it taken): two connections at
     // once work.
     let a = TcpStream::connect(server.tcp).expect("a");
-    let b = send_when_a_slot_is_free(server.tcp, &messages("slot-b", 3));
+    let b = send_when_a_slot_is_free(server.tcp, &numbered("slot-b", 3));
     assert_eq!(b.accepted(), 3, "{:?}", b.lines);
     drop(a);
     server.shutdown();
@@ -139,14 +124,14 @@ fn overload_slows_or_refuses_senders_reads_answer_and_nothing_acknowledged_is_lo
     let tcp_senders: Vec<_> = (0..TCP_SENDERS)
         .map(|k| {
             std::thread::spawn(move || {
-                send_messages(tcp, &messages(&format!("tcp-{k}"), TCP_EVENTS))
+                send_messages(tcp, &numbered(&format!("tcp-{k}"), TCP_EVENTS))
             })
         })
         .collect();
     let http_senders: Vec<_> = (0..HTTP_SENDERS)
         .map(|k| {
             std::thread::spawn(move || {
-                let all = messages(&format!("http-{k}"), HTTP_BATCHES * HTTP_BATCH);
+                let all = numbered(&format!("http-{k}"), HTTP_BATCHES * HTTP_BATCH);
                 let mut refused = 0u64;
                 for batch in all.chunks(HTTP_BATCH) {
                     loop {

@@ -500,6 +500,20 @@ pub fn post_batch_raw(addr: SocketAddr, batch: &[Value]) -> (u16, String) {
     http_answer(s)
 }
 
+/// `n` `Product Viewed` messages of `user`, one a millisecond from [`T0`], with
+/// messageIds `{user}-{i}`.
+pub fn numbered(user: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let props = json!({"product_id": format!("p{}", i % 50), "price": 1.25});
+            with_id(
+                track(user, "Product Viewed", T0 + i as i64, props),
+                &format!("{user}-{i}"),
+            )
+        })
+        .collect()
+}
+
 /// A valid `Product Viewed` message of `user`.
 pub fn valid(user: &str) -> Value {
     track(
