@@ -57,6 +57,7 @@ pub struct RawIngest {
     pub max_id_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_addr: usize,
     pub queue_depth: usize,
     pub max_future_skew_s: u64,
     pub idle_timeout_s: u64,
@@ -268,9 +269,10 @@ impl Default for RawIngest {
             max_id_bytes: crate::event::DEFAULT_MAX_ID_BYTES,
             max_batch_bytes: 500 * 1024,
             max_connections: 1024,
+            max_connections_per_addr: 64,
             queue_depth: 256,
             max_future_skew_s: 86_400,
-            idle_timeout_s: 300,
+            idle_timeout_s: 60,
         }
     }
 }
@@ -323,6 +325,8 @@ pub struct Config {
     pub max_id_bytes: usize,
     pub max_batch_bytes: usize,
     pub max_connections: usize,
+    /// Open ingest connections from one remote IP address.
+    pub max_connections_per_addr: usize,
     pub queue_depth: usize,
     pub max_future_skew: Duration,
     pub idle_timeout: Duration,
@@ -378,6 +382,9 @@ pub struct Config {
     /// HTTP uses TLS (when `tls` is set).
     pub tls_http: bool,
     pub tls_handshake_timeout: Duration,
+    /// Not a setting: the tests of disk faults arm it to make log writes or fsyncs
+    /// fail (see [`crate::log::Faults`]); inert otherwise.
+    pub log_faults: std::sync::Arc<crate::log::Faults>,
 }
 
 impl RawConfig {
@@ -474,6 +481,10 @@ impl RawConfig {
         positive("http.body_timeout_ms", h.body_timeout_ms)?;
         positive("http.header_timeout_ms", h.header_timeout_ms)?;
         positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
+        positive(
+            "ingest.max_connections_per_addr",
+            i.max_connections_per_addr as u64,
+        )?;
         positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
         positive("engine.clock_tick_ms", e.clock_tick_ms)?;
@@ -507,6 +518,7 @@ impl RawConfig {
             max_id_bytes: i.max_id_bytes,
             max_batch_bytes: i.max_batch_bytes,
             max_connections: i.max_connections,
+            max_connections_per_addr: i.max_connections_per_addr,
             queue_depth: i.queue_depth,
             max_future_skew: Duration::from_secs(i.max_future_skew_s),
             idle_timeout: Duration::from_secs(i.idle_timeout_s),
@@ -546,6 +558,7 @@ impl RawConfig {
             tls_ingest: t.ingest,
             tls_http: t.http,
             tls_handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
+            log_faults: Default::default(),
         })
     }
 }

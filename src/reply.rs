@@ -14,7 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use shopstream_dataflows::types::Millis;
 
-use crate::runtime::{EngineError, ReadAt};
+use crate::runtime::{EngineError, ReadAt, Unavailable};
 use crate::snapshot::SnapshotError;
 
 /// A JSON error answer.
@@ -50,7 +50,11 @@ pub fn engine_error(e: EngineError) -> Response {
         body["as_of"] = json!(reached);
     }
     let mut r = (status, Json(body)).into_response();
-    if matches!(e, EngineError::Overloaded(_)) {
+    // Both pass: the queue drains, the log is retried (a full disk, say).
+    if matches!(
+        e,
+        EngineError::Overloaded(_) | EngineError::Unavailable(Unavailable::LogWrite(_))
+    ) {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

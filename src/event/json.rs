@@ -214,7 +214,8 @@ pub(super) const T_MESSAGE_ID: usize = 4;
 pub(super) const T_TIMESTAMP: usize = 5;
 pub(super) const T_PROPERTIES: usize = 6;
 pub(super) const T_TRAITS: usize = 7;
-pub(super) const TOP_KEYS: [&str; 8] = [
+pub(super) const T_CONTEXT: usize = 8;
+pub(super) const TOP_KEYS: [&str; 9] = [
     "type",
     "event",
     "userId",
@@ -223,6 +224,7 @@ pub(super) const TOP_KEYS: [&str; 8] = [
     "timestamp",
     "properties",
     "traits",
+    "context",
 ];
 
 /// The top-level fields of a message.
@@ -231,6 +233,7 @@ pub(super) struct TopFields<'de> {
     pub(super) s: [Option<Scalar<'de>>; T_PROPERTIES],
     pub(super) properties: Option<Section<'de, PropFields<'de>>>,
     pub(super) traits: Option<Traits<'de>>,
+    pub(super) context: Option<Section<'de, ContextFields<'de>>>,
     /// The first known key given more than once: such a message is refused
     /// (which `userId` or `type` did the sender mean?).
     pub(super) duplicate: Option<&'static str>,
@@ -245,6 +248,7 @@ impl<'de> Fields<'de> for TopFields<'de> {
         let seen = match key {
             T_PROPERTIES => self.properties.is_some(),
             T_TRAITS => self.traits.is_some(),
+            T_CONTEXT => self.context.is_some(),
             _ => self.s[key].is_some(),
         };
         if seen && self.duplicate.is_none() {
@@ -253,8 +257,26 @@ impl<'de> Fields<'de> for TopFields<'de> {
         match key {
             T_PROPERTIES => self.properties = Some(map.next_value::<Shaped<_>>()?.0),
             T_TRAITS => self.traits = Some(map.next_value::<Shaped<_>>()?.0),
+            T_CONTEXT => self.context = Some(map.next_value::<Shaped<_>>()?.0),
             _ => set_slot(&mut self.s, key, map)?,
         }
+        Ok(())
+    }
+}
+
+/// `context.traits`, where the RudderStack SDKs put an identify's traits (Segment
+/// puts them at the top). Kept as raw text, so a track message's context costs a
+/// skip and nothing is built unless an identify without top-level traits reads it.
+#[derive(Default)]
+pub(super) struct ContextFields<'de> {
+    pub(super) traits: Option<&'de serde_json::value::RawValue>,
+}
+
+impl<'de> Fields<'de> for ContextFields<'de> {
+    const KEYS: &'static [&'static str] = &["traits"];
+
+    fn set<A: MapAccess<'de>>(&mut self, _key: usize, map: &mut A) -> Result<(), A::Error> {
+        self.traits = Some(map.next_value()?);
         Ok(())
     }
 }

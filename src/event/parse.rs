@@ -45,7 +45,7 @@ pub fn parse_message(
         traits: Vec::new(),
     };
     match ty {
-        MessageType::Identify => event.traits = traits(top.traits)?,
+        MessageType::Identify => event.traits = identify_traits(top)?,
         MessageType::Track => read_track(&mut event, &top, ctx)?,
     }
     Ok(event)
@@ -325,12 +325,26 @@ fn timestamp(s: Option<&Scalar<'_>>, now_ms: i64) -> Result<i64, Reject> {
     }
 }
 
+/// An identify's traits: top-level `traits` (Segment's SDKs), else
+/// `context.traits` (RudderStack's SDKs send them only there); never both merged.
+fn identify_traits(top: TopFields<'_>) -> Result<Vec<(Str, String)>, Reject> {
+    let top_level = !matches!(top.traits, None | Some(Traits::Other(Scalar::Null)));
+    let in_context = match top.context {
+        Some(Section::Object(ContextFields { traits: Some(raw) })) if !top_level => raw,
+        _ => return traits("traits", top.traits),
+    };
+    // Already checked as JSON by the first pass; this builds the values.
+    let t = serde_json::from_str::<Shaped<Traits<'_>>>(in_context.get())
+        .map_err(|e| Reject::NotJson(e.to_string()))?;
+    traits("context.traits", Some(t.0))
+}
+
 /// Identify traits as (key, compact JSON), sorted by key; the last of
 /// duplicated keys wins, as in a JSON object read into a map.
-fn traits(t: Option<Traits<'_>>) -> Result<Vec<(Str, String)>, Reject> {
+fn traits(field: &str, t: Option<Traits<'_>>) -> Result<Vec<(Str, String)>, Reject> {
     let mut pairs = match t {
         None | Some(Traits::Other(Scalar::Null)) => return Ok(Vec::new()),
-        Some(Traits::Other(s)) => return Err(wrong_type("traits", "an object", &s)),
+        Some(Traits::Other(s)) => return Err(wrong_type(field, "an object", &s)),
         Some(Traits::Object(pairs)) => pairs,
     };
     pairs.sort_by(|a, b| a.0.cmp(&b.0)); // stable: duplicates keep input order
@@ -838,6 +852,29 @@ mod tests {
             ]
         );
         assert!(ok(r#"{"type":"identify","anonymousId":"a"}"#)
+            .traits
+            .is_empty());
+    }
+
+    #[test]
+    fn identify_traits_from_the_context_when_none_at_the_top() {
+        // As the RudderStack SDKs send an identify.
+        let ev = ok(
+            r#"{"type":"identify","userId":"u","context":{"library":{"name":"x"},"traits":{"plan":"pro","n":1}},"traits":null}"#,
+        );
+        let traits: Vec<(&str, &str)> = ev
+            .traits
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(traits, vec![("n", "1"), ("plan", r#""pro""#)]);
+        rejects(
+            r#"{"type":"identify","userId":"u","context":{"traits":[1]}}"#,
+            "wrong_type",
+            "context.traits: expected an object, got array",
+        );
+        // A context that is not an object carries no traits.
+        assert!(ok(r#"{"type":"identify","userId":"u","context":"x"}"#)
             .traits
             .is_empty());
     }

@@ -10,11 +10,13 @@
 //! refused one is answered with a fatal error line and the connection is closed
 //! before anything else of it is read, so nothing it sent is logged.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::connection::{fail, read_more, write_answers, Pending, IN_FLIGHT, READ_CHUNK};
@@ -22,10 +24,59 @@ use super::{binary, ndjson};
 use crate::auth::{token_from_first_line, Scope};
 use crate::runtime::Engine;
 
+/// Open connections per remote address, so that one sender (or one misbehaving
+/// host's idle or half-open sockets) cannot take every `ingest.max_connections` slot.
+#[derive(Clone, Default)]
+struct PerAddr(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in [`PerAddr`], given back when dropped.
+struct AddrSlot {
+    map: PerAddr,
+    ip: IpAddr,
+}
+
+impl PerAddr {
+    fn take(&self, ip: IpAddr, max: usize) -> Option<AddrSlot> {
+        let mut m = self.0.lock().expect("poisoned");
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddrSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.0.lock().expect("poisoned");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Refuses a connection with one fatal error line naming the limit.
+fn refuse(mut socket: TcpStream, reason: String) {
+    metrics::counter!("shopstream_connections_refused_total").increment(1);
+    tokio::spawn(async move {
+        let line = format!("{}\n", serde_json::json!({"error": reason, "fatal": true}));
+        let _ = socket.write_all(line.as_bytes()).await;
+        let _ = socket.shutdown().await;
+    });
+}
+
 /// Accepts connections until `shutdown` fires. Beyond `ingest.max_connections` open
-/// at once, a new connection is answered with one error line and closed. With
-/// `tls`, each connection completes a handshake within the given time (holding
-/// its connection slot meanwhile), or is dropped.
+/// at once, or `ingest.max_connections_per_addr` from one address, a new connection
+/// is answered with one error line and closed. With `tls`, each connection
+/// completes a handshake within the given time (holding its connection slot
+/// meanwhile), or is dropped.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
@@ -33,9 +84,11 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let max = engine.config.max_connections;
+    let per_addr_max = engine.config.max_connections_per_addr;
+    let per_addr = PerAddr::default();
     let permits = Arc::new(Semaphore::new(max));
     loop {
-        let (mut socket, peer) = tokio::select! {
+        let (socket, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -45,16 +98,16 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        let Some(slot) = per_addr.take(peer.ip(), per_addr_max) else {
+            let ip = peer.ip();
+            refuse(socket, format!("too many connections from {ip} (ingest.max_connections_per_addr = {per_addr_max})"));
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("shopstream_connections_refused_total").increment(1);
-            tokio::spawn(async move {
-                let line = format!(
-                    "{}\n",
-                    serde_json::json!({"error": format!("too many connections (ingest.max_connections = {max})"), "fatal": true})
-                );
-                let _ = socket.write_all(line.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
+            refuse(
+                socket,
+                format!("too many connections (ingest.max_connections = {max})"),
+            );
             continue;
         };
         let (engine, tls) = (engine.clone(), tls.clone());
@@ -79,6 +132,7 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
+            drop(slot);
         });
     }
 }

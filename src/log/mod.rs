@@ -120,6 +120,7 @@
 //! Only one writer may use a directory at a time; nothing here locks it.
 
 mod damage;
+mod fault;
 mod file;
 mod writer;
 
@@ -133,6 +134,7 @@ use std::time::Duration;
 
 pub use damage::{check, salvage, Damage, FileReport, Found, Gap, Report, Salvaged};
 pub use damage::{GAPS_FILE, QUARANTINE_DIR};
+pub use fault::Faults;
 use file::{io_err, read_full, RECORD_MAGIC};
 pub use file::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
 pub use writer::LogWriter;

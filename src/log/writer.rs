@@ -3,8 +3,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fault::Faults;
 use super::file::{self, encode_record, io_err, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use super::{FsyncPolicy, LogConfig, LogError, RecordHeader};
 
@@ -23,14 +25,36 @@ struct Split {
     seq: u64,
 }
 
+/// The end of the last successful [`LogWriter::commit`]: the log is trusted up to
+/// here, and [`LogWriter::recover`] cuts it back to here.
+#[derive(Clone, Debug)]
+struct Committed {
+    path: PathBuf,
+    /// The file's length up to the end of the last committed record.
+    len: u64,
+    epoch: u64,
+    seq: u64,
+}
+
 /// Appends records to the log. Obtained from [`super::open`].
 ///
 /// Records are encoded into an in-memory buffer by [`append`](Self::append)
 /// and written and synced by [`commit`](Self::commit) (one `fdatasync` per
 /// commit, however many records it holds). After an I/O error the writer
-/// refuses further work ([`LogError::Poisoned`]): after a failed write or
-/// fsync the state of the file is unknown, and reopening the log (which runs
-/// recovery) is the only safe way on.
+/// refuses further work ([`LogError::Poisoned`]) until [`recover`](Self::recover)
+/// cuts the log back to the end of the last successful commit: after a failed
+/// write or fsync the state of what followed it is unknown.
+///
+/// A failed **write** (a full disk) leaves earlier writes sound: recovery is
+/// always possible. A failed **fsync** is another matter: Linux reports a
+/// writeback error once and may then drop the dirty pages and mark them clean
+/// (PostgreSQL's "fsyncgate"), so a retried fsync can succeed over lost data.
+/// Under `fsync = "always"` the only pages not yet synced belong to the failed
+/// commit, which nobody was told is durable: cutting them off (truncate, then
+/// fsync) is safe. Under `interval` and `never` earlier, already acknowledged
+/// records may be among them: the writer then stays poisoned
+/// ([`recoverable`](Self::recoverable) is false), and only a restart, which
+/// replays what the disk really holds, goes on.
 #[derive(Debug)]
 pub struct LogWriter {
     dir: PathBuf,
@@ -58,6 +82,10 @@ pub struct LogWriter {
     /// Fsync time accumulated since the last `commit`/`sync` returned.
     fsync_time: Duration,
     poisoned: bool,
+    /// False after an fsync failure that may have lost acknowledged records.
+    recoverable: bool,
+    committed: Committed,
+    faults: Arc<Faults>,
 }
 
 impl LogWriter {
@@ -71,6 +99,12 @@ impl LogWriter {
         next_epoch: u64,
         next_seq: u64,
     ) -> Self {
+        let committed = Committed {
+            path: path.clone(),
+            len,
+            epoch: next_epoch,
+            seq: next_seq,
+        };
         LogWriter {
             dir: cfg.dir.clone(),
             file_bytes: cfg.file_bytes,
@@ -89,7 +123,76 @@ impl LogWriter {
             last_sync: Instant::now(),
             fsync_time: Duration::ZERO,
             poisoned: false,
+            recoverable: true,
+            committed,
+            faults: Arc::default(),
         }
+    }
+
+    /// Makes writes or fsyncs fail on demand (tests of disk faults).
+    pub fn set_faults(&mut self, faults: Arc<Faults>) {
+        self.faults = faults;
+    }
+
+    /// Whether [`recover`](Self::recover) may be tried after a failure: false once
+    /// an fsync failed under a policy that acknowledges before syncing.
+    pub fn recoverable(&self) -> bool {
+        self.recoverable
+    }
+
+    /// After a failed write or fsync: cuts the log back to the end of the last
+    /// successful commit (log files begun since are removed, the tail file is
+    /// truncated and fsynced, and so is the directory) and makes the writer usable
+    /// again, expecting the record after that commit. What was appended since is
+    /// gone; nothing of it was reported committed. Fails (and may be tried again)
+    /// while the disk still fails; refused when not [`recoverable`](Self::recoverable).
+    pub fn recover(&mut self) -> Result<(), LogError> {
+        if !self.recoverable {
+            return Err(LogError::Poisoned);
+        }
+        let c = self.committed.clone();
+        let first_epoch = |p: &Path| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(file::parse_file_name)
+        };
+        let keep = first_epoch(&c.path);
+        for f in file::list_files(&self.dir)? {
+            if keep.is_some_and(|k| f.epoch > k) {
+                std::fs::remove_file(&f.path).map_err(io_err("remove log file", &f.path))?;
+            }
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&c.path)
+            .map_err(io_err("reopen log file", &c.path))?;
+        file.set_len(c.len)
+            .map_err(io_err("truncate log file", &c.path))?;
+        if let Some(source) = self.faults.sync_error() {
+            return Err(LogError::Io {
+                op: "fsync log file",
+                path: c.path,
+                source,
+            });
+        }
+        file.sync_all().map_err(io_err("fsync log file", &c.path))?;
+        file::sync_dir(&self.dir)?;
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::End(0))
+            .map_err(io_err("seek log file", &c.path))?;
+        self.file = file;
+        self.path = c.path;
+        self.tail_len = c.len;
+        self.buf.clear();
+        self.splits.clear();
+        self.next_epoch = c.epoch;
+        self.next_seq = c.seq;
+        self.written = (c.epoch, c.seq);
+        self.durable = (c.epoch, c.seq);
+        self.dirty = false;
+        self.poisoned = false;
+        tracing::info!(path = %self.path.display(), len = c.len, next_seq = c.seq, "log: cut back to the last commit after a failure");
+        Ok(())
     }
 
     /// Appends one record to the write buffer; no system call unless the
@@ -161,7 +264,17 @@ impl LogWriter {
         if sync {
             self.sync_tail()?;
         }
+        self.mark_committed();
         Ok(std::mem::take(&mut self.fsync_time))
+    }
+
+    fn mark_committed(&mut self) {
+        self.committed = Committed {
+            path: self.path.clone(),
+            len: self.tail_len,
+            epoch: self.next_epoch,
+            seq: self.next_seq,
+        };
     }
 
     /// Writes and fdatasyncs everything appended so far, whatever the policy
@@ -173,6 +286,7 @@ impl LogWriter {
         }
         self.write_out()?;
         self.sync_tail()?;
+        self.mark_committed();
         Ok(std::mem::take(&mut self.fsync_time))
     }
 
@@ -249,10 +363,20 @@ impl LogWriter {
 
     fn write_file(&mut self, data: &[u8]) -> Result<(), LogError> {
         if !data.is_empty() {
+            if let Some(source) = self.faults.write_error() {
+                // As a disk that fills up mid-write: part lands, then the error.
+                self.dirty = true;
+                let _ = self.file.write_all(&data[..data.len() / 2]);
+                return Err(LogError::Io {
+                    op: "write",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            self.dirty = true;
             self.file
                 .write_all(data)
                 .map_err(io_err("write", &self.path))?;
-            self.dirty = true;
         }
         Ok(())
     }
@@ -260,12 +384,7 @@ impl LogWriter {
     /// Closes the tail file durably and starts a new one at (`epoch`, `seq`).
     fn rotate(&mut self, epoch: u64, seq: u64) -> Result<(), LogError> {
         if self.dirty {
-            let started = Instant::now();
-            self.file
-                .sync_data()
-                .map_err(io_err("fsync log file", &self.path))?;
-            self.fsync_time += started.elapsed();
-            self.dirty = false;
+            self.sync_data()?;
         }
         self.durable = (epoch, seq);
         let (file, path, fsync_time) = file::create_file(&self.dir, epoch, seq)?;
@@ -279,20 +398,34 @@ impl LogWriter {
     /// Fdatasyncs the tail file (everything written is then durable).
     fn sync_tail(&mut self) -> Result<(), LogError> {
         if self.dirty {
-            let started = Instant::now();
-            if let Err(source) = self.file.sync_data() {
-                self.poisoned = true;
-                return Err(LogError::Io {
-                    op: "fsync log file",
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-            self.fsync_time += started.elapsed();
+            self.sync_data()?;
             self.last_sync = Instant::now();
-            self.dirty = false;
         }
         self.durable = self.written;
+        Ok(())
+    }
+
+    /// Fdatasyncs the current file. A failure poisons the writer, and under a
+    /// policy that acknowledges before syncing, for good (see the type's docs).
+    fn sync_data(&mut self) -> Result<(), LogError> {
+        let started = Instant::now();
+        let result = match self.faults.sync_error() {
+            Some(e) => Err(e),
+            None => self.file.sync_data(),
+        };
+        if let Err(source) = result {
+            self.poisoned = true;
+            if self.fsync != FsyncPolicy::Always {
+                self.recoverable = false;
+            }
+            return Err(LogError::Io {
+                op: "fsync log file",
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.fsync_time += started.elapsed();
+        self.dirty = false;
         Ok(())
     }
 }

@@ -317,6 +317,12 @@ impl Engine {
         self.shared.healthy.load(Ordering::Relaxed) && !self.worker_failed()
     }
 
+    /// Why log writes are failing while they are retried (a full disk, say);
+    /// `None` when they work.
+    pub fn log_fault(&self) -> Option<String> {
+        self.shared.log_fault.lock().expect("poisoned").clone()
+    }
+
     /// Whether a dataflow worker has failed.
     pub fn worker_failed(&self) -> bool {
         self.shared.worker_failed.load(Ordering::Relaxed)

@@ -55,7 +55,9 @@ pub enum Unavailable {
     LogFailed,
     #[error("the log is not writable after an earlier failure")]
     LogNotWritable,
-    #[error("{0}")]
+    /// A write or fsync failed; nothing of the batch was acknowledged, and the
+    /// sequencer retries (the client should too).
+    #[error("log write failed, nothing of this batch was logged (retry later): {0}")]
     LogWrite(#[source] Arc<LogError>),
     #[error("a dataflow worker failed; see the server log")]
     WorkerFailed,

@@ -8,6 +8,16 @@
 //!
 //! On start it replays the log through the same hand-off, rebuilding the
 //! deduplication horizon, so a restart reaches the same answers.
+//!
+//! A failed log write or fsync (a full disk, an I/O error) is never acknowledged:
+//! every submission of that group is answered with the error, its message ids
+//! leave the deduplication horizon (a retry is logged, not dropped as a
+//! duplicate), and the log is cut back to the last commit. The sequencer then
+//! retries with a backoff (100 ms doubling to 5 s; submissions in between are
+//! refused at once with the same reason), so ingest resumes by itself once the
+//! disk has room again. `/healthz` says "degraded" with the reason meanwhile.
+//! When cutting back is not safe (an fsync failure under `fsync = "interval"` or
+//! `"never"`: see [`LogWriter`]) the log stays failed until a restart.
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
@@ -140,7 +150,30 @@ impl Dedup {
         }
         Ok(())
     }
+
+    /// Forgets `ids`, the newest inserted (in insertion order), when their record
+    /// could not be logged. Ids they pushed out of the horizon stay out.
+    fn forget_newest(&mut self, ids: &[u64]) {
+        for id in ids.iter().rev() {
+            if self.order.back() == Some(id) {
+                self.order.pop_back();
+                self.seen.remove(id);
+            }
+        }
+    }
 }
+
+/// A log failure the sequencer is retrying after.
+struct Fault {
+    error: Arc<LogError>,
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+/// The first wait after a log failure before writing again; it doubles up to
+/// [`MAX_BACKOFF`] while the log keeps failing.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 fn now_ms() -> Millis {
     SystemTime::now()
@@ -152,6 +185,8 @@ struct Sequencer {
     config: Config,
     shared: Arc<Shared>,
     writer: Option<LogWriter>,
+    /// Set while writes fail and are being retried.
+    fault: Option<Fault>,
     workers: Vec<flume::Sender<Feed>>,
     dedup: Dedup,
     next_epoch: u64,
@@ -214,6 +249,13 @@ impl Sequencer {
     /// Submissions stay the chunks they arrived as (events are never moved one by
     /// one); only a submission holding duplicates is filtered, in place.
     fn commit(&mut self, group: Vec<Submit>) {
+        if let Err(e) = self.writable() {
+            for s in group {
+                let _ = s.reply.send(Err(e.clone().into()));
+            }
+            return;
+        }
+        let mut inserted = Vec::new();
         let mut chunks = Vec::with_capacity(group.len());
         let mut acks = Vec::with_capacity(group.len());
         let mut controls = Vec::new();
@@ -235,6 +277,7 @@ impl Sequencer {
                         keep[i] = false;
                         continue;
                     }
+                    inserted.push(id);
                 }
                 n += 1;
                 ack.logged += 1;
@@ -252,6 +295,10 @@ impl Sequencer {
         let events = chunks;
         match self.write(events, controls) {
             Ok(epoch) => {
+                if self.fault.take().is_some() {
+                    tracing::info!("log writes succeed again; ingest resumed");
+                    *self.shared.log_fault.lock().expect("poisoned") = None;
+                }
                 let dups: usize = acks.iter().map(|(_, a)| a.duplicates.len()).sum();
                 metrics::counter!("shopstream_events_duplicate_total").increment(dups as u64);
                 for (reply, mut ack) in acks {
@@ -263,13 +310,64 @@ impl Sequencer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "log write failed; refusing further events");
-                self.shared.healthy.store(false, Ordering::SeqCst);
-                self.writer = None;
+                self.dedup.forget_newest(&inserted);
                 let e = Arc::new(e);
+                self.failed(e.clone());
                 for (reply, _) in acks {
                     let _ = reply.send(Err(Unavailable::LogWrite(e.clone()).into()));
                 }
+            }
+        }
+    }
+
+    /// Records a log failure: retried after a backoff when the writer can be cut
+    /// back to its last commit, else the log is failed for good.
+    fn failed(&mut self, e: Arc<LogError>) {
+        if !self.writer.as_ref().is_some_and(LogWriter::recoverable) {
+            self.shared.healthy.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, "log failed and cannot be cut back safely; refusing further events until a restart");
+            self.writer = None;
+            self.fault = None;
+            *self.shared.log_fault.lock().expect("poisoned") = None;
+            return;
+        }
+        let backoff = self
+            .fault
+            .as_ref()
+            .map_or(FIRST_BACKOFF, |f| (f.backoff * 2).min(MAX_BACKOFF));
+        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "log write failed; nothing of it acknowledged, retrying");
+        *self.shared.log_fault.lock().expect("poisoned") = Some(e.to_string());
+        self.fault = Some(Fault {
+            error: e,
+            backoff,
+            retry_at: Instant::now() + backoff,
+        });
+    }
+
+    /// Whether a record may be written now: the log is there, and after a failure
+    /// the backoff is over and the log was cut back to its last commit.
+    fn writable(&mut self) -> Result<(), Unavailable> {
+        if self.writer.is_none() {
+            return Err(Unavailable::LogNotWritable);
+        }
+        let Some(fault) = &self.fault else {
+            return Ok(());
+        };
+        if Instant::now() < fault.retry_at {
+            return Err(Unavailable::LogWrite(fault.error.clone()));
+        }
+        let recovered = self
+            .writer
+            .as_mut()
+            .map_or(Err(LogError::Poisoned), LogWriter::recover);
+        match recovered {
+            // The views never saw the failed records: the sequencer's own
+            // numbering did not move, and now matches the log's again.
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = Arc::new(e);
+                self.failed(e.clone());
+                Err(Unavailable::LogWrite(e))
             }
         }
     }
@@ -286,11 +384,9 @@ impl Sequencer {
                     Ok(d) => {
                         metrics::histogram!("shopstream_log_fsync_seconds").record(d.as_secs_f64())
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "log sync failed; refusing further events");
-                        self.shared.healthy.store(false, Ordering::SeqCst);
-                        self.writer = None;
-                    }
+                    // Under this policy a failed fsync is never cut back (see
+                    // `LogWriter`): the log fails until a restart.
+                    Err(e) => self.failed(Arc::new(e)),
                 }
             }
         }
@@ -309,7 +405,6 @@ impl Sequencer {
         if count == 0 && self.clock == before && controls.is_empty() {
             return Ok(None);
         }
-        let writer = self.writer.as_mut().ok_or(LogError::Poisoned)?;
         let header = RecordHeader {
             epoch: self.next_epoch,
             first_seq: self.next_seq,
@@ -317,8 +412,18 @@ impl Sequencer {
             clock_ms: self.clock,
         };
         encode_payload(&chunks, count, &controls, &mut self.payload);
-        writer.append(&header, &self.payload)?;
-        let synced = writer.commit()?;
+        let writer = self.writer.as_mut().ok_or(LogError::Poisoned)?;
+        let committed = writer
+            .append(&header, &self.payload)
+            .and_then(|()| writer.commit());
+        let synced = match committed {
+            Ok(synced) => synced,
+            Err(e) => {
+                // Not logged: the clock did not move either.
+                self.clock = before;
+                return Err(e);
+            }
+        };
         if !synced.is_zero() {
             metrics::histogram!("shopstream_log_fsync_seconds").record(synced.as_secs_f64());
         }
@@ -400,6 +505,7 @@ pub(super) fn run(
         config,
         shared,
         writer: None,
+        fault: None,
         workers,
         next_epoch: 0,
         next_seq: 1,
@@ -455,6 +561,8 @@ impl Sequencer {
         self.shared
             .logged_seq
             .store(recovery.next_seq.saturating_sub(1), Ordering::Relaxed);
+        let mut writer = writer;
+        writer.set_faults(self.config.log_faults.clone());
         self.writer = Some(writer);
         self.last_snapshot = (self.next_seq, Instant::now());
         Ok(recovery)
@@ -623,13 +731,7 @@ impl Sequencer {
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
             let (group, snapshot) = self.gather(first, submissions);
-            if self.writer.is_none() {
-                for s in group {
-                    let _ = s.reply.send(Err(Unavailable::LogNotWritable.into()));
-                }
-            } else {
-                self.commit(group);
-            }
+            self.commit(group);
             // A snapshot asked for during the group follows it.
             if let Some(reply) = snapshot {
                 self.snapshot(Some(reply));

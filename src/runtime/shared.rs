@@ -31,8 +31,10 @@ pub(crate) struct Shared {
     /// Last sequence number written to the log.
     pub(crate) logged_seq: AtomicU64,
     pub(crate) shutdown: AtomicBool,
-    /// False once the log failed: no more events are accepted.
+    /// False once the log failed for good: no more events are accepted.
     pub(crate) healthy: AtomicBool,
+    /// Why log writes fail while the sequencer retries them (`None`: they work).
+    pub(crate) log_fault: Mutex<Option<String>>,
     /// Set when a worker thread panicked: the views stop advancing, so no more
     /// events are accepted, reads answer "unavailable", and shutdown does not wait
     /// for epochs that can no longer complete.
@@ -60,6 +62,7 @@ impl Shared {
             logged_seq: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
+            log_fault: Mutex::new(None),
             worker_failed: AtomicBool::new(false),
         }
     }

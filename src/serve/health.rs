@@ -50,20 +50,23 @@ async fn metrics_text(State(_engine): State<Arc<Engine>>) -> Response {
 async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
     let r = engine.readable();
     let healthy = engine.healthy();
-    let status = if healthy {
+    let fault = engine.log_fault();
+    let status = if healthy && fault.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({
-            "status": if healthy { "ok" } else if engine.worker_failed() { "worker_failed" } else { "log_failed" },
-            "as_of": r.seq,
-            "logged_seq": engine.logged_seq(),
-            "clock": rfc3339(r.clock),
-            "workers": engine.config.workers,
-        })),
-    )
-        .into_response()
+    let mut body = json!({
+        "status": if !healthy { if engine.worker_failed() { "worker_failed" } else { "log_failed" } }
+            else if fault.is_some() { "degraded" } else { "ok" },
+        "as_of": r.seq,
+        "logged_seq": engine.logged_seq(),
+        "clock": rfc3339(r.clock),
+        "workers": engine.config.workers,
+    });
+    // Log writes failing and retried: reads work, ingest is refused meanwhile.
+    if let Some(reason) = fault {
+        body["reason"] = json!(reason);
+    }
+    (status, Json(body)).into_response()
 }

@@ -486,6 +486,34 @@ pub fn http_answer(mut stream: TcpStream) -> (u16, String) {
     (status, text)
 }
 
+/// `POST /v1/batch` over a raw socket: status and the whole answer, headers included.
+pub fn post_batch_raw(addr: SocketAddr, batch: &[Value]) -> (u16, String) {
+    let body = serde_json::to_vec(&json!({ "batch": batch })).expect("json");
+    let mut s = TcpStream::connect(addr).expect("connect to http");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(&body).expect("send body");
+    http_answer(s)
+}
+
+/// `n` `Product Viewed` messages of `user`, one a millisecond from [`T0`], with
+/// messageIds `{user}-{i}`.
+pub fn numbered(user: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let props = json!({"product_id": format!("p{}", i % 50), "price": 1.25});
+            with_id(
+                track(user, "Product Viewed", T0 + i as i64, props),
+                &format!("{user}-{i}"),
+            )
+        })
+        .collect()
+}
+
 /// A valid `Product Viewed` message of `user`.
 pub fn valid(user: &str) -> Value {
     track(
