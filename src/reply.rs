@@ -4,7 +4,9 @@
 //!
 //! Unknown ids are 404, bad parameters 400, a `min_seq` the views do not reach in
 //! time 504, a past point no longer kept 410, overload 503 with `Retry-After`;
-//! every error is a JSON object `{"error": "..."}`.
+//! every error is a JSON object `{"error": "...", "code": "...", "message": "..."}`
+//! (`code` and `message` are what the Segment and RudderStack SDKs read from a
+//! failed request: without them they report a `KeyError` instead of the reason).
 
 use std::collections::HashMap;
 
@@ -19,7 +21,18 @@ use crate::snapshot::SnapshotError;
 
 /// A JSON error answer.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+    (status, Json(error_body(status, message.into()))).into_response()
+}
+
+/// `{"error": message, "code": "bad_request", "message": message}`: the code is
+/// the status's reason in snake case.
+fn error_body(status: StatusCode, message: String) -> Value {
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace([' ', '-'], "_");
+    json!({"error": message, "code": code, "message": message})
 }
 
 /// The HTTP status of an engine error: the one place this is decided.
@@ -45,7 +58,7 @@ pub fn status_of(e: &EngineError) -> StatusCode {
 /// overload asks the client to retry).
 pub fn engine_error(e: EngineError) -> Response {
     let status = status_of(&e);
-    let mut body = json!({"error": e.to_string()});
+    let mut body = error_body(status, e.to_string());
     if let EngineError::Timeout { reached, .. } = e {
         body["as_of"] = json!(reached);
     }
