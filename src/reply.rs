@@ -43,6 +43,9 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         EngineError::AsOfBeforeDefinition { .. } => StatusCode::NOT_FOUND,
         EngineError::Definition(_) => StatusCode::BAD_REQUEST,
         EngineError::Snapshot(SnapshotError::Busy | SnapshotError::Empty) => StatusCode::CONFLICT,
+        EngineError::Snapshot(SnapshotError::LogFailed | SnapshotError::WorkerGone) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         EngineError::Snapshot(_) => StatusCode::INTERNAL_SERVER_ERROR,
         EngineError::Overloaded(_)
         | EngineError::Unavailable(_)

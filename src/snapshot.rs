@@ -125,8 +125,9 @@ pub enum SnapshotError {
         log_ends: Option<Time>,
         snapshot: Time,
     },
-    /// The log is not writable after a failure: nothing new can be made durable.
-    #[error("the log failed earlier; no snapshot is taken")]
+    /// The log failed (or is being retried after a failure): a snapshot waits
+    /// until it is sound.
+    #[error("the log is failing (see /healthz); no snapshot is taken until it writes again")]
     LogFailed,
     /// A worker went away while saving.
     #[error("a worker stopped while the snapshot was taken")]

@@ -5,9 +5,10 @@
 //!
 //! The SDKs live in a virtual environment under Cargo's test temp directory, made
 //! on the first run from the pinned `tests/sdk/requirements.txt` and reused after.
-//! Without python3 (with venv) or without PyPI the tests fail and say why;
-//! `SHOPSTREAM_SKIP_SDK_TESTS=1` skips them explicitly (`.ci/run` installs
-//! Debian's python3-venv when it is missing).
+//! On a fresh Debian machine without python3's venv the set-up installs Debian's
+//! `python3-venv` (as root, or with passwordless sudo), so that the README's test
+//! command needs nothing installed by hand. Without that or without PyPI the tests
+//! fail and say why; `SHOPSTREAM_SKIP_SDK_TESTS=1` skips them explicitly.
 
 mod util;
 
@@ -102,8 +103,53 @@ fn make_venv() -> Result<PathBuf, String> {
     Ok(python)
 }
 
+/// Whether `python3` can make a venv with pip in it.
+fn has_venv() -> bool {
+    Command::new("python3")
+        .args(["-c", "import venv, ensurepip"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs Debian's python3 and python3-venv when `python3` cannot make a venv.
+fn ensure_venv() -> Result<(), String> {
+    if has_venv() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    eprintln!("sdk tests: python3 cannot make a venv; installing Debian's python3-venv");
+    run(apt(&["update", "-q"]), "apt-get update", INSTALL_TIMEOUT)?;
+    run(
+        apt(&["install", "-y", "-q", "python3", "python3-venv"]),
+        "apt-get install python3-venv",
+        INSTALL_TIMEOUT,
+    )?;
+    if has_venv() {
+        Ok(())
+    } else {
+        Err("python3-venv was installed, and python3 still cannot make a venv".into())
+    }
+}
+
 /// A venv in `dir` with the pinned SDKs.
 fn install(dir: &Path) -> Result<(), String> {
+    ensure_venv()?;
     let mut venv = Command::new("python3");
     venv.args(["-m", "venv"]).arg(dir);
     run(venv, "python3 -m venv", INSTALL_TIMEOUT)?;

@@ -634,13 +634,13 @@ impl Sequencer {
         if let Some(w) = self.writer.as_mut() {
             if w.durable_next_epoch() < w.next_epoch() {
                 if let Err(e) = w.sync() {
-                    tracing::error!(error = %e, "log sync failed; refusing further events");
-                    self.shared.healthy.store(false, Ordering::SeqCst);
-                    self.writer = None;
+                    self.failed(Arc::new(e));
                 }
             }
         }
-        if self.writer.is_none() {
+        // A failing log (or one being retried) may not hold what was acknowledged
+        // as durable: no snapshot of it.
+        if self.writer.is_none() || self.fault.is_some() {
             self.snapshot_busy.store(false, Ordering::SeqCst);
             return refuse(reply, SnapshotError::LogFailed);
         }
