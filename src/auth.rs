@@ -139,9 +139,20 @@ impl Auth {
                 return Err(format!("{at}: name must not be empty"));
             }
             let mut digest = [0u8; 32];
-            hex::decode_to_slice(t.sha256.trim(), &mut digest).map_err(|e| {
-                format!("{at}: sha256 must be the 64 hex digits of a SHA-256 digest ({e})")
+            // The error does not echo what was given: a raw token pasted by
+            // mistake would otherwise appear in logs.
+            hex::decode_to_slice(t.sha256.trim(), &mut digest).map_err(|_| {
+                format!(
+                    "{at}: sha256 must be the 64 hex digits of a SHA-256 digest (it has {} characters)",
+                    t.sha256.trim().len()
+                )
             })?;
+            if digest == <[u8; 32]>::from(Sha256::digest(b"")) {
+                return Err(format!(
+                    "{at}: sha256 is the digest of the empty token (was the token's variable \
+                     unset when it was hashed?); anyone could present it"
+                ));
+            }
             if t.scopes.is_empty() {
                 return Err(format!(
                     "{at}: scopes is empty; give one or more of ingest, query, admin"
@@ -202,9 +213,9 @@ impl Auth {
 
     /// Checks presented credentials (`None`: none sent) for `scope`.
     pub fn check(&self, presented: Option<&[u8]>, scope: Scope) -> Result<&Token, Denied> {
-        let token = self
-            .identify(presented.ok_or(Denied::Missing)?)
-            .ok_or(Denied::Unknown)?;
+        // An empty token (`Basic Og==`, `{"auth": ""}`) is no token.
+        let presented = presented.filter(|p| !p.is_empty()).ok_or(Denied::Missing)?;
+        let token = self.identify(presented).ok_or(Denied::Unknown)?;
         if token.scopes.allows(scope) {
             Ok(token)
         } else {

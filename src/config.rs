@@ -61,6 +61,7 @@ pub struct RawIngest {
     pub queue_depth: usize,
     pub max_future_skew_s: u64,
     pub idle_timeout_s: u64,
+    pub auth_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -73,6 +74,7 @@ pub struct RawHttp {
     pub max_concurrent_ingest: usize,
     pub body_timeout_ms: u64,
     pub header_timeout_ms: u64,
+    pub max_connections: usize,
     pub as_of_history: usize,
 }
 
@@ -98,6 +100,7 @@ pub struct RawEngine {
     pub clock_tick_ms: u64,
     pub dedup_horizon: usize,
     pub order_horizon: usize,
+    pub max_queued_events: usize,
     pub reporting_currency: String,
     pub currency_rates: HashMap<String, f64>,
 }
@@ -273,6 +276,7 @@ impl Default for RawIngest {
             queue_depth: 256,
             max_future_skew_s: 86_400,
             idle_timeout_s: 60,
+            auth_timeout_ms: 10_000,
         }
     }
 }
@@ -286,6 +290,7 @@ impl Default for RawHttp {
             max_concurrent_ingest: 512,
             body_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
+            max_connections: 4_096,
             as_of_history: 0,
         }
     }
@@ -309,6 +314,7 @@ impl Default for RawEngine {
             clock_tick_ms: 1_000,
             dedup_horizon: 1_000_000,
             order_horizon: 1_000_000,
+            max_queued_events: 1_000_000,
             reporting_currency: "USD".into(),
             currency_rates: HashMap::new(),
         }
@@ -330,6 +336,9 @@ pub struct Config {
     pub queue_depth: usize,
     pub max_future_skew: Duration,
     pub idle_timeout: Duration,
+    /// With access control on, how long a TCP connection has to send its framing
+    /// and its auth line, altogether.
+    pub auth_timeout: Duration,
     pub min_seq_timeout: Duration,
     pub max_pending_reads: usize,
     /// HTTP requests other than ingest being handled at once (`/healthz` and
@@ -343,6 +352,8 @@ pub struct Config {
     /// How long an HTTP connection may take to send a request head (then it is
     /// closed).
     pub header_timeout: Duration,
+    /// HTTP connections open at once, at most.
+    pub max_http_connections: usize,
     /// Readable points kept for `as_of` reads (0: only the newest).
     pub as_of_history: usize,
     pub data_dir: PathBuf,
@@ -356,6 +367,8 @@ pub struct Config {
     pub clock_tick: Duration,
     pub dedup_horizon: usize,
     pub order_horizon: usize,
+    /// Events handed to the workers and not yet fed by all of them, at most.
+    pub max_queued_events: usize,
     pub reporting_currency: String,
     pub currency_rates: HashMap<String, f64>,
     /// A TOML file of segment definitions to apply at start: `segments.file`,
@@ -480,7 +493,9 @@ impl RawConfig {
         positive("http.max_concurrent_ingest", h.max_concurrent_ingest as u64)?;
         positive("http.body_timeout_ms", h.body_timeout_ms)?;
         positive("http.header_timeout_ms", h.header_timeout_ms)?;
+        positive("http.max_connections", h.max_connections as u64)?;
         positive("ingest.idle_timeout_s", i.idle_timeout_s)?;
+        positive("ingest.auth_timeout_ms", i.auth_timeout_ms)?;
         positive(
             "ingest.max_connections_per_addr",
             i.max_connections_per_addr as u64,
@@ -488,6 +503,7 @@ impl RawConfig {
         positive("log.file_mb", l.file_mb)?;
         positive("log.max_record_events", l.max_record_events as u64)?;
         positive("engine.clock_tick_ms", e.clock_tick_ms)?;
+        positive("engine.max_queued_events", e.max_queued_events as u64)?;
         positive("snapshot.keep", snapshot.keep as u64)?;
         if e.workers == 0 || e.workers > 256 {
             return Err(ConfigError::Invalid {
@@ -522,12 +538,14 @@ impl RawConfig {
             queue_depth: i.queue_depth,
             max_future_skew: Duration::from_secs(i.max_future_skew_s),
             idle_timeout: Duration::from_secs(i.idle_timeout_s),
+            auth_timeout: Duration::from_millis(i.auth_timeout_ms),
             min_seq_timeout: Duration::from_millis(h.min_seq_timeout_ms),
             max_pending_reads: h.max_pending_reads,
             max_concurrent_requests: h.max_concurrent_requests,
             max_concurrent_ingest: h.max_concurrent_ingest,
             body_timeout: Duration::from_millis(h.body_timeout_ms),
             header_timeout: Duration::from_millis(h.header_timeout_ms),
+            max_http_connections: h.max_connections,
             as_of_history: h.as_of_history,
             data_dir: l.data_dir,
             fsync: l.fsync,
@@ -539,6 +557,7 @@ impl RawConfig {
             clock_tick: Duration::from_millis(e.clock_tick_ms),
             dedup_horizon: e.dedup_horizon,
             order_horizon: e.order_horizon,
+            max_queued_events: e.max_queued_events,
             reporting_currency: e.reporting_currency,
             currency_rates: e.currency_rates,
             segments_file: match &g.file {

@@ -168,12 +168,15 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
 /// Serves `app` on `listener` until `stop` resolves, then lets open connections
 /// finish (the caller bounds how long). Each connection must send its request
 /// head within `header_timeout`, or it is closed. With `tls`, each connection
-/// first completes a TLS handshake within the given time, or is dropped.
+/// first completes a TLS handshake within the given time, or is dropped. At most
+/// `max_connections` are open at once: one more is closed at once, so that
+/// keep-alive or handshaking connections cannot use up the process's files.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     header_timeout: std::time::Duration,
     tls: Option<(tokio_rustls::TlsAcceptor, std::time::Duration)>,
+    max_connections: usize,
     stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -185,6 +188,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -192,10 +196,17 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "http accept failed");
+                    // Out of file descriptors, say: do not spin on it.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = &mut stop => break,
+        };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            metrics::counter!("shopstream_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -207,6 +218,7 @@ pub async fn serve(
         );
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let served = match tls {
                 None => {
                     let conn =

@@ -76,6 +76,12 @@ impl Server {
             .map(|acceptor| (acceptor, config.tls_handshake_timeout));
         let tls_for = |on: bool| tls.clone().filter(|_| on);
         let (tcp_tls, http_tls) = (tls_for(config.tls_ingest), tls_for(config.tls_http));
+        if tls.is_some() && !config.tls_ingest && !config.tls_http {
+            tracing::warn!(
+                "tls.cert_file and tls.key_file are set, but tls.ingest and tls.http are both \
+                 false: neither listener uses TLS"
+            );
+        }
         crate::serve::health::metrics_handle();
         let views = crate::serve::views();
         let hosts = crate::serve::hosts(&views);
@@ -105,12 +111,13 @@ impl Server {
         )));
         let app = crate::http::router(engine.clone(), &views);
         let header_timeout = engine.config.header_timeout;
+        let http_connections = engine.config.max_http_connections;
         let mut http_rx = rx.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = http_rx.changed().await;
             };
-            crate::http::serve(http, app, header_timeout, http_tls, stop).await;
+            crate::http::serve(http, app, header_timeout, http_tls, http_connections, stop).await;
         }));
         tracing::info!(%tcp_addr, %http_addr, "shopstream is serving");
         Ok(Server {

@@ -184,15 +184,38 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<(PathBuf, u64), Snapshot
     header[28..32].copy_from_slice(&crc.to_le_bytes());
     let path = dir.join(file_name(snapshot.epoch));
     let temp = dir.join(format!("{:020}{TEMP_SUFFIX}", snapshot.epoch));
-    {
+    let written = (|| {
         let mut f = File::create(&temp).map_err(io_err("create", &temp))?;
         f.write_all(&header).map_err(io_err("write", &temp))?;
         f.write_all(&body).map_err(io_err("write", &temp))?;
         f.sync_all().map_err(io_err("fsync", &temp))?;
+        fs::rename(&temp, &path).map_err(io_err("rename", &temp))
+    })();
+    if let Err(e) = written {
+        // A half-written snapshot (a full disk, say) must not keep holding the
+        // space the log needs to go on.
+        let _ = fs::remove_file(&temp);
+        return Err(e);
     }
-    fs::rename(&temp, &path).map_err(io_err("rename", &temp))?;
     sync_dir(dir)?;
     Ok((path, (HEADER_LEN + body.len()) as u64))
+}
+
+/// Whether a snapshot file looks whole: its header is sound and its size is what
+/// the header says (the body's checksum is checked when it is read at start).
+fn looks_whole(path: &Path) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut header = [0u8; HEADER_LEN];
+    if f.read_exact(&mut header).is_err() || &header[0..4] != MAGIC {
+        return false;
+    }
+    let crc = u32::from_le_bytes(header[28..32].try_into().expect("4 bytes"));
+    let len = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    crc32fast::hash(&header[0..28]) == crc
+        && f.metadata()
+            .is_ok_and(|m| m.len() == HEADER_LEN as u64 + len)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
@@ -309,19 +332,24 @@ fn remove_temporaries(dir: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Keeps the newest `keep` snapshots and removes the older ones; returns the
-/// epoch of the oldest kept (what the log must still continue from).
+/// Keeps the newest `keep` sound snapshots and removes older sound ones; returns
+/// the epoch of the oldest kept (what the log must still continue from). A
+/// snapshot that does not look whole counts for nothing and is never removed
+/// (the operator looks at it).
 pub fn retain(dir: &Path, keep: usize) -> Result<Option<Time>, SnapshotError> {
-    let all = list(dir)?;
+    let sound: Vec<_> = list(dir)?
+        .into_iter()
+        .filter(|(_, p)| looks_whole(p))
+        .collect();
     let keep = keep.max(1);
-    for (_, path) in all.iter().skip(keep) {
+    for (_, path) in sound.iter().skip(keep) {
         fs::remove_file(path).map_err(io_err("remove", path))?;
     }
-    if all.len() > keep {
+    if sound.len() > keep {
         sync_dir(dir)?;
     }
-    Ok(all
-        .get(keep.min(all.len()).saturating_sub(1))
+    Ok(sound
+        .get(keep.min(sound.len()).saturating_sub(1))
         .map(|(e, _)| *e))
 }
 
@@ -356,6 +384,46 @@ mod tests {
             choose(dir.path(), Some(5)),
             Err(SnapshotError::Uncovered { log_starts: 5, .. })
         ));
+    }
+
+    /// Review findings: a failed write left its temporary file behind (holding the
+    /// space a full disk needs back), and retention counted damaged snapshots
+    /// and removed sound ones behind them.
+    #[test]
+    fn a_failed_write_leaves_nothing_and_damaged_snapshots_count_for_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The final name is taken by a non-empty directory: the rename fails.
+        let blocked = dir.path().join(file_name(4));
+        fs::create_dir_all(blocked.join("x")).expect("mkdir");
+        assert!(write(dir.path(), &sample(4)).is_err());
+        let temps = fs::read_dir(dir.path())
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(TEMP_SUFFIX))
+            })
+            .count();
+        assert_eq!(temps, 0, "no temporary file is left");
+        fs::remove_dir_all(&blocked).expect("rm");
+
+        for e in [1, 2, 3] {
+            write(dir.path(), &sample(e)).expect("write");
+        }
+        // The newest is cut short: with keep = 2, snapshots 1 and 2 stay.
+        let newest = dir.path().join(file_name(3));
+        let len = fs::metadata(&newest).expect("stat").len();
+        File::options()
+            .write(true)
+            .open(&newest)
+            .and_then(|f| f.set_len(len - 1))
+            .expect("truncate");
+        assert_eq!(retain(dir.path(), 2).expect("retain"), Some(1));
+        let left: Vec<Time> = list(dir.path())
+            .expect("list")
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(left, [3, 2, 1], "the damaged one is left for the operator");
     }
 
     #[test]

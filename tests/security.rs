@@ -599,3 +599,55 @@ fn an_unreadable_certificate_stops_the_start_naming_its_key() {
         "{err}"
     );
 }
+
+/// Review finding: every read restarted the idle timer, so a client trickling an
+/// auth line a byte at a time held its connection slot (and its address's) for
+/// days. The framing and the auth line now have `ingest.auth_timeout_ms` in all.
+#[test]
+fn a_trickled_auth_line_is_cut_off_at_the_auth_timeout() {
+    let s = TestServer::start_with(|c| {
+        tokens(c);
+        c.auth_timeout = std::time::Duration::from_millis(400);
+    });
+    let stream = std::net::TcpStream::connect(s.tcp).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let reader = stream.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        for b in br#"{"auth": "shop-write-key"#.iter() {
+            if (&stream).write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let answers = read_answers(reader);
+    let _ = trickle.join();
+    let fatal = answers.errors();
+    assert_eq!(fatal.len(), 1, "{:?}", answers.lines);
+    assert!(
+        fatal[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ingest.auth_timeout_ms")),
+        "{}",
+        fatal[0]
+    );
+    assert_eq!(fatal[0]["fatal"], json!(true));
+}
+
+/// Review finding: the digest of the empty token was accepted in the config, and
+/// `Basic Og==` (user "" ) or `{"auth": ""}` then matched it.
+#[test]
+fn the_empty_token_is_refused_in_the_config_and_on_the_wire() {
+    let empty = RawToken {
+        name: "oops".into(),
+        sha256: digest_hex(b""),
+        scopes: vec!["admin".into()],
+    };
+    let refused = Auth::new(&[empty], true, false)
+        .map(drop)
+        .expect_err("refused");
+    assert!(refused.contains("empty token"), "{refused}");
+    let s = TestServer::start_with(tokens);
+    let (status, _, _) = call(s.http, "GET", "/v1/segments", Some("Basic Og=="), None);
+    assert_eq!(status, 401);
+}

@@ -127,10 +127,28 @@ pub(crate) async fn submit(
 }
 
 /// Writes error and ack lines in batch order (to a TCP or a TLS stream).
+///
+/// A write that makes no progress for `stall` (a client that sends and never
+/// reads its answers, so that its receive window stays shut) ends the
+/// connection: otherwise the reader, waiting for room to queue answers, would
+/// never get back to its idle timeout, and the connection would hold its slots
+/// for as long as the client likes.
 pub(crate) async fn write_answers(
     wr: impl tokio::io::AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Pending>,
+    stall: std::time::Duration,
 ) -> std::io::Result<()> {
+    async fn timed<T>(
+        stall: std::time::Duration,
+        f: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        tokio::time::timeout(stall, f).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client reads no answers (ingest.idle_timeout_s)",
+            )
+        })?
+    }
     let mut out = BufWriter::new(wr);
     let (mut seq, mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
     let mut line = Vec::with_capacity(256);
@@ -147,18 +165,18 @@ pub(crate) async fn write_answers(
             };
             serde_json::to_writer(&mut line, &v).expect("json");
             line.push(b'\n');
-            out.write_all(&line).await?;
+            timed(stall, out.write_all(&line)).await?;
         }
         rejected += p.rejects.len() as u64;
         if let Some(reason) = p.fatal {
             let v = serde_json::json!({"error": reason, "fatal": true});
-            out.write_all(format!("{v}\n").as_bytes()).await?;
-            out.flush().await?;
+            timed(stall, out.write_all(format!("{v}\n").as_bytes())).await?;
+            timed(stall, out.flush()).await?;
             return Err(std::io::Error::other(reason));
         }
         if let Some(ack) = p.ack {
             // Earlier answers go out before waiting on this batch's sync.
-            out.flush().await?;
+            timed(stall, out.flush()).await?;
             match ack.await {
                 Ok(Ok(a)) => {
                     seq = seq.max(a.last_seq);
@@ -167,8 +185,8 @@ pub(crate) async fn write_answers(
                 }
                 Ok(Err(e)) => {
                     let v = serde_json::json!({"error": e.to_string(), "fatal": true});
-                    out.write_all(format!("{v}\n").as_bytes()).await?;
-                    out.flush().await?;
+                    timed(stall, out.write_all(format!("{v}\n").as_bytes())).await?;
+                    timed(stall, out.flush()).await?;
                     return Err(std::io::Error::other(e.to_string()));
                 }
                 Err(_) => return Err(std::io::Error::other("engine stopped")),
@@ -178,9 +196,9 @@ pub(crate) async fn write_answers(
         let v = serde_json::json!({"ack": seq, "accepted": accepted, "rejected": rejected, "duplicates": duplicates});
         serde_json::to_writer(&mut line, &v).expect("json");
         line.push(b'\n');
-        out.write_all(&line).await?;
-        out.flush().await?;
+        timed(stall, out.write_all(&line)).await?;
+        timed(stall, out.flush()).await?;
     }
-    out.flush().await?;
-    out.into_inner().shutdown().await
+    timed(stall, out.flush()).await?;
+    timed(stall, out.into_inner().shutdown()).await
 }

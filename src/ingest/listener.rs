@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,8 +36,24 @@ struct AddrSlot {
     ip: IpAddr,
 }
 
+/// What the per-address limit counts by: an IPv4 address, or the /64 network of
+/// an IPv6 one (one host commonly holds a whole /64, so its addresses are one
+/// sender).
+fn addr_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerAddr {
     fn take(&self, ip: IpAddr, max: usize) -> Option<AddrSlot> {
+        let ip = addr_key(ip);
         let mut m = self.0.lock().expect("poisoned");
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
@@ -93,6 +110,8 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors, say: do not spin on it.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -143,12 +162,33 @@ async fn handle(
     engine: Arc<Engine>,
 ) -> std::io::Result<()> {
     let (tx, rx) = mpsc::channel::<Pending>(IN_FLIGHT);
-    let writer = tokio::spawn(write_answers(wr, rx));
+    let writer = tokio::spawn(write_answers(wr, rx, engine.config.idle_timeout));
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    // Sniff the framing from the first bytes.
+    // With access control on, the framing and the auth line must arrive within
+    // `ingest.auth_timeout_ms` altogether: each read restarts the idle timer, so
+    // without an overall limit a trickle of bytes would hold a slot for days.
+    let deadline = engine
+        .config
+        .auth
+        .enabled()
+        .then(|| Instant::now() + engine.config.auth_timeout);
     let idle = engine.config.idle_timeout;
+    // Sniff the framing from the first bytes.
     while buf.len() < binary::MAGIC.len() {
-        let n = match read_more(&mut rd, &mut buf, idle, &tx).await {
+        let read = read_more(&mut rd, &mut buf, idle, &tx);
+        let read = match deadline {
+            None => read.await,
+            Some(d) => match tokio::time::timeout_at(d.into(), read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    fail(&tx, no_auth_line(&engine)).await;
+                    drop(tx);
+                    let _ = writer.await;
+                    return Ok(());
+                }
+            },
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 drop(tx);
@@ -169,10 +209,10 @@ async fn handle(
         buf.drain(..binary::MAGIC.len());
     }
     let result = async {
-        if engine.config.auth.enabled()
-            && !authenticate(&mut rd, &mut buf, framed, &engine, &tx).await?
-        {
-            return Ok(());
+        if let Some(deadline) = deadline {
+            if !authenticate(&mut rd, &mut buf, framed, &engine, &tx, deadline).await? {
+                return Ok(());
+            }
         }
         if framed {
             binary::read_frames(&mut rd, buf, &engine, &tx).await
@@ -195,6 +235,7 @@ async fn authenticate(
     framed: bool,
     engine: &Engine,
     tx: &mpsc::Sender<Pending>,
+    deadline: Instant,
 ) -> std::io::Result<bool> {
     let max = engine.config.max_line_bytes;
     loop {
@@ -218,13 +259,30 @@ async fn authenticate(
         };
         let reason = match verdict {
             Err(reason) => reason,
-            Ok(()) if read_more(rd, buf, engine.config.idle_timeout, tx).await? > 0 => continue,
-            Ok(()) => "connection closed before its auth line".into(),
+            Ok(()) => {
+                let read = read_more(rd, buf, engine.config.idle_timeout, tx);
+                match tokio::time::timeout_at(deadline.into(), read).await {
+                    Err(_) => no_auth_line(engine),
+                    Ok(Ok(0)) => "connection closed before its auth line".into(),
+                    Ok(Ok(_)) => continue,
+                    // Idle: `read_more` has told the client.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(false),
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
         };
         metrics::counter!("shopstream_auth_refused_total", "transport" => "tcp").increment(1);
         fail(tx, reason).await;
         return Ok(false);
     }
+}
+
+/// Why a connection is closed when its auth line did not come in time.
+fn no_auth_line(engine: &Engine) -> String {
+    format!(
+        "no auth line within {} ms (ingest.auth_timeout_ms)",
+        engine.config.auth_timeout.as_millis()
+    )
 }
 
 /// The first line (or frame) in `buf` once it is complete: the range of its body
@@ -246,6 +304,7 @@ fn first_unit(
         Ok((buf.len() >= 4 + len).then_some((4..4 + len, 4 + len)))
     } else {
         match memchr::memchr(b'\n', buf) {
+            Some(nl) if nl > max => Err(too_long()),
             Some(nl) => Ok(Some((0..nl, nl + 1))),
             None if buf.len() > max => Err(too_long()),
             None => Ok(None),

@@ -370,19 +370,21 @@ pub fn open(
 }
 
 /// As [`open`], for a start from a snapshot that holds every epoch through
-/// `covered`: files whose records all precede `covered + 1` (the next file starts
-/// at or before it) are not read at all, so a restart reads only the log's tail.
-/// Records of the first file read may still be at or before `covered`; the
-/// callback skips them. The last file is always read (the writer appends to it).
+/// `covered.0` (and whose next sequence number is `covered.1`): files whose
+/// records all precede `covered.0 + 1` (the next file starts at or before it) are
+/// not read at all, so a restart reads only the log's tail. Records of the first
+/// file read may still be at or before `covered.0`; the callback skips them. The
+/// last file is always read (the writer appends to it). With no log file at all,
+/// the log starts again right after the snapshot.
 pub fn open_after(
     cfg: &LogConfig,
-    covered: Option<u64>,
+    covered: Option<(u64, u64)>,
     mut on_record: impl FnMut(&RecordHeader, &[u8], u64) -> Result<(), LogError>,
 ) -> Result<(LogWriter, Recovery), LogError> {
     fs::create_dir_all(&cfg.dir).map_err(io_err("create directory", &cfg.dir))?;
     let mut files = file::list_files(&cfg.dir)?;
     let mut skipped_bytes = 0;
-    if let Some(covered) = covered {
+    if let Some((covered, _)) = covered {
         let skip = covered_files(&files, covered);
         for f in files.drain(..skip) {
             skipped_bytes += fs::metadata(&f.path)
@@ -425,7 +427,8 @@ pub fn open_after(
         }
     };
 
-    let (next_epoch, next_seq) = replay.next.unwrap_or((0, 1));
+    let after_snapshot = covered.map(|(epoch, next_seq)| (epoch + 1, next_seq));
+    let (next_epoch, next_seq) = replay.next.or(after_snapshot).unwrap_or((0, 1));
     let mut bytes = replay.bytes + skipped_bytes;
     let writer = if kept == 0 {
         let (file, path, _) = file::create_file(&cfg.dir, next_epoch, next_seq)?;
@@ -476,6 +479,17 @@ fn covered_files(files: &[file::LogFile], covered: u64) -> usize {
         .count()
 }
 
+/// How many of `files` may be removed after a snapshot of epoch `covered`: those
+/// whose records are all *before* it (the successor starts at or before
+/// `covered`). The file holding `covered` itself stays: after a failed write the
+/// writer cuts back to its last commit, which may be in that file.
+fn removable_files(files: &[file::LogFile], covered: u64) -> usize {
+    files
+        .windows(2)
+        .take_while(|pair| pair[1].epoch <= covered)
+        .count()
+}
+
 /// The epoch the oldest log file starts at (`None`: no log file). A log whose
 /// oldest files were removed after a snapshot starts past 0.
 pub fn first_epoch(dir: &Path) -> Result<Option<u64>, LogError> {
@@ -490,7 +504,7 @@ pub fn first_epoch(dir: &Path) -> Result<Option<u64>, LogError> {
 /// the files removed.
 pub fn remove_covered(dir: &Path, covered: u64) -> Result<Vec<PathBuf>, LogError> {
     let files = file::list_files(dir)?;
-    let n = covered_files(&files, covered);
+    let n = removable_files(&files, covered);
     let mut removed = Vec::with_capacity(n);
     for f in &files[..n] {
         fs::remove_file(&f.path).map_err(io_err("remove log file", &f.path))?;

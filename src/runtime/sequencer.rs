@@ -29,7 +29,7 @@ use shopstream_dataflows::types::{IdMap, Millis};
 
 use shopstream_dataflows::view::DefinitionChange;
 
-use super::epoch::{Feed, SnapshotTake, WorkerParts};
+use super::epoch::{Backlog, Feed, SnapshotTake, WorkerParts};
 use super::shared::Shared;
 use super::{EngineError, Epoch, Unavailable};
 use crate::catalog::Control;
@@ -103,6 +103,9 @@ struct Dedup {
     horizon: usize,
     seen: IdMap<u64>,
     order: VecDeque<u64>,
+    /// Ids the current group pushed out of the horizon, oldest first, so that a
+    /// group that could not be logged puts them back (they were logged).
+    evicted: Vec<(u64, u64)>,
 }
 
 impl Dedup {
@@ -128,6 +131,7 @@ impl Dedup {
             horizon,
             seen: IdMap::with_capacity_and_hasher(horizon.min(1 << 20), Default::default()),
             order: VecDeque::new(),
+            evicted: Vec::new(),
         }
     }
     /// Records `id` as logged at `seq`; if it is already within the horizon, the
@@ -145,19 +149,32 @@ impl Dedup {
         self.order.push_back(id);
         if self.order.len() > self.horizon {
             if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
+                if let Some(seq) = self.seen.remove(&old) {
+                    self.evicted.push((old, seq));
+                }
             }
         }
         Ok(())
     }
 
+    /// Starts a group commit: what it evicts is remembered until the next one.
+    fn begin_group(&mut self) {
+        self.evicted.clear();
+    }
+
     /// Forgets `ids`, the newest inserted (in insertion order), when their record
-    /// could not be logged. Ids they pushed out of the horizon stay out.
+    /// could not be logged, and puts back the ids they pushed out of the horizon:
+    /// the horizon is then what it was before the group, as a replay rebuilds it.
     fn forget_newest(&mut self, ids: &[u64]) {
         for id in ids.iter().rev() {
             if self.order.back() == Some(id) {
                 self.order.pop_back();
                 self.seen.remove(id);
+            }
+        }
+        for (id, seq) in self.evicted.drain(..).rev() {
+            if self.seen.insert(id, seq).is_none() {
+                self.order.push_front(id);
             }
         }
     }
@@ -198,13 +215,17 @@ struct Sequencer {
     snapshots: SnapshotContext,
     /// Set while a snapshot is being collected and written.
     snapshot_busy: Arc<std::sync::atomic::AtomicBool>,
+    /// Events handed to the workers and not yet fed by all.
+    backlog: Arc<Backlog>,
     /// `next_seq` and time of the last snapshot (or of the start).
     last_snapshot: (u64, Instant),
 }
 
 impl Sequencer {
     /// Hands an epoch to every worker (blocking when a worker is behind: backpressure).
-    fn forward(&self, epoch: Epoch) {
+    fn forward(&self, mut epoch: Epoch) {
+        let failed = || self.shared.worker_failed.load(Ordering::Relaxed);
+        epoch.held = Some(self.backlog.admit(epoch.len(), failed));
         let epoch = Arc::new(epoch);
         self.send_all(|| Feed::Epoch(epoch.clone()));
     }
@@ -256,6 +277,7 @@ impl Sequencer {
             return;
         }
         let mut inserted = Vec::new();
+        self.dedup.begin_group();
         let mut chunks = Vec::with_capacity(group.len());
         let mut acks = Vec::with_capacity(group.len());
         let mut controls = Vec::new();
@@ -375,7 +397,9 @@ impl Sequencer {
     /// With `fsync = "interval"`, syncs what was written and not yet synced once the
     /// interval has passed, even when no new record comes to trigger it.
     fn sync_idle(&mut self) {
-        if self.config.fsync != log::FsyncPolicy::Interval {
+        // While a fault is being retried the writer is poisoned: a sync would only
+        // fail again and push the retry (and its reason) further out.
+        if self.config.fsync != log::FsyncPolicy::Interval || self.fault.is_some() {
             return;
         }
         if let Some(w) = self.writer.as_mut() {
@@ -443,6 +467,7 @@ impl Sequencer {
             chunks,
             definitions,
             restore: None,
+            held: None,
         }))
     }
 
@@ -500,6 +525,7 @@ pub(super) fn run(
     ready: std::sync::mpsc::Sender<Result<Recovery, EngineError>>,
     progress: impl FnMut(u64, u64),
 ) {
+    let backlog = Backlog::new(config.max_queued_events);
     let mut seq = Sequencer {
         dedup: Dedup::new(config.dedup_horizon),
         config,
@@ -514,6 +540,7 @@ pub(super) fn run(
         payload: Vec::new(),
         snapshots,
         snapshot_busy: Arc::default(),
+        backlog,
         last_snapshot: (1, Instant::now()),
     };
     let opened = seq.replay(progress);
@@ -537,8 +564,9 @@ impl Sequencer {
         };
         let covered = self.restore_snapshot();
         let total = log::size_on_disk(&log_config.dir).unwrap_or(0);
+        let after = covered.map(|epoch| (epoch, self.next_seq));
         let (writer, mut recovery) =
-            log::open_after(&log_config, covered, |header, payload, read| {
+            log::open_after(&log_config, after, |header, payload, read| {
                 if covered.is_none_or(|c| header.epoch > c) {
                     self.replay_record(header, payload)?;
                 }
@@ -585,6 +613,7 @@ impl Sequencer {
             chunks: Vec::new(),
             definitions,
             restore: Some(snapshot),
+            held: None,
         });
         Some(epoch)
     }
@@ -610,6 +639,7 @@ impl Sequencer {
             chunks: vec![events],
             definitions,
             restore: None,
+            held: None,
         });
         Ok(())
     }
@@ -628,6 +658,14 @@ impl Sequencer {
         if self.next_epoch == 0 {
             return refuse(reply, SnapshotError::Empty);
         }
+        // A failing log (or one being retried) may not hold what was acknowledged
+        // as durable, and a failed worker cannot save its part: no snapshot then.
+        if self.writer.is_none() || self.fault.is_some() {
+            return refuse(reply, SnapshotError::LogFailed);
+        }
+        if self.shared.worker_failed.load(Ordering::SeqCst) {
+            return refuse(reply, SnapshotError::WorkerGone);
+        }
         if self.snapshot_busy.swap(true, Ordering::SeqCst) {
             return refuse(reply, SnapshotError::Busy);
         }
@@ -638,8 +676,7 @@ impl Sequencer {
                 }
             }
         }
-        // A failing log (or one being retried) may not hold what was acknowledged
-        // as durable: no snapshot of it.
+        // The sync before it failed.
         if self.writer.is_none() || self.fault.is_some() {
             self.snapshot_busy.store(false, Ordering::SeqCst);
             return refuse(reply, SnapshotError::LogFailed);
@@ -859,6 +896,24 @@ impl Collect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding: a group that could not be logged forgot its own ids but
+    /// left out the logged ids it had pushed out of a full horizon, so a retry of
+    /// one of those was logged twice.
+    #[test]
+    fn a_failed_group_leaves_the_horizon_as_it_was() {
+        let mut d = Dedup::new(3);
+        for (id, seq) in [(1, 1), (2, 2), (3, 3)] {
+            d.insert(id, seq).expect("new");
+        }
+        d.begin_group();
+        d.insert(4, 4).expect("new");
+        d.insert(5, 5).expect("new");
+        assert_eq!(d.insert(1, 9), Ok(()), "1 was pushed out");
+        d.forget_newest(&[4, 5, 1]);
+        assert_eq!(d.save(), vec![(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(d.insert(2, 9), Err(2), "still deduplicated");
+    }
     use crate::event::{parse_message, ParseContext};
 
     #[test]

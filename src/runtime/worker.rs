@@ -107,16 +107,21 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
     };
     host.export_gauges();
     loop {
+        let failed = ctx
+            .shared
+            .worker_failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if failed {
+            // Another worker failed: the epochs a snapshot waits for may never
+            // complete, so it is given up (the collector sees the parts missing).
+            host.snapshot = None;
+        }
         let (fed, closed) = if host.snapshot.is_some() {
             (0, false)
         } else {
             host.feed_turn(&ctx)
         };
         let idle = fed == 0 && ctx.requests.is_empty();
-        let failed = ctx
-            .shared
-            .worker_failed
-            .load(std::sync::atomic::Ordering::Relaxed);
         if closed && (host.in_flight.is_empty() || failed) {
             break;
         }
@@ -225,16 +230,20 @@ impl Host {
         if self.snapshot.is_none() || !self.in_flight.is_empty() {
             return;
         }
-        let take = self.snapshot.take().expect("checked");
+        let SnapshotTake { parts, resume } = self.snapshot.take().expect("checked");
         let at = self.done.done.saturating_sub(1);
-        let parts = self
+        let saved = self
             .views
             .iter_mut()
             .map(|v| (v.name().to_owned(), v.snapshot(at)))
             .collect();
-        if take.parts.send((self.index, at, parts)).is_ok() {
+        let sent = parts.send((self.index, at, saved)).is_ok();
+        // Before waiting: if another worker fails instead of sending its part, the
+        // collector sees every sender gone and gives up (and lets this one go).
+        drop(parts);
+        if sent {
             // Returns when the collector is done with the host halves (or gone).
-            let _ = take.resume.recv();
+            let _ = resume.recv();
         }
     }
 

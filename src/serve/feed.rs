@@ -136,6 +136,26 @@ struct SavedFeed {
     sizes: Vec<(SegId, SizeTrack)>,
 }
 
+impl HubState {
+    /// Evicts whole epochs beyond the retention, and never `newest`: a resume
+    /// point inside an epoch stays valid as long as anything of it is kept.
+    fn evict(&mut self, newest: Time) {
+        while self.retained.len() > self.retention {
+            let Some(front) = self.retained.front().map(|e| e.position.0) else {
+                break;
+            };
+            if front == newest {
+                break;
+            }
+            while self.retained.front().is_some_and(|e| e.position.0 == front) {
+                if let Some(e) = self.retained.pop_front() {
+                    self.dropped_through = Some(e.position);
+                }
+            }
+        }
+    }
+}
+
 /// Collects the workers' staged changes and publishes complete epochs.
 pub struct Hub {
     state: Mutex<HubState>,
@@ -221,21 +241,7 @@ impl ChangeSink for Hub {
                 let _ = self.tx.send(events);
             }
             metrics::counter!("shopstream_segment_changes_total").increment(changes.len() as u64);
-            // Evict whole epochs, and never the newest: a resume point inside an
-            // epoch stays valid as long as anything of it is kept.
-            while s.retained.len() > s.retention {
-                let Some(front) = s.retained.front().map(|e| e.position.0) else {
-                    break;
-                };
-                if front == t {
-                    break;
-                }
-                while s.retained.front().is_some_and(|e| e.position.0 == front) {
-                    if let Some(e) = s.retained.pop_front() {
-                        s.dropped_through = Some(e.position);
-                    }
-                }
-            }
+            s.evict(t);
             for (seg, delta) in deltas {
                 s.sizes.entry(seg).or_default().record(t, seq, clock, delta);
             }
@@ -380,8 +386,8 @@ impl Hub {
         s.staged_through.fill(saved.published_through);
         s.dropped_through = saved.dropped_through;
         s.retained = saved.retained.into();
-        while s.retained.len() > s.retention {
-            s.dropped_through = s.retained.pop_front().map(|e| e.position);
+        if let Some(newest) = s.retained.back().map(|e| e.position.0) {
+            s.evict(newest);
         }
         s.sizes = saved.sizes.into_iter().collect();
         Ok(())
