@@ -314,7 +314,7 @@ impl Default for RawEngine {
             clock_tick_ms: 1_000,
             dedup_horizon: 1_000_000,
             order_horizon: 1_000_000,
-            max_queued_events: 1_000_000,
+            max_queued_events: 262_144,
             reporting_currency: "USD".into(),
             currency_rates: HashMap::new(),
         }

@@ -223,11 +223,11 @@ struct Sequencer {
 
 impl Sequencer {
     /// Hands an epoch to every worker (blocking when a worker is behind: backpressure).
-    fn forward(&self, mut epoch: Epoch) {
+    fn forward(&self, epoch: Epoch) {
         let failed = || self.shared.worker_failed.load(Ordering::Relaxed);
-        epoch.held = Some(self.backlog.admit(epoch.len(), failed));
+        let permit = Arc::new(self.backlog.admit(epoch.len(), failed));
         let epoch = Arc::new(epoch);
-        self.send_all(|| Feed::Epoch(epoch.clone()));
+        self.send_all(|| Feed::Epoch(epoch.clone(), permit.clone()));
     }
 
     /// Sends `feed()` to every worker, in order with what was sent before.
@@ -467,7 +467,6 @@ impl Sequencer {
             chunks,
             definitions,
             restore: None,
-            held: None,
         }))
     }
 
@@ -613,7 +612,6 @@ impl Sequencer {
             chunks: Vec::new(),
             definitions,
             restore: Some(snapshot),
-            held: None,
         });
         Some(epoch)
     }
@@ -639,7 +637,6 @@ impl Sequencer {
             chunks: vec![events],
             definitions,
             restore: None,
-            held: None,
         });
         Ok(())
     }

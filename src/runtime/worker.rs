@@ -66,6 +66,10 @@ struct Host {
     known: IdSet,
     /// Epochs fed and not yet complete, oldest first.
     in_flight: VecDeque<Readable>,
+    /// The backlog places of the epochs of `in_flight`, held until they complete,
+    /// so that `engine.max_queued_events` bounds what is fed and not yet through
+    /// the dataflow too.
+    holding: VecDeque<Arc<super::epoch::BacklogPermit>>,
     done: Readable,
     compacted: Option<Time>,
     /// Each view's gauges by name, registered at start.
@@ -96,6 +100,7 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         symbols: ctx.symbols.clone(),
         known: IdSet::default(),
         in_flight: VecDeque::new(),
+        holding: VecDeque::new(),
         done: Readable {
             clock: i64::MIN,
             ..Readable::default()
@@ -147,8 +152,9 @@ impl Host {
         while fed < FEED_PER_TURN {
             self.serve_pending(&ctx.requests);
             match ctx.epochs.try_recv() {
-                Ok(Feed::Epoch(epoch)) => {
+                Ok(Feed::Epoch(epoch, permit)) => {
                     self.feed(&epoch);
+                    self.holding.push_back(permit);
                     fed += 1;
                 }
                 Ok(Feed::Snapshot(take)) => {
@@ -274,6 +280,7 @@ impl Host {
             }
             self.done = *front;
             self.in_flight.pop_front();
+            self.holding.pop_front();
             advanced = true;
         }
         if !advanced {
