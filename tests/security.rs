@@ -651,3 +651,28 @@ fn the_empty_token_is_refused_in_the_config_and_on_the_wire() {
     let (status, _, _) = call(s.http, "GET", "/v1/segments", Some("Basic Og=="), None);
     assert_eq!(status, 401);
 }
+
+/// Review finding: a connection refused while the client was still writing was
+/// closed with its input unread, so the kernel sent a reset and the client saw
+/// "connection reset" instead of the line saying why. The server now reads and
+/// discards for a moment after a fatal answer.
+#[test]
+fn a_client_still_writing_when_refused_reads_the_reason() {
+    let s = TestServer::start_with(tokens);
+    let stream = std::net::TcpStream::connect(s.tcp).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut bytes = b"{\"auth\": \"not-a-token\"}\n".to_vec();
+    let line = ndjson(&[valid("refused")]);
+    while bytes.len() < 8 << 20 {
+        bytes.extend_from_slice(&line);
+    }
+    (&stream)
+        .write_all(&bytes)
+        .expect("the server reads what was sent");
+    let answers = read_answers(stream);
+    let fatal = answers.errors();
+    assert_eq!(fatal.len(), 1, "{:?}", answers.lines);
+    assert_eq!(fatal[0]["error"], json!("unknown token"), "{}", fatal[0]);
+    let (_, health) = get_json(s.http, "/healthz");
+    assert_eq!(health["logged_seq"], json!(0), "nothing of it is logged");
+}

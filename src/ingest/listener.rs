@@ -80,13 +80,36 @@ impl Drop for AddrSlot {
 }
 
 /// Refuses a connection with one fatal error line naming the limit.
-fn refuse(mut socket: TcpStream, reason: String) {
+///
+/// On a TLS listener nothing is written (a plain-text line in the middle of a
+/// handshake is garbage to the client): the connection is just closed.
+fn refuse(mut socket: TcpStream, reason: String, tls: bool) {
     metrics::counter!("shopstream_connections_refused_total").increment(1);
     tokio::spawn(async move {
-        let line = format!("{}\n", serde_json::json!({"error": reason, "fatal": true}));
-        let _ = socket.write_all(line.as_bytes()).await;
+        if !tls {
+            let line = format!("{}\n", serde_json::json!({"error": reason, "fatal": true}));
+            let _ = socket.write_all(line.as_bytes()).await;
+        }
         let _ = socket.shutdown().await;
+        linger(&mut socket).await;
     });
+}
+
+/// After a fatal answer: reads and discards what the client still sends, for a
+/// moment, before the socket is closed. Closing with unread input makes the
+/// kernel answer with a reset, and a client that is still writing then sees
+/// "connection reset" instead of the line that says why. Nothing read here is
+/// parsed, so nothing of it is logged.
+async fn linger(rd: &mut (impl AsyncRead + Unpin)) {
+    let mut scratch = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Accepts connections until `shutdown` fires. Beyond `ingest.max_connections` open
@@ -119,13 +142,14 @@ pub async fn serve(
         };
         let Some(slot) = per_addr.take(peer.ip(), per_addr_max) else {
             let ip = peer.ip();
-            refuse(socket, format!("too many connections from {ip} (ingest.max_connections_per_addr = {per_addr_max})"));
+            refuse(socket, format!("too many connections from {ip} (ingest.max_connections_per_addr = {per_addr_max})"), tls.is_some());
             continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(
                 socket,
                 format!("too many connections (ingest.max_connections = {max})"),
+                tls.is_some(),
             );
             continue;
         };
@@ -223,6 +247,10 @@ async fn handle(
     .await;
     drop(tx);
     let written = writer.await.unwrap_or(Ok(()));
+    if written.is_err() {
+        // A fatal answer went out (and the writer's half is closed).
+        linger(&mut rd).await;
+    }
     result.and(written)
 }
 
