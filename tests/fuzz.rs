@@ -640,7 +640,23 @@ fn oracle_frames(input: &[u8]) -> (Vec<Event>, Vec<(Origin, &'static str, String
         if len > MAX_BATCH {
             continue;
         }
-        match bincode::deserialize::<Vec<Event>>(body) {
+        // The frame's body: `Vec<Event>`, then, if anything follows, the events'
+        // identity links as `Vec<(u32, Str)>` (an index past the events is ignored).
+        let decoded = (|| -> bincode::Result<Vec<Event>> {
+            let mut reader = body;
+            let mut batch: Vec<Event> = shopstream::event::decode_next(&mut reader)?;
+            if !reader.is_empty() {
+                let links: Vec<(u32, shopstream::event::Str)> =
+                    shopstream::event::decode_next(&mut reader)?;
+                for (i, link) in links {
+                    if let Some(e) = batch.get_mut(i as usize) {
+                        e.link = Some(link);
+                    }
+                }
+            }
+            Ok(batch)
+        })();
+        match decoded {
             Ok(batch) => {
                 for (i, ev) in batch.into_iter().enumerate() {
                     match validator().check(&ev) {

@@ -331,7 +331,7 @@ fn bad_inputs() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         (
             "unknown type",
             line(json!({"type": "page", "userId": "x", "name": "Home"})),
-            "type: expected \"track\" or \"identify\", got \"page\"",
+            "type: expected \"track\", \"identify\" or \"alias\", got \"page\"",
         ),
     ]
 }
@@ -1377,4 +1377,70 @@ fn wrong_method_is_a_json_405() {
     assert_eq!(status, 405, "{body}");
     assert!(body["error"].is_string(), "{body}");
     server.shutdown();
+}
+
+/// Identity links (the first step of identity resolution, docs/identity.md) are
+/// logged on every ingest path: the `anonymousId` of an identify or track that
+/// also has a `userId` (TCP NDJSON, `/v1/batch`), and `alias` calls (`/v1/batch`,
+/// `/v1/alias`, binary frames). An alias counts as a custom event of its user.
+#[test]
+fn identity_links_reach_the_log_on_every_ingest_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = TestServer::start_in(dir.path(), |_| {});
+    let user = "u-42";
+    let answers = send_messages(
+        s.tcp,
+        &[json!({"type": "identify", "userId": user, "anonymousId": "a-1", "messageId": "l1"})],
+    );
+    assert_eq!(answers.rejected(), 0);
+    let (status, body) = post_batch(
+        s.http,
+        &[
+            json!({"type": "track", "event": "Product Viewed", "userId": user, "anonymousId": "a-2",
+                   "properties": {"product_id": "p1"}, "messageId": "l2"}),
+            json!({"type": "alias", "previousId": "a-3", "userId": user, "messageId": "l3"}),
+            json!({"type": "alias", "userId": user, "messageId": "l-bad"}),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rejected"][0]["index"], json!(2), "{body}");
+    let (status, body) = post(
+        s.http,
+        "/v1/alias",
+        br#"{"previousId": "a-4", "userId": "u-42", "messageId": "l4"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let alias =
+        event(&json!({"type": "alias", "previousId": "a-5", "userId": user, "messageId": "l5"}));
+    let framed = send_binary(s.tcp, &[shopstream::ingest::binary::encode_frame(&[alias])]);
+    assert_eq!(framed.rejected(), 0);
+    let p = profile(s.http, user, framed.seq());
+    assert_eq!(p["profile"]["events"]["alias"], json!(3), "{p}");
+    s.shutdown();
+
+    let mut links = Vec::new();
+    shopstream::log::open(
+        &shopstream::log::LogConfig::new(dir.path()),
+        |_, payload, _| {
+            let (events, _) = shopstream::runtime::decode_payload(payload).expect("decodes");
+            links.extend(
+                events
+                    .into_iter()
+                    .filter_map(|e| e.link.map(|l| format!("{}<-{l}", e.user))),
+            );
+            Ok(())
+        },
+    )
+    .expect("log opens");
+    links.sort();
+    assert_eq!(
+        links,
+        [
+            "u-42<-a-1",
+            "u-42<-a-2",
+            "u-42<-a-3",
+            "u-42<-a-4",
+            "u-42<-a-5"
+        ]
+    );
 }

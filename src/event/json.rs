@@ -212,16 +212,18 @@ pub(super) const T_USER_ID: usize = 2;
 pub(super) const T_ANONYMOUS_ID: usize = 3;
 pub(super) const T_MESSAGE_ID: usize = 4;
 pub(super) const T_TIMESTAMP: usize = 5;
-pub(super) const T_PROPERTIES: usize = 6;
-pub(super) const T_TRAITS: usize = 7;
-pub(super) const T_CONTEXT: usize = 8;
-pub(super) const TOP_KEYS: [&str; 9] = [
+pub(super) const T_PREVIOUS_ID: usize = 6;
+pub(super) const T_PROPERTIES: usize = 7;
+pub(super) const T_TRAITS: usize = 8;
+pub(super) const T_CONTEXT: usize = 9;
+pub(super) const TOP_KEYS: [&str; 10] = [
     "type",
     "event",
     "userId",
     "anonymousId",
     "messageId",
     "timestamp",
+    "previousId",
     "properties",
     "traits",
     "context",

@@ -116,7 +116,9 @@ mod reject;
 mod test_util;
 
 pub use context::{ParseContext, DEFAULT_MAX_ID_BYTES};
-pub use model::{message_id_hash, Event, Kind, MessageType, Product, Str};
+pub use model::{
+    decode_next, links_of, message_id_hash, set_links, Event, Kind, MessageType, Product, Str,
+};
 pub use money::{minor_unit_decimals, MAX_AMOUNT_MINOR, MAX_QUANTITY};
 pub use parse::parse_message;
 pub use reject::Reject;

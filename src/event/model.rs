@@ -58,6 +58,50 @@ pub struct Event {
     pub query: Option<Str>,
     /// Identify traits: (key, compact JSON text of the value), sorted by key.
     pub traits: Vec<(Str, String)>,
+    /// The other id this message ties to `user` (an identity link, for identity
+    /// resolution, docs/identity.md): the `anonymousId` of a message that also
+    /// has a `userId`, or an `alias`'s `previousId`.
+    ///
+    /// Not in the event's own bincode layout (`skip`), which the log and binary
+    /// frames have used since the start: links travel in a section after the
+    /// events ([`links_of`], [`set_links`]), which earlier versions ignore, so a
+    /// log written now still replays on them and every old log reads here.
+    #[serde(skip)]
+    pub link: Option<Str>,
+}
+
+/// Decodes the next value of a bincode stream (`bincode::serialize`'s encoding)
+/// from `reader`, never allocating more than the bytes left: a length prefix in
+/// hostile or damaged bytes is refused instead of allocated. (Reading from a
+/// `Read` rather than a slice, bincode trusts a string's length prefix: the
+/// fuzzer's binary frames asked for 400 PB.)
+pub fn decode_next<T: serde::de::DeserializeOwned>(reader: &mut &[u8]) -> bincode::Result<T> {
+    use bincode::Options as _;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(reader.len() as u64)
+        .deserialize_from(reader)
+}
+
+/// The links of `events`, as `(index, id)`: the section written after them.
+pub fn links_of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<(u32, Str)> {
+    events
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.link.clone().map(|l| (i as u32, l)))
+        .collect()
+}
+
+/// Puts links read from their section back on `events` (an index out of range
+/// is ignored: the section was checked by the record's or frame's checksum or
+/// framing, and a link is never worth refusing the events for).
+pub fn set_links(events: &mut [Event], links: Vec<(u32, Str)>) {
+    for (i, link) in links {
+        if let Some(e) = events.get_mut(i as usize) {
+            e.link = Some(link);
+        }
+    }
 }
 
 /// `type` of a message, for endpoints that imply it (`/v1/track`, `/v1/identify`).
@@ -65,6 +109,8 @@ pub struct Event {
 pub enum MessageType {
     Track,
     Identify,
+    /// Segment's `alias`: `previousId` is the same person as `userId`.
+    Alias,
 }
 
 /// FNV-1a, 64 bits, over the UTF-8 bytes of `id`. Fixed by its definition, so

@@ -43,12 +43,55 @@ pub fn parse_message(
         variation_id: None,
         query: None,
         traits: Vec::new(),
+        link: None,
     };
+    event.link = message_link(&top, ty, &event, ctx.max_id_bytes)?;
     match ty {
         MessageType::Identify => event.traits = identify_traits(top)?,
         MessageType::Track => read_track(&mut event, &top, ctx)?,
+        MessageType::Alias => {
+            // Counted as a custom event "alias"; its link is the point.
+            event.kind = Kind::Custom;
+            event.name = Str::const_new("alias");
+        }
     }
     Ok(event)
+}
+
+/// The identity link of a message: an alias's `previousId` (required, as is its
+/// `userId`), else the `anonymousId` of a message keyed by its `userId`.
+fn message_link(
+    top: &TopFields<'_>,
+    ty: MessageType,
+    event: &Event,
+    max: usize,
+) -> Result<Option<Str>, Reject> {
+    let (slot, field) = match ty {
+        MessageType::Alias => (T_PREVIOUS_ID, "previousId"),
+        _ => (T_ANONYMOUS_ID, "anonymousId"),
+    };
+    let link = opt_id(&top.s[slot], field)?;
+    if ty == MessageType::Alias {
+        if event.anonymous {
+            return Err(Reject::AliasNeeds { field: "userId" });
+        }
+        if link.is_none() {
+            return Err(Reject::AliasNeeds {
+                field: "previousId",
+            });
+        }
+    }
+    let link = link.filter(|l| !event.anonymous && *l != event.user);
+    if let Some(l) = &link {
+        if l.len() > max {
+            return Err(Reject::IdTooLong {
+                field,
+                len: l.len(),
+                max,
+            });
+        }
+    }
+    Ok(link)
 }
 
 /// The checks before any field is read, cheapest first: size, UTF-8 (with
@@ -84,6 +127,7 @@ fn message_type(
         None => default_type.ok_or(Reject::MissingType),
         Some(Scalar::Str(t)) if t == "track" => Ok(MessageType::Track),
         Some(Scalar::Str(t)) if t == "identify" => Ok(MessageType::Identify),
+        Some(Scalar::Str(t)) if t == "alias" => Ok(MessageType::Alias),
         Some(Scalar::Str(t)) => Err(Reject::BadType { got: quoted(t) }),
         Some(s) => Err(Reject::BadType { got: describe(s) }),
     }
@@ -426,6 +470,37 @@ mod tests {
 
     // --- rejections of the message and its fields ---------------------------
 
+    /// Identity links (docs/identity.md): an alias's previousId, or the
+    /// anonymousId of a message keyed by its userId; nothing for anonymous ones.
+    #[test]
+    fn links_are_kept_from_alias_and_from_messages_with_both_ids() {
+        let a = ok(r#"{"type":"alias","previousId":"a-17","userId":"u-42"}"#);
+        assert_eq!((a.user.as_str(), a.link.as_deref()), ("u-42", Some("a-17")));
+        assert_eq!((a.kind, a.name.as_str()), (Kind::Custom, "alias"));
+        let i = ok(r#"{"type":"identify","userId":"u-42","anonymousId":"a-17"}"#);
+        assert_eq!(i.link.as_deref(), Some("a-17"));
+        let t = ok(r#"{"type":"track","event":"x","userId":"u-42","anonymousId":"a-18"}"#);
+        assert_eq!(t.link.as_deref(), Some("a-18"));
+        let anon = ok(r#"{"type":"track","event":"x","anonymousId":"a-19"}"#);
+        assert_eq!((anon.user.as_str(), anon.link), ("a-19", None));
+        let same = ok(r#"{"type":"identify","userId":"u","anonymousId":"u"}"#);
+        assert_eq!(same.link, None);
+        let reason = "alias: previousId is required (alias ties previousId to userId)";
+        rejects(r#"{"type":"alias","userId":"u-42"}"#, "bad_alias", reason);
+        let reason = "alias: userId is required (alias ties previousId to userId)";
+        rejects(
+            r#"{"type":"alias","anonymousId":"a","previousId":"b"}"#,
+            "bad_alias",
+            reason,
+        );
+        let long = "x".repeat(300);
+        rejects(
+            &format!(r#"{{"type":"alias","previousId":"{long}","userId":"u"}}"#),
+            "id_too_long",
+            "previousId: 300 bytes, over the 256-byte limit for ids (ingest.max_id_bytes)",
+        );
+    }
+
     #[test]
     fn rejects_long_line() {
         let line = format!(r#"{{"pad":"{}"}}"#, "x".repeat(40_000));
@@ -437,7 +512,7 @@ mod tests {
             b"{\"type\":1}",
             &small,
             "bad_type",
-            "type: expected \"track\" or \"identify\", got number 1",
+            "type: expected \"track\", \"identify\" or \"alias\", got number 1",
         );
         rejects_bytes(
             b"{\"type\": 1}",
@@ -540,17 +615,17 @@ mod tests {
         rejects(
             r#"{"type":"page","userId":"u"}"#,
             "bad_type",
-            r#"type: expected "track" or "identify", got "page""#,
+            r#"type: expected "track", "identify" or "alias", got "page""#,
         );
         rejects(
             r#"{"type":"Track","userId":"u","event":"x"}"#,
             "bad_type",
-            r#"type: expected "track" or "identify", got "Track""#,
+            r#"type: expected "track", "identify" or "alias", got "Track""#,
         );
         rejects(
             r#"{"type":["track"],"userId":"u"}"#,
             "bad_type",
-            r#"type: expected "track" or "identify", got array"#,
+            r#"type: expected "track", "identify" or "alias", got array"#,
         );
     }
 
@@ -559,7 +634,7 @@ mod tests {
         rejects(
             r#"{"userId":"u","event":"x"}"#,
             "missing_type",
-            r#"type: required ("track" or "identify")"#,
+            r#"type: required ("track", "identify" or "alias")"#,
         );
         let c = ctx();
         let ev = parse_message(

@@ -21,10 +21,12 @@ pub enum Reject {
     NotJson(String),
     #[error("expected a JSON object, got {got}")]
     NotObject { got: &'static str },
-    #[error("type: expected \"track\" or \"identify\", got {got}")]
+    #[error("type: expected \"track\", \"identify\" or \"alias\", got {got}")]
     BadType { got: String },
-    #[error("type: required (\"track\" or \"identify\")")]
+    #[error("type: required (\"track\", \"identify\" or \"alias\")")]
     MissingType,
+    #[error("alias: {field} is required (alias ties previousId to userId)")]
+    AliasNeeds { field: &'static str },
     #[error("missing userId or anonymousId")]
     MissingUser,
     #[error("{key}: given more than once")]
@@ -64,7 +66,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every value [`Reject::code`] can return, to pre-register metrics.
-    pub const CODES: [&'static str; 14] = [
+    pub const CODES: [&'static str; 15] = [
         "line_too_long",
         "invalid_utf8",
         "not_json",
@@ -72,6 +74,7 @@ impl Reject {
         "bad_type",
         "missing_type",
         "missing_user",
+        "bad_alias",
         "id_too_long",
         "duplicate_key",
         "missing_event",
@@ -91,6 +94,7 @@ impl Reject {
             Reject::BadType { .. } => "bad_type",
             Reject::MissingType => "missing_type",
             Reject::MissingUser => "missing_user",
+            Reject::AliasNeeds { .. } => "bad_alias",
             Reject::IdTooLong { .. } => "id_too_long",
             Reject::DuplicateKey { .. } => "duplicate_key",
             Reject::MissingEvent => "missing_event",

@@ -24,9 +24,28 @@ use crate::runtime::Engine;
 /// The bytes that select the binary protocol.
 pub const MAGIC: &[u8] = b"SSB1";
 
-/// Encodes one frame (length prefix included).
+/// Encodes one frame (length prefix included): the events, then, when any has
+/// an identity link, the links as `Vec<(u32, Str)>` (as in the log's records;
+/// a server from before links reads the events and ignores the rest).
 pub fn encode_frame(events: &[Event]) -> Vec<u8> {
-    length_prefixed(&bincode::serialize(events).expect("events serialize"))
+    let mut body = bincode::serialize(events).expect("events serialize");
+    let links = crate::event::links_of(events);
+    if !links.is_empty() {
+        bincode::serialize_into(&mut body, &links).expect("links serialize");
+    }
+    length_prefixed(&body)
+}
+
+/// Decodes a frame's body: its events, with the links after them if any.
+fn decode_body(body: &[u8]) -> bincode::Result<Vec<Event>> {
+    use crate::event::decode_next;
+    let mut reader = body;
+    let mut events: Vec<Event> = decode_next(&mut reader)?;
+    if !reader.is_empty() {
+        let links: Vec<(u32, crate::event::Str)> = decode_next(&mut reader)?;
+        crate::event::set_links(&mut events, links);
+    }
+    Ok(events)
 }
 
 fn length_prefixed(body: &[u8]) -> Vec<u8> {
@@ -138,7 +157,7 @@ impl FrameDecoder {
             let frame = self.frame_no;
             let body = &buf[pos + 4..pos + 4 + len];
             pos += 4 + len;
-            match bincode::deserialize::<Vec<Event>>(body) {
+            match decode_body(body) {
                 Ok(batch) => {
                     for (i, ev) in batch.into_iter().enumerate() {
                         match validator.check(&ev) {

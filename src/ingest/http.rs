@@ -22,13 +22,14 @@ use crate::event::{Event, MessageType};
 use crate::reply::{engine_error, error};
 use crate::runtime::Engine;
 
-/// `POST /v1/batch`, `/v1/track`, `/v1/identify`.
+/// `POST /v1/batch`, `/v1/track`, `/v1/identify`, `/v1/alias`.
 pub fn routes() -> axum::Router<Arc<Engine>> {
     use axum::routing::post;
     axum::Router::new()
         .route("/v1/batch", post(batch))
         .route("/v1/track", post(track))
         .route("/v1/identify", post(identify))
+        .route("/v1/alias", post(alias))
 }
 
 pub async fn batch(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Response {
@@ -95,6 +96,11 @@ pub async fn identify(
     body: Body,
 ) -> Response {
     single(engine, headers, body, MessageType::Identify).await
+}
+
+/// Segment's alias call: `previousId` is the same person as `userId`.
+pub async fn alias(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Response {
+    single(engine, headers, body, MessageType::Alias).await
 }
 
 async fn single(engine: Arc<Engine>, headers: HeaderMap, body: Body, t: MessageType) -> Response {

@@ -137,6 +137,14 @@ impl Validator {
             }
             .into());
         }
+        if let Some(link) = ev.link.as_ref().filter(|l| l.len() > self.ctx.max_id_bytes) {
+            return Err(Reject::IdTooLong {
+                field: "link",
+                len: link.len(),
+                max: self.ctx.max_id_bytes,
+            }
+            .into());
+        }
         if ev.name.is_empty() {
             return Err(Reject::MissingEvent.into());
         }

@@ -47,4 +47,4 @@ pub use engine::{Defined, Engine, ReadAt, Route};
 pub use epoch::{Epoch, Readable};
 pub use error::{EngineError, ReplayError, Unavailable};
 pub use host::{HostContext, ViewHost};
-pub use sequencer::SubmitAck;
+pub use sequencer::{decode_payload, SubmitAck};

@@ -141,6 +141,7 @@ pub fn event(op: &Op, n: usize, ts: i64, ids: &[u64]) -> Event {
         variation_id: None,
         query: None,
         traits,
+        link: None,
     }
 }
 

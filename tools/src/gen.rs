@@ -411,6 +411,7 @@ pub fn to_event(m: &Message) -> Event {
                 ]
             })
             .unwrap_or_default(),
+        link: None,
     }
 }
 
