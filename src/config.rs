@@ -195,8 +195,25 @@ pub struct RawConfig {
     pub engine: RawEngine,
     pub segments: RawSegments,
     pub snapshot: SnapshotConfig,
+    pub identity: RawIdentity,
     pub auth: RawAuth,
     pub tls: RawTls,
+}
+
+/// `[identity]`: how identity links are applied (see `crate::identity`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    /// Ids merged into one user at most; a link beyond is refused.
+    pub max_ids_per_user: usize,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity {
+            max_ids_per_user: 100,
+        }
+    }
 }
 
 /// `[snapshot]`: checkpoints of every view's state, so that a restart reads a
@@ -384,6 +401,8 @@ pub struct Config {
     pub lifecycle: RawLifecycle,
     pub tiers: RawTiers,
     pub snapshot: SnapshotConfig,
+    /// Ids merged into one user at most (`identity.max_ids_per_user`).
+    pub max_ids_per_user: usize,
     /// API tokens; access control is on when there is at least one.
     pub auth: crate::auth::Auth,
     /// Listening on a non-loopback address without tokens is allowed.
@@ -437,6 +456,7 @@ impl RawConfig {
         }
         let (i, h, l, e, g) = (self.ingest, self.http, self.log, self.engine, self.segments);
         let snapshot = self.snapshot;
+        let max_ids_per_user = self.identity.max_ids_per_user;
         let auth = crate::auth::Auth::new(
             &self.auth.tokens,
             self.auth.public_health,
@@ -571,6 +591,7 @@ impl RawConfig {
             lifecycle: g.lifecycle,
             tiers: g.tiers,
             snapshot,
+            max_ids_per_user,
             auth,
             insecure: self.auth.insecure,
             tls,

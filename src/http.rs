@@ -151,7 +151,7 @@ pub fn router(engine: Arc<Engine>, views: &[Arc<dyn ServeView>]) -> Router {
         // Bodies are limited by the ingest handlers themselves, with a JSON 413.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(limit(engine.config.max_concurrent_ingest));
-    let mut reads = crate::serve::admin::routes();
+    let mut reads = crate::serve::admin::routes().merge(crate::serve::identity::routes());
     for view in views {
         reads = reads.merge(view.routes());
     }

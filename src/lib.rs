@@ -35,6 +35,7 @@ pub mod catalog;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod identity;
 pub mod ingest;
 pub mod log;
 pub mod reply;

@@ -1444,3 +1444,99 @@ fn identity_links_reach_the_log_on_every_ingest_path() {
         ]
     );
 }
+
+/// The identity graph (docs/identity.md, step 2), over the real server: a visitor
+/// browses as an anonymous id, signs in, and the id belongs to the user from that
+/// point; the first link wins and a conflicting one is reported; the cap refuses;
+/// a past `as_of` sees the graph as it was; a restart (from the log, and from a
+/// snapshot) answers the same.
+#[test]
+fn identity_links_make_an_anonymous_visitor_a_known_user() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cap = |c: &mut shopstream::config::Config| c.max_ids_per_user = 2;
+    let s = TestServer::start_in(dir.path(), cap);
+    let browse = send_messages(
+        s.tcp,
+        &[
+            json!({"type": "track", "event": "Product Viewed", "anonymousId": "a-17",
+                 "properties": {"product_id": "p1"}, "messageId": "i1"}),
+        ],
+    );
+    let (_, before) = get_json(
+        s.http,
+        &format!("/v1/users/a-17/identity?min_seq={}", browse.seq()),
+    );
+    assert_eq!(
+        before["error"]
+            .as_str()
+            .map(|e| e.contains("no identity link")),
+        Some(true)
+    );
+    let signed_in = send_messages(
+        s.tcp,
+        &[
+            json!({"type": "identify", "userId": "u-42", "anonymousId": "a-17", "messageId": "i2"}),
+            json!({"type": "identify", "userId": "u-43", "anonymousId": "a-17", "messageId": "i3"}),
+            json!({"type": "alias", "previousId": "a-18", "userId": "u-42", "messageId": "i4"}),
+            json!({"type": "alias", "previousId": "a-19", "userId": "u-42", "messageId": "i5"}),
+        ],
+    );
+    let answers = |s: &TestServer| {
+        let at = format!("min_seq={}", signed_in.seq());
+        ["a-17", "u-42", "u-43", "a-19"]
+            .map(|id| get_json(s.http, &format!("/v1/users/{id}/identity?{at}")))
+    };
+    let live = answers(&s);
+    let [(st, by_anon), (_, by_user), (_, other), (_, refused)] = live.clone();
+    assert_eq!(st, 200, "{by_anon}");
+    assert_eq!(by_anon["user_id"], json!("u-42"));
+    assert_eq!(by_anon["belongs_to"], json!("u-42"));
+    let ids = |v: &Value| {
+        v["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&by_user), [json!("a-17"), json!("a-18")]);
+    assert_eq!(by_user.get("belongs_to"), None);
+    assert_eq!(
+        by_user["ids"][0]["linked_at"]["as_of"],
+        json!(browse.seq() + 1)
+    );
+    // u-43's link came second: a conflict, reported, not merged.
+    assert_eq!(other["user_id"], json!("u-43"));
+    assert_eq!(ids(&other), Vec::<Value>::new());
+    assert_eq!(
+        other["unmerged"][0]["outcome"],
+        json!("conflict"),
+        "{other}"
+    );
+    // The third id of u-42 is over identity.max_ids_per_user = 2.
+    assert_eq!(refused["user_id"], json!("a-19"), "{refused}");
+    assert_eq!(refused["unmerged"][0]["outcome"], json!("refused"));
+    // As of the sign-in, only a-17 was linked.
+    let (_, past) = get_json(
+        s.http,
+        &format!("/v1/users/u-42/identity?as_of={}", browse.seq() + 1),
+    );
+    assert_eq!(ids(&past), [json!("a-17")]);
+    let (status, _) = post(s.http, "/v1/admin/snapshot", b"");
+    assert_eq!(status, 201);
+    s.shutdown();
+
+    let restarted = TestServer::start_in(dir.path(), cap);
+    assert!(restarted
+        .server()
+        .engine
+        .recovery()
+        .snapshot_epoch
+        .is_some());
+    assert_eq!(answers(&restarted), live, "from the snapshot");
+    restarted.shutdown();
+    std::fs::remove_dir_all(dir.path().join(shopstream::snapshot::DIR)).expect("rm");
+    let replayed = TestServer::start_in(dir.path(), cap);
+    assert_eq!(answers(&replayed), live, "from the whole log");
+    replayed.shutdown();
+}

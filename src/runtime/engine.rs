@@ -10,6 +10,7 @@ use shopstream_dataflows::view::{Env, Names, ReadCtx, View};
 
 use super::epoch::Feed;
 use super::host::{HostContext, ViewHost};
+use super::sequencer::IDENTITY_PART;
 use super::sequencer::{SnapshotContext, SnapshotInfo, Work};
 use super::shared::{Pin, Shared};
 use super::worker::{self, Request};
@@ -17,6 +18,7 @@ use super::{sequencer, EngineError, Readable, ReplayError, SubmitAck, Unavailabl
 use crate::catalog::{Catalog, Control};
 use crate::config::Config;
 use crate::event::Event;
+use crate::identity::IdentityGraph;
 use crate::log::{self, Recovery};
 use crate::snapshot::{self, SnapshotError};
 use crate::symbols::Symbols;
@@ -118,8 +120,14 @@ impl Engine {
             hosts.iter().flat_map(|h| h.compilers(&config)).collect(),
         ));
         let env = Self::provide(&config, hosts, &symbols, &catalog);
-        let snapshots = Self::restore(&config, hosts, &env, &symbols, &catalog)?;
-        let shared = Arc::new(Shared::new(config.workers, config.as_of_history, catalog));
+        let identity = Arc::new(Mutex::new(IdentityGraph::new(config.max_ids_per_user)));
+        let snapshots = Self::restore(&config, hosts, &env, &symbols, &catalog, &identity)?;
+        let shared = Arc::new(Shared::new(
+            config.workers,
+            config.as_of_history,
+            catalog,
+            identity,
+        ));
         let mut wiring = Wiring::new(config.workers);
         let guards = Self::start_workers(&config, &shared, &symbols, &env, &mut wiring)?;
         let (submit_tx, submit_rx) = flume::bounded(config.queue_depth);
@@ -195,6 +203,7 @@ impl Engine {
         env: &Env,
         symbols: &Arc<Symbols>,
         catalog: &Arc<Catalog>,
+        identity: &Mutex<IdentityGraph>,
     ) -> Result<SnapshotContext, EngineError> {
         let save_hosts = {
             let hosts = hosts.to_vec();
@@ -213,6 +222,16 @@ impl Engine {
             Some(mut s) => {
                 symbols.restore(std::mem::take(&mut s.symbols));
                 let definitions = catalog.restore(std::mem::take(&mut s.catalog));
+                if let Some(saved) = s.host(IDENTITY_PART) {
+                    identity
+                        .lock()
+                        .expect("poisoned")
+                        .restore(saved)
+                        .map_err(|reason| SnapshotError::Damaged {
+                            path: snapshot::dir(&config.data_dir),
+                            reason: format!("identity graph: {reason}"),
+                        })?;
+                }
                 for h in hosts {
                     if let Some(saved) = s.host(h.name()) {
                         h.restore(env, saved)
@@ -337,6 +356,15 @@ impl Engine {
             return Err(Unavailable::LogFailed.into());
         }
         Ok(())
+    }
+
+    /// The identity of `id` as of sequence number `as_of` (see [`crate::identity`]).
+    pub fn identity(&self, id: &str, as_of: u64) -> Option<crate::identity::Identity> {
+        self.shared
+            .identity
+            .lock()
+            .expect("poisoned")
+            .read(id, as_of)
     }
 
     /// The definitions of every kind.

@@ -71,6 +71,9 @@ pub struct SnapshotInfo {
     pub removed_log_files: usize,
 }
 
+/// The name of the identity graph's part in a snapshot (among the hosts' parts).
+pub(crate) const IDENTITY_PART: &str = "identity";
+
 /// What the sequencer needs, besides its own state, to take and restore
 /// snapshots: the host halves' state and the symbol table.
 #[derive(Clone)]
@@ -460,6 +463,7 @@ impl Sequencer {
             .store(self.next_seq - 1, Ordering::Relaxed);
         self.last_record = Instant::now();
         let definitions = self.apply_controls(&header, &controls);
+        self.apply_links(header.first_seq, chunks.iter().flatten());
         Ok(Some(Epoch {
             epoch: header.epoch,
             first_seq: header.first_seq,
@@ -468,6 +472,25 @@ impl Sequencer {
             definitions,
             restore: None,
         }))
+    }
+
+    /// Records the identity links of a logged (or replayed) record's events, the
+    /// first numbered `first_seq`, in the identity graph.
+    fn apply_links<'a>(&self, first_seq: u64, events: impl Iterator<Item = &'a Event>) {
+        let mut graph = None;
+        for (i, ev) in events.enumerate() {
+            if let Some(link) = &ev.link {
+                let graph =
+                    graph.get_or_insert_with(|| self.shared.identity.lock().expect("poisoned"));
+                let at = crate::identity::LinkedAt {
+                    seq: first_seq + i as u64,
+                    ts: ev.ts,
+                };
+                let outcome = graph.link(link, &ev.user, at);
+                metrics::counter!("shopstream_identity_links_total", "outcome" => outcome.name())
+                    .increment(1);
+            }
+        }
     }
 
     /// Records a record's definitions in the catalog, compiled for the workers.
@@ -635,6 +658,7 @@ impl Sequencer {
             LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
         })?;
         let definitions = self.apply_controls(header, &controls);
+        self.apply_links(header.first_seq, events.iter());
         for (i, ev) in events.iter().enumerate() {
             if let Some(id) = ev.message_id {
                 let _ = self.dedup.insert(id, header.first_seq + i as u64);
@@ -699,6 +723,10 @@ impl Sequencer {
             created_ms: now_ms(),
             dedup: self.dedup.save(),
             catalog: self.shared.catalog.save(),
+            hosts: vec![(
+                IDENTITY_PART.to_owned(),
+                self.shared.identity.lock().expect("poisoned").save(),
+            )],
             ..Snapshot::default()
         };
         let (parts_tx, parts_rx) = flume::unbounded();
@@ -878,7 +906,7 @@ impl Collect {
             }
         }
         // Every worker has staged the epoch and waits: the host halves are at it.
-        snap.hosts = (self.cx.save_hosts)();
+        snap.hosts.extend((self.cx.save_hosts)());
         drop(self.resume);
         snap.views = views;
         snap.symbols = self.cx.symbols.save();

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::Readable;
 use crate::catalog::Catalog;
+use crate::identity::IdentityGraph;
 
 /// Progress and read pins, shared by workers and readers under one lock so that a
 /// worker never compacts past an epoch a reader has just pinned.
@@ -41,16 +42,24 @@ pub(crate) struct Shared {
     pub(crate) worker_failed: AtomicBool,
     /// Definitions of every kind, as logged.
     pub(crate) catalog: Arc<Catalog>,
+    /// Identity links, as logged (see [`crate::identity`]).
+    pub(crate) identity: Arc<Mutex<IdentityGraph>>,
 }
 
 impl Shared {
-    pub(super) fn new(workers: usize, as_of_history: usize, catalog: Arc<Catalog>) -> Self {
+    pub(super) fn new(
+        workers: usize,
+        as_of_history: usize,
+        catalog: Arc<Catalog>,
+        identity: Arc<Mutex<IdentityGraph>>,
+    ) -> Self {
         let (readable, _) = watch::channel(Readable {
             clock: shopstream_dataflows::types::Millis::MIN,
             ..Readable::default()
         });
         Shared {
             catalog,
+            identity,
             state: Mutex::new(ReadState {
                 per_worker: vec![Readable::default(); workers],
                 pins: BTreeMap::new(),

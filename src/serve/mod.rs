@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod feed;
 pub mod health;
+pub mod identity;
 pub mod profile;
 pub mod segments;
 mod view;
