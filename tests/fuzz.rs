@@ -25,8 +25,8 @@
 //! # The corpus
 //! `tests/fuzz-corpus/<target>/` holds valid inputs and known tricky ones (a byte
 //! order mark, duplicate keys, huge numbers, deep nesting, invalid UTF-8, truncated
-//! frames). The binary seeds are written by `write_binary_seed_corpus` (ignored;
-//! run it with `--ignored` after a change to the event model). A failing input is
+//! frames). The binary seeds are made by code (`the_binary_seed_corpus_is_current`
+//! fails when they go stale; `FUZZ_WRITE_SEEDS=1` rewrites them). A failing input is
 //! shrunk and written next to them as `crash-<hash>`, so it is replayed first on
 //! every later run: commit it as the regression.
 //!
