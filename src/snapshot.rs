@@ -204,18 +204,7 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<(PathBuf, u64), Snapshot
 /// Whether a snapshot file looks whole: its header is sound and its size is what
 /// the header says (the body's checksum is checked when it is read at start).
 fn looks_whole(path: &Path) -> bool {
-    let Ok(mut f) = File::open(path) else {
-        return false;
-    };
-    let mut header = [0u8; HEADER_LEN];
-    if f.read_exact(&mut header).is_err() || &header[0..4] != MAGIC {
-        return false;
-    }
-    let crc = u32::from_le_bytes(header[28..32].try_into().expect("4 bytes"));
-    let len = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
-    crc32fast::hash(&header[0..28]) == crc
-        && f.metadata()
-            .is_ok_and(|m| m.len() == HEADER_LEN as u64 + len)
+    File::open(path).is_ok_and(|mut f| open_header(&mut f).is_ok())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
@@ -231,42 +220,60 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         reason,
     };
     let mut f = File::open(path).map_err(io_err("open", path))?;
-    let mut header = [0u8; HEADER_LEN];
-    f.read_exact(&mut header)
-        .map_err(|_| damaged("shorter than its header".into()))?;
-    if &header[0..4] != MAGIC {
-        return Err(damaged("bad magic".into()));
-    }
-    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
-    let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-    if crc32fast::hash(&header[0..28]) != word(28) {
-        return Err(damaged("header checksum mismatch".into()));
-    }
-    if word(4) != VERSION {
-        return Err(damaged(format!(
-            "format version {} (this build reads {VERSION})",
-            word(4)
-        )));
-    }
-    let len = long(16);
-    let actual = f.metadata().map_err(io_err("stat", path))?.len();
-    if actual != HEADER_LEN as u64 + len {
-        return Err(damaged(format!(
-            "{actual} bytes, the header says {}",
-            HEADER_LEN as u64 + len
-        )));
-    }
-    let mut body = Vec::with_capacity(len as usize);
+    let header = open_header(&mut f).map_err(damaged)?;
+    let mut body = Vec::with_capacity(header.len as usize);
     f.read_to_end(&mut body).map_err(io_err("read", path))?;
-    if crc32fast::hash(&body) != word(24) {
+    if crc32fast::hash(&body) != header.body_crc {
         return Err(damaged("body checksum mismatch".into()));
     }
     let snapshot: Snapshot =
         bincode::deserialize(&body).map_err(|e| damaged(format!("undecodable: {e}")))?;
-    if snapshot.epoch != long(8) {
+    if snapshot.epoch != header.epoch {
         return Err(damaged("body and header disagree on the epoch".into()));
     }
     Ok(snapshot)
+}
+
+/// What a sound header says.
+struct Header {
+    epoch: Time,
+    len: u64,
+    body_crc: u32,
+}
+
+/// Reads and checks a snapshot file's header (magic, checksum, version) and that
+/// the file has the length it says; the error is the reason it is damaged.
+fn open_header(f: &mut File) -> Result<Header, String> {
+    let mut header = [0u8; HEADER_LEN];
+    f.read_exact(&mut header)
+        .map_err(|_| "shorter than its header".to_owned())?;
+    if &header[0..4] != MAGIC {
+        return Err("bad magic".into());
+    }
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let long = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    if crc32fast::hash(&header[0..28]) != word(28) {
+        return Err("header checksum mismatch".into());
+    }
+    if word(4) != VERSION {
+        return Err(format!(
+            "format version {} (this build reads {VERSION})",
+            word(4)
+        ));
+    }
+    let len = long(16);
+    let actual = f.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    if actual != HEADER_LEN as u64 + len {
+        return Err(format!(
+            "{actual} bytes, the header says {}",
+            HEADER_LEN as u64 + len
+        ));
+    }
+    Ok(Header {
+        epoch: long(8),
+        len,
+        body_crc: word(24),
+    })
 }
 
 /// The snapshot to start from: the newest sound one that the log continues

@@ -230,28 +230,18 @@ pub trait Compiler: Send + Sync {
 /// The catalog as a snapshot keeps it ([`Catalog::save`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedCatalog {
-    pub defined: Vec<SavedDefinition>,
+    /// Every definition, with its kind's name (restored to the compiler's own).
+    pub defined: Vec<(String, Definition)>,
     /// Every name ever defined: `(kind, id, name)` (dropped ones still name the
     /// exits the feed publishes).
     pub names: Vec<(String, u64, String)>,
 }
 
-/// A [`Definition`] as a snapshot keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedDefinition {
-    pub kind: String,
-    pub name: String,
-    pub body: String,
-    pub source: Source,
-    pub epoch: Time,
-    pub seq: u64,
-    pub clock: Millis,
-    pub created_epoch: Time,
-}
-
 /// A definition as defined now.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Definition {
+    /// The compiler's name for the kind (saved beside it, see [`SavedCatalog`]).
+    #[serde(skip)]
     pub kind: &'static str,
     pub name: String,
     /// The body as logged (a segment's rule text).
@@ -391,16 +381,7 @@ impl Catalog {
             .by_name
             .values()
             .flat_map(BTreeMap::values)
-            .map(|d| SavedDefinition {
-                kind: d.kind.to_owned(),
-                name: d.name.clone(),
-                body: d.body.clone(),
-                source: d.source,
-                epoch: d.epoch,
-                seq: d.seq,
-                clock: d.clock,
-                created_epoch: d.created_epoch,
-            })
+            .map(|d| (d.kind.to_owned(), d.clone()))
             .collect();
         let names = registry
             .names
@@ -422,8 +403,8 @@ impl Catalog {
             }
         }
         let mut out = Vec::with_capacity(saved.defined.len());
-        for d in saved.defined {
-            let compiler = match self.compiler(&d.kind) {
+        for (kind, mut d) in saved.defined {
+            let compiler = match self.compiler(&kind) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(name = %d.name, error = %e,
@@ -434,19 +415,8 @@ impl Catalog {
             let (kind, id) = (compiler.kind(), compiler.id(&d.name));
             match compiler.compile(&d.body) {
                 Ok(compiled) => {
-                    registry.define(
-                        id,
-                        Definition {
-                            kind,
-                            name: d.name,
-                            body: d.body,
-                            source: d.source,
-                            epoch: d.epoch,
-                            seq: d.seq,
-                            clock: d.clock,
-                            created_epoch: d.created_epoch,
-                        },
-                    );
+                    d.kind = kind;
+                    registry.define(id, d);
                     out.push(DefinitionChange {
                         kind,
                         id,
