@@ -18,26 +18,36 @@
 //! disk has room again. `/healthz` says "degraded" with the reason meanwhile.
 //! When cutting back is not safe (an fsync failure under `fsync = "interval"` or
 //! `"never"`: see [`LogWriter`]) the log stays failed until a restart.
+//!
+//! Files: this one (the loop, group commit, faults, replay), `dedup` (the
+//! horizon), `payload` (a record's bytes), `snapshot` (taking and restoring
+//! snapshots).
 
-use std::collections::hash_map::Entry;
-use std::collections::VecDeque;
+mod dedup;
+mod payload;
+mod snapshot;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shopstream_dataflows::types::{IdMap, Millis};
+use shopstream_dataflows::types::Millis;
 
 use shopstream_dataflows::view::DefinitionChange;
 
-use super::epoch::{Backlog, Feed, SnapshotTake, WorkerParts};
+use super::epoch::{Backlog, Feed};
 use super::shared::Shared;
 use super::{EngineError, Epoch, Unavailable};
 use crate::catalog::Control;
 use crate::config::{ClockMode, Config};
 use crate::event::Event;
 use crate::log::{self, LogConfig, LogError, LogWriter, RecordHeader, Recovery};
-use crate::snapshot::{self, Snapshot, SnapshotError};
-use crate::symbols::Symbols;
+use crate::snapshot::SnapshotError;
+use dedup::Dedup;
+pub use payload::decode_payload;
+use payload::encode_payload;
+pub(crate) use snapshot::IDENTITY_PART;
+pub use snapshot::{SnapshotContext, SnapshotInfo, SnapshotReply};
 
 /// Events from one connection (or request), or definition changes, and where to
 /// acknowledge them.
@@ -54,38 +64,6 @@ pub enum Work {
     Snapshot(SnapshotReply),
 }
 
-/// Where the outcome of a requested snapshot goes.
-pub type SnapshotReply = tokio::sync::oneshot::Sender<Result<SnapshotInfo, SnapshotError>>;
-
-/// A snapshot written.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotInfo {
-    pub epoch: u64,
-    /// The last sequence number it holds.
-    pub seq: u64,
-    pub path: std::path::PathBuf,
-    pub bytes: u64,
-    /// From the request to the file being durable.
-    pub millis: u64,
-    /// Log files removed after it (`snapshot.prune_log`).
-    pub removed_log_files: usize,
-}
-
-/// The name of the identity graph's part in a snapshot (among the hosts' parts).
-pub(crate) const IDENTITY_PART: &str = "identity";
-
-/// What the sequencer needs, besides its own state, to take and restore
-/// snapshots: the host halves' state and the symbol table.
-#[derive(Clone)]
-pub struct SnapshotContext {
-    pub symbols: Arc<Symbols>,
-    /// Each view host's own state, by name, at the moment it is called.
-    pub save_hosts: Arc<dyn Fn() -> Vec<(String, Vec<u8>)> + Send + Sync>,
-    /// The snapshot to start from (chosen and partly restored by the engine),
-    /// with its definitions compiled.
-    pub restore: Option<(Arc<Snapshot>, Vec<DefinitionChange>)>,
-}
-
 /// The outcome of one submission.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubmitAck {
@@ -98,89 +76,6 @@ pub struct SubmitAck {
     pub duplicates: Vec<usize>,
     /// The epoch of the record that holds this submission (`None`: nothing was logged).
     pub epoch: Option<u64>,
-}
-
-/// Remembers the last `horizon` message ids, with the sequence number each was
-/// logged at (a duplicate is acknowledged as that event).
-struct Dedup {
-    horizon: usize,
-    seen: IdMap<u64>,
-    order: VecDeque<u64>,
-    /// Ids the current group pushed out of the horizon, oldest first, so that a
-    /// group that could not be logged puts them back (they were logged).
-    evicted: Vec<(u64, u64)>,
-}
-
-impl Dedup {
-    /// The horizon, oldest first, with each id's sequence number.
-    fn save(&self) -> Vec<(u64, u64)> {
-        self.order
-            .iter()
-            .filter_map(|id| self.seen.get(id).map(|seq| (*id, *seq)))
-            .collect()
-    }
-
-    /// Restores a saved horizon (the newest `horizon` of it).
-    fn restore(&mut self, saved: &[(u64, u64)]) {
-        for (id, seq) in saved {
-            let _ = self.insert(*id, *seq);
-        }
-    }
-}
-
-impl Dedup {
-    fn new(horizon: usize) -> Self {
-        Dedup {
-            horizon,
-            seen: IdMap::with_capacity_and_hasher(horizon.min(1 << 20), Default::default()),
-            order: VecDeque::new(),
-            evicted: Vec::new(),
-        }
-    }
-    /// Records `id` as logged at `seq`; if it is already within the horizon, the
-    /// sequence number of the first copy instead.
-    fn insert(&mut self, id: u64, seq: u64) -> Result<(), u64> {
-        if self.horizon == 0 {
-            return Ok(());
-        }
-        match self.seen.entry(id) {
-            Entry::Occupied(first) => return Err(*first.get()),
-            Entry::Vacant(slot) => {
-                slot.insert(seq);
-            }
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.horizon {
-            if let Some(old) = self.order.pop_front() {
-                if let Some(seq) = self.seen.remove(&old) {
-                    self.evicted.push((old, seq));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts a group commit: what it evicts is remembered until the next one.
-    fn begin_group(&mut self) {
-        self.evicted.clear();
-    }
-
-    /// Forgets `ids`, the newest inserted (in insertion order), when their record
-    /// could not be logged, and puts back the ids they pushed out of the horizon:
-    /// the horizon is then what it was before the group, as a replay rebuilds it.
-    fn forget_newest(&mut self, ids: &[u64]) {
-        for id in ids.iter().rev() {
-            if self.order.back() == Some(id) {
-                self.order.pop_back();
-                self.seen.remove(id);
-            }
-        }
-        for (id, seq) in self.evicted.drain(..).rev() {
-            if self.seen.insert(id, seq).is_none() {
-                self.order.push_front(id);
-            }
-        }
-    }
 }
 
 /// A log failure the sequencer is retrying after.
@@ -509,47 +404,6 @@ impl Sequencer {
     }
 }
 
-/// Encodes chunks of events exactly as `bincode::serialize` encodes one
-/// `Vec<Event>` of them all (a little-endian `u64` length, then each event), into a
-/// reused buffer, followed, when there are any, by the record's definition
-/// changes as a bincode `Vec<Control>`, and then, when there are any, by the
-/// events' identity links as a bincode `Vec<(u32, Str)>` (the controls then
-/// written even when empty). [`decode_payload`] reads all three; a version
-/// before links reads the events and the controls and ignores the rest.
-fn encode_payload(chunks: &[Vec<Event>], count: usize, controls: &[Control], out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&(count as u64).to_le_bytes());
-    for ev in chunks.iter().flatten() {
-        bincode::serialize_into(&mut *out, ev).expect("events serialize");
-    }
-    let links = crate::event::links_of(chunks.iter().flatten());
-    if !controls.is_empty() || !links.is_empty() {
-        bincode::serialize_into(&mut *out, controls).expect("controls serialize");
-    }
-    if !links.is_empty() {
-        bincode::serialize_into(&mut *out, &links).expect("links serialize");
-    }
-}
-
-/// Decodes a record's payload: its events (with their links) and its definition
-/// changes (none in a record without them, as every record before definitions
-/// existed).
-pub fn decode_payload(payload: &[u8]) -> bincode::Result<(Vec<Event>, Vec<Control>)> {
-    use crate::event::decode_next;
-    let mut reader = payload;
-    let mut events: Vec<Event> = decode_next(&mut reader)?;
-    let controls = if reader.is_empty() {
-        Vec::new()
-    } else {
-        decode_next(&mut reader)?
-    };
-    if !reader.is_empty() {
-        let links: Vec<(u32, crate::event::Str)> = decode_next(&mut reader)?;
-        crate::event::set_links(&mut events, links);
-    }
-    Ok((events, controls))
-}
-
 /// The sequencer thread: replay, report readiness, then serve submissions.
 pub(super) fn run(
     config: Config,
@@ -631,27 +485,6 @@ impl Sequencer {
         Ok(recovery)
     }
 
-    /// Takes up the sequencer's part of the snapshot to start from and sends the
-    /// workers its epoch: no events, every definition, the views' parts. Returns
-    /// the epoch it covers.
-    fn restore_snapshot(&mut self) -> Option<u64> {
-        let (snapshot, definitions) = self.snapshots.restore.take()?;
-        self.dedup.restore(&snapshot.dedup);
-        self.clock = snapshot.clock;
-        self.next_epoch = snapshot.epoch + 1;
-        self.next_seq = snapshot.next_seq;
-        let epoch = snapshot.epoch;
-        self.forward(Epoch {
-            epoch,
-            first_seq: snapshot.next_seq,
-            clock: snapshot.clock,
-            chunks: Vec::new(),
-            definitions,
-            restore: Some(snapshot),
-        });
-        Some(epoch)
-    }
-
     /// One replayed record: what it defines, its message ids, then the epoch.
     fn replay_record(&mut self, header: &RecordHeader, payload: &[u8]) -> Result<(), LogError> {
         let (events, controls) = decode_payload(payload).map_err(|e| {
@@ -676,100 +509,6 @@ impl Sequencer {
             restore: None,
         });
         Ok(())
-    }
-
-    /// Starts a snapshot after the last epoch logged: syncs the log (a snapshot
-    /// holds only durable epochs, so the log always goes on from it), takes the
-    /// sequencer's own state, and asks every worker for its views' parts, in
-    /// order with the epochs. A thread collects the parts, adds the host halves'
-    /// state and writes the file; `reply` (if any) hears when it is durable.
-    fn snapshot(&mut self, reply: Option<SnapshotReply>) {
-        let refuse = |reply: Option<SnapshotReply>, e: SnapshotError| {
-            if let Some(r) = reply {
-                let _ = r.send(Err(e));
-            }
-        };
-        if self.next_epoch == 0 {
-            return refuse(reply, SnapshotError::Empty);
-        }
-        // A failing log (or one being retried) may not hold what was acknowledged
-        // as durable, and a failed worker cannot save its part: no snapshot then.
-        if self.writer.is_none() || self.fault.is_some() {
-            return refuse(reply, SnapshotError::LogFailed);
-        }
-        if self.shared.worker_failed.load(Ordering::SeqCst) {
-            return refuse(reply, SnapshotError::WorkerGone);
-        }
-        if self.snapshot_busy.swap(true, Ordering::SeqCst) {
-            return refuse(reply, SnapshotError::Busy);
-        }
-        if let Some(w) = self.writer.as_mut() {
-            if w.durable_next_epoch() < w.next_epoch() {
-                if let Err(e) = w.sync() {
-                    self.failed(Arc::new(e));
-                }
-            }
-        }
-        // The sync before it failed.
-        if self.writer.is_none() || self.fault.is_some() {
-            self.snapshot_busy.store(false, Ordering::SeqCst);
-            return refuse(reply, SnapshotError::LogFailed);
-        }
-        let base = Snapshot {
-            epoch: self.next_epoch - 1,
-            next_seq: self.next_seq,
-            clock: self.clock,
-            workers: self.workers.len() as u32,
-            created_ms: now_ms(),
-            dedup: self.dedup.save(),
-            catalog: self.shared.catalog.save(),
-            hosts: vec![(
-                IDENTITY_PART.to_owned(),
-                self.shared.identity.lock().expect("poisoned").save(),
-            )],
-            ..Snapshot::default()
-        };
-        let (parts_tx, parts_rx) = flume::unbounded();
-        let (resume_tx, resume_rx) = flume::bounded(0);
-        self.send_all(|| {
-            Feed::Snapshot(SnapshotTake {
-                parts: parts_tx.clone(),
-                resume: resume_rx.clone(),
-            })
-        });
-        drop(parts_tx);
-        self.last_snapshot = (self.next_seq, Instant::now());
-        let job = Collect {
-            base,
-            parts: parts_rx,
-            resume: resume_tx,
-            workers: self.workers.len(),
-            cx: self.snapshots.clone(),
-            config: self.config.clone(),
-            busy: self.snapshot_busy.clone(),
-            started: Instant::now(),
-        };
-        let spawned = std::thread::Builder::new()
-            .name("shopstream-snapshot".into())
-            .spawn(move || job.run(reply));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "snapshot: cannot start its thread");
-            self.snapshot_busy.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// After a commit: a snapshot when `snapshot.every_events` events were logged
-    /// since the last one, and not sooner than `snapshot.min_interval_s`.
-    fn snapshot_when_due(&mut self) {
-        let s = &self.config.snapshot;
-        let (seq, at) = self.last_snapshot;
-        if s.every_events > 0
-            && self.next_seq.saturating_sub(seq) >= s.every_events
-            && at.elapsed() >= Duration::from_secs(s.min_interval_s)
-            && !self.snapshot_busy.load(Ordering::SeqCst)
-        {
-            self.snapshot(None);
-        }
     }
 
     /// How long to wait for a submission before an idle duty: a wall-clock tick
@@ -849,168 +588,5 @@ impl Sequencer {
             }
         }
         (group, None)
-    }
-}
-
-/// Collects a snapshot's parts and writes it (on a thread of its own, so that
-/// the sequencer goes on logging meanwhile).
-struct Collect {
-    base: Snapshot,
-    parts: flume::Receiver<WorkerParts>,
-    resume: flume::Sender<()>,
-    workers: usize,
-    cx: SnapshotContext,
-    config: Config,
-    busy: Arc<std::sync::atomic::AtomicBool>,
-    started: Instant,
-}
-
-impl Collect {
-    fn run(self, reply: Option<SnapshotReply>) {
-        let busy = self.busy.clone();
-        let outcome = self.write();
-        busy.store(false, Ordering::SeqCst);
-        match &outcome {
-            Ok(info) => {
-                metrics::counter!("shopstream_snapshots_total").increment(1);
-                metrics::gauge!("shopstream_snapshot_bytes").set(info.bytes as f64);
-                metrics::gauge!("shopstream_snapshot_epoch").set(info.epoch as f64);
-                tracing::info!(epoch = info.epoch, seq = info.seq, bytes = info.bytes,
-                    millis = info.millis, removed_log_files = info.removed_log_files,
-                    path = %info.path.display(), "snapshot: written");
-            }
-            Err(e) => tracing::error!(error = %e, "snapshot: failed"),
-        }
-        if let Some(r) = reply {
-            let _ = r.send(outcome);
-        }
-    }
-
-    fn write(self) -> Result<SnapshotInfo, SnapshotError> {
-        let mut snap = self.base;
-        let mut views: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
-        for _ in 0..self.workers {
-            let (w, at, parts) = self.parts.recv().map_err(|_| SnapshotError::WorkerGone)?;
-            if at != snap.epoch {
-                return Err(SnapshotError::WorkerGone);
-            }
-            for (name, part) in parts {
-                let i = match views.iter().position(|(n, _)| *n == name) {
-                    Some(i) => i,
-                    None => {
-                        views.push((name, vec![Vec::new(); self.workers]));
-                        views.len() - 1
-                    }
-                };
-                views[i].1[w] = part;
-            }
-        }
-        // Every worker has staged the epoch and waits: the host halves are at it.
-        snap.hosts.extend((self.cx.save_hosts)());
-        drop(self.resume);
-        snap.views = views;
-        snap.symbols = self.cx.symbols.save();
-        let dir = snapshot::dir(&self.config.data_dir);
-        let (path, bytes) = snapshot::write(&dir, &snap)?;
-        let oldest = snapshot::retain(&dir, self.config.snapshot.keep)?;
-        let mut removed_log_files = 0;
-        if let (true, Some(oldest)) = (self.config.snapshot.prune_log, oldest) {
-            match log::remove_covered(&self.config.data_dir, oldest) {
-                Ok(removed) => removed_log_files = removed.len(),
-                Err(e) => tracing::error!(error = %e, "snapshot: cannot remove covered log files"),
-            }
-        }
-        Ok(SnapshotInfo {
-            epoch: snap.epoch,
-            seq: snap.next_seq - 1,
-            path,
-            bytes,
-            millis: self.started.elapsed().as_millis() as u64,
-            removed_log_files,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Review finding: a group that could not be logged forgot its own ids but
-    /// left out the logged ids it had pushed out of a full horizon, so a retry of
-    /// one of those was logged twice.
-    #[test]
-    fn a_failed_group_leaves_the_horizon_as_it_was() {
-        let mut d = Dedup::new(3);
-        for (id, seq) in [(1, 1), (2, 2), (3, 3)] {
-            d.insert(id, seq).expect("new");
-        }
-        d.begin_group();
-        d.insert(4, 4).expect("new");
-        d.insert(5, 5).expect("new");
-        assert_eq!(d.insert(1, 9), Ok(()), "1 was pushed out");
-        d.forget_newest(&[4, 5, 1]);
-        assert_eq!(d.save(), vec![(1, 1), (2, 2), (3, 3)]);
-        assert_eq!(d.insert(2, 9), Err(2), "still deduplicated");
-    }
-    use crate::event::{parse_message, ParseContext};
-
-    #[test]
-    fn chunked_payload_decodes_as_one_vec() {
-        let ctx = ParseContext::new("USD");
-        let ev = |u: &str| {
-            let line = format!(
-                r#"{{"type":"track","event":"Product Viewed","userId":"{u}","properties":{{"product_id":"p1","price":2.5}}}}"#
-            );
-            parse_message(line.as_bytes(), &ctx, None).expect("valid")
-        };
-        let chunks = vec![vec![ev("a"), ev("b")], vec![ev("c")]];
-        let mut out = Vec::new();
-        encode_payload(&chunks, 3, &[], &mut out);
-        let flat: Vec<Event> = chunks.concat();
-        assert_eq!(out, bincode::serialize(&flat).expect("encode"));
-        let back: Vec<Event> = bincode::deserialize(&out).expect("decode");
-        assert_eq!(back, flat);
-        assert_eq!(
-            decode_payload(&out).expect("decode"),
-            (flat.clone(), vec![])
-        );
-
-        // Definitions ride after the events; a record without them reads as before.
-        let controls = vec![
-            Control::put("segment", "s", "orders > 1", crate::catalog::Source::Api),
-            Control::remove("segment", "t"),
-        ];
-        encode_payload(&chunks, 3, &controls, &mut out);
-        assert_eq!(
-            decode_payload(&out).expect("decode"),
-            (flat.clone(), controls.clone())
-        );
-        encode_payload(&[], 0, &controls, &mut out);
-        assert_eq!(
-            decode_payload(&out).expect("decode"),
-            (vec![], controls.clone())
-        );
-
-        // Identity links ride in a section after the controls (written empty when
-        // there are none): they come back, and a version from before links (events,
-        // then controls, the rest ignored) still reads the record.
-        let mut linked = flat.clone();
-        linked[1].link = Some("a-17".into());
-        for controls in [vec![], controls] {
-            encode_payload(&[linked.clone()], 3, &controls, &mut out);
-            assert_eq!(
-                decode_payload(&out).expect("decode"),
-                (linked.clone(), controls.clone())
-            );
-            let mut reader = &out[..];
-            let old: Vec<Event> = bincode::deserialize_from(&mut reader).expect("events");
-            let old_controls: Vec<Control> =
-                bincode::deserialize_from(&mut reader).expect("controls");
-            assert_eq!((old, old_controls), (flat.clone(), controls));
-        }
-        assert!(
-            decode_payload(&out[..out.len() - 1]).is_err(),
-            "a torn payload is an error"
-        );
     }
 }
