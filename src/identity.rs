@@ -15,8 +15,10 @@
 //! after they are made, so the graph at a past point (`as_of = S`) is the entries
 //! with `seq <= S`: a read answers at the same `as_of` as the views do. The
 //! sequencer applies links as it logs (and replays) them, before the epoch
-//! reaches the workers. Views do not use it yet (step 3: moving the state at a
-//! link).
+//! reaches the workers, and hands each epoch its merges (`Epoch::links`): every
+//! worker keeps them as `Aliases`, resolves each event's user to its canonical id
+//! with them, and the views move what a merged id accumulated to its user at the
+//! merge's epoch (`shopstream_dataflows::view`, item 6).
 
 use std::collections::HashMap;
 
@@ -189,6 +191,14 @@ impl IdentityGraph {
             ids,
             unmerged,
         })
+    }
+
+    /// Every merge, `(id, user)`, in link order.
+    pub fn merges(&self) -> impl Iterator<Item = (&Str, &Str)> {
+        self.links
+            .iter()
+            .filter(|l| l.outcome == Outcome::Linked)
+            .map(|l| (&l.id, &l.user))
     }
 
     /// Links recorded (for metrics).

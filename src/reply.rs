@@ -119,3 +119,18 @@ pub fn rfc3339(ms: Millis) -> Value {
         Err(_) => Value::Null,
     }
 }
+
+/// Names, in an answer read for the id `requested`, the user it is for: the
+/// identity's canonical id as `user_id`, its merged ids as `ids`, and, when the
+/// id asked for is one of those merged ids, the user as `belongs_to`.
+pub fn identify(body: &mut Value, requested: &str, identity: Option<&crate::identity::Identity>) {
+    let user = identity.map_or(requested, |i| i.canonical.as_str());
+    body["user_id"] = json!(user);
+    let ids: Vec<&str> = identity
+        .map(|i| i.ids.iter().map(|(id, _)| id.as_str()).collect())
+        .unwrap_or_default();
+    body["ids"] = json!(ids);
+    if user != requested {
+        body["belongs_to"] = json!(user);
+    }
+}

@@ -17,7 +17,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `"SSNP"` |
-//! | 4 | 4 | format version, 1 |
+//! | 4 | 4 | format version, 2 |
 //! | 8 | 8 | epoch |
 //! | 16 | 8 | body length |
 //! | 24 | 4 | CRC-32 (IEEE) of the body |
@@ -44,7 +44,9 @@ use crate::catalog::SavedCatalog;
 /// The directory of snapshots, inside the data directory.
 pub const DIR: &str = "snapshots";
 const MAGIC: &[u8; 4] = b"SSNP";
-const VERSION: u32 = 1;
+/// 2: profile lifetimes carry the identity-merge mark. A snapshot of another
+/// version is passed over like a damaged one (the log is replayed instead).
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 32;
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";

@@ -877,6 +877,7 @@ fn profiles() -> Vec<(UserProfile, Option<[u8; 3]>, i64)> {
         last_seen: T0 * 2,
         last_order_at: T0 * 2,
         prev_order_at: 0,
+        merged: false,
     };
     let window = |x: i64| WindowCounts {
         views: x,

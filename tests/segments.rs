@@ -12,14 +12,7 @@ use serde_json::{json, Value};
 use util::*;
 
 fn define(server: &TestServer, name: &str, rule: &str) -> Value {
-    let (status, body) = request(
-        server.http,
-        "POST",
-        "/v1/segments",
-        Some(&json!({"name": name, "rule": rule})),
-    );
-    assert_eq!(status, 201, "{body}");
-    body
+    define_segment(server.http, name, rule)
 }
 
 /// Every member of `name`, paging `limit` at a time (checks the pages too).

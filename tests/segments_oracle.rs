@@ -204,7 +204,7 @@ async fn observe(
     }
     for k in 0..USERS {
         let user = format!("u{k}");
-        let (as_of, segments) = seg::user_segments(engine, &user, Some(seq), None)
+        let (as_of, segments, _) = seg::user_segments(engine, &user, Some(seq), None)
             .await
             .expect("user segments");
         prop_assert_eq!(as_of.seq, seq);

@@ -1540,3 +1540,188 @@ fn identity_links_make_an_anonymous_visitor_a_known_user() {
     assert_eq!(answers(&replayed), live, "from the whole log");
     replayed.shutdown();
 }
+
+/// The story of the README's "Identities" section, through TCP and `/v1/batch`:
+/// a visitor browses anonymously and fills a cart (an audience catches the
+/// anonymous id), signs in and pays; from the sign-in on, every read by either
+/// id answers for the user, with the visitor's history in it, and the change
+/// feed reports the anonymous id's exit and the user's enter. A second visitor
+/// pays *before* signing in (the link comes late) and the signed-in user's
+/// refund finds the order. The same after a restart from the log.
+#[test]
+fn a_visitor_who_browses_anonymously_signs_in_and_pays_is_one_customer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let quiet = |c: &mut shopstream::config::Config| c.builtin_segments = false;
+    let s = TestServer::start_in(dir.path(), quiet);
+    define_segment(s.http, "carting", "cart contains \"p1\"");
+    define_segment(s.http, "buyers", "orders >= 1");
+    let feed = SseClient::connect(s.http, "/v1/stream/segments", None);
+    let anon = |event: &str, ts: i64, props: Value, id: &str| {
+        json!({"type": "track", "anonymousId": "a-17", "event": event, "timestamp": ts,
+               "properties": props, "messageId": id})
+    };
+    let shoe = json!({"product_id": "p1", "category": "shoes", "price": 30, "quantity": 1});
+    let browsed = send_messages(
+        s.tcp,
+        &[
+            anon("Product Viewed", T0, shoe.clone(), "s1"),
+            anon("Product Added", T0 + 1_000, shoe.clone(), "s2"),
+        ],
+    );
+    let (_, carting) = get_json(
+        s.http,
+        &format!(
+            "/v1/segments/carting/contains/a-17?min_seq={}",
+            browsed.seq()
+        ),
+    );
+    assert_eq!(carting["member"], true, "{carting}");
+
+    // Signs in and pays, in one batch over HTTP.
+    let (status, paid) = post_batch(
+        s.http,
+        &[
+            json!({"type": "identify", "userId": "u-42", "anonymousId": "a-17",
+                   "timestamp": T0 + 60_000, "traits": {"plan": "gold"}, "messageId": "s3"}),
+            json!({"type": "track", "userId": "u-42", "event": "Order Completed",
+                   "timestamp": T0 + 120_000, "messageId": "s4",
+                   "properties": {"order_id": "o-1", "revenue": 30, "products": [shoe]}}),
+        ],
+    );
+    assert_eq!(status, 200, "{paid}");
+    let seq = paid["seq"].as_u64().expect("seq");
+    let by_user = profile(s.http, "u-42", seq);
+    let by_anon = profile(s.http, "a-17", seq);
+    assert_eq!(by_user["user_id"], "u-42");
+    assert_eq!(by_user["ids"], json!(["a-17"]));
+    assert_eq!(by_user.get("belongs_to"), None);
+    assert_eq!(by_anon["user_id"], "u-42", "{by_anon}");
+    assert_eq!(by_anon["belongs_to"], "u-42");
+    assert_eq!(by_anon["profile"], by_user["profile"]);
+    let p = &by_user["profile"];
+    assert_eq!(
+        p["events_total"], 4,
+        "the visitor's view and add are the user's: {p}"
+    );
+    assert_eq!(p["events"]["Product Viewed"], 1);
+    assert_eq!(p["orders"], 1);
+    assert_eq!(p["cart"], json!([]), "added anonymously, bought signed in");
+    // View 1 + cart add 3 + order 5.
+    assert_eq!(
+        p["top_categories"],
+        json!([{"category": "shoes", "score": 9}])
+    );
+    assert_eq!(p["first_seen"], by_anon["profile"]["first_seen"]);
+    assert_eq!(p["windows"]["7d"]["views"], 1);
+    assert_eq!(p["traits"]["plan"], "gold");
+    for id in ["a-17", "u-42"] {
+        let (_, segs) = get_json(s.http, &format!("/v1/users/{id}/segments?min_seq={seq}"));
+        assert_eq!(segs["user_id"], "u-42", "{segs}");
+        let names: Vec<&str> = segs["segments"]
+            .as_array()
+            .expect("segments")
+            .iter()
+            .map(|x| x["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(names, ["buyers"], "{segs}");
+    }
+
+    // A second visitor pays first and signs in later; the user's refund (with
+    // no amount: "refund what is left") finds the order the visitor placed.
+    let bought = send_messages(
+        s.tcp,
+        &[
+            json!({"type": "track", "anonymousId": "a-99", "event": "Order Completed",
+                 "timestamp": T0 + 200_000, "messageId": "s5",
+                 "properties": {"order_id": "o-9", "revenue": 20,
+                                "products": [{"product_id": "p2", "price": 20, "quantity": 1}]}}),
+        ],
+    );
+    let (_, anon_buyer) = get_json(
+        s.http,
+        &format!("/v1/segments/buyers/contains/a-99?min_seq={}", bought.seq()),
+    );
+    assert_eq!(anon_buyer["member"], true);
+    let refunded = send_messages(
+        s.tcp,
+        &[
+            json!({"type": "identify", "userId": "u-7", "anonymousId": "a-99",
+                   "timestamp": T0 + 300_000, "messageId": "s6"}),
+            json!({"type": "track", "userId": "u-7", "event": "Order Refunded",
+                   "timestamp": T0 + 400_000, "messageId": "s7",
+                   "properties": {"order_id": "o-9"}}),
+        ],
+    );
+    let late = profile(s.http, "u-7", refunded.seq());
+    assert_eq!(late["ids"], json!(["a-99"]));
+    assert_eq!(late["profile"]["orders"], 1, "{late}");
+    assert_eq!(late["profile"]["refunds"], 1);
+    assert_money(&late["profile"]["refunded"], 20.0);
+    assert_money(&late["profile"]["revenue"], 0.0);
+    let (_, buyers) = get_json(
+        s.http,
+        &format!("/v1/segments/buyers/members?min_seq={}", refunded.seq()),
+    );
+    let members: Vec<&str> = buyers["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{buyers}"))
+        .iter()
+        .map(|m| {
+            m.as_str()
+                .or_else(|| m["user_id"].as_str())
+                .expect("member")
+        })
+        .collect();
+    assert_eq!(sorted_strs(members), ["u-42", "u-7"], "{buyers}");
+
+    // The feed: each anonymous id entered, then exited at its link, as its user
+    // entered.
+    let mut seen = Vec::new();
+    while let Some(e) = feed.next_change(std::time::Duration::from_secs(5)) {
+        let d: Value = serde_json::from_str(&e.data).expect("json");
+        let t = |k: &str| d[k].as_str().expect(k).to_owned();
+        seen.push(format!("{} {} {}", t("segment"), t("user_id"), t("change")));
+        if seen.len() == 6 {
+            break;
+        }
+    }
+    let want = [
+        "carting a-17 enter",
+        "carting a-17 exit",
+        "buyers u-42 enter",
+        "buyers a-99 enter",
+        "buyers a-99 exit",
+        "buyers u-7 enter",
+    ];
+    assert_eq!(
+        seen.iter().collect::<std::collections::BTreeSet<_>>(),
+        want.iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .iter()
+            .collect(),
+        "{seen:?}"
+    );
+    let position = |w: &str| seen.iter().position(|x| x == w).expect(w);
+    assert!(position("carting a-17 enter") < position("carting a-17 exit"));
+    assert!(position("buyers a-99 enter") < position("buyers a-99 exit"));
+    drop(feed);
+    let live = [profile(s.http, "a-17", refunded.seq()), late.clone()];
+    s.shutdown();
+
+    let replayed = TestServer::start_in(dir.path(), quiet);
+    let again = [
+        profile(replayed.http, "a-17", refunded.seq()),
+        profile(replayed.http, "u-7", refunded.seq()),
+    ];
+    for (a, b) in again.iter().zip(&live) {
+        assert_eq!(a["profile"], b["profile"], "after a restart");
+        assert_eq!(a["user_id"], b["user_id"]);
+    }
+    replayed.shutdown();
+}
+
+fn sorted_strs(mut v: Vec<&str>) -> Vec<&str> {
+    v.sort_unstable();
+    v
+}

@@ -88,13 +88,7 @@ fn snapshot(s: &TestServer) -> Value {
 }
 
 fn define(s: &TestServer, name: &str, rule: &str) {
-    let (status, body) = request(
-        s.http,
-        "POST",
-        "/v1/segments",
-        Some(&json!({"name": name, "rule": rule})),
-    );
-    assert_eq!(status, 201, "{body}");
+    define_segment(s.http, name, rule);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -242,3 +242,51 @@ pub type IdMap<V> = std::collections::HashMap<u64, V, IdHasher>;
 pub type IdSet = std::collections::HashSet<u64, IdHasher>;
 /// A hash map with any key made of integers, hashed by [`IdHasher`].
 pub type FastMap<K, V> = std::collections::HashMap<K, V, IdHasher>;
+
+/// The merges of the identity graph as the workers see them: each merged id
+/// (an anonymous visitor) to the user it belongs to, and each user to its merged
+/// ids in link order. Every worker keeps the whole map (every worker sees every
+/// epoch's links), so any worker can resolve any id without asking another.
+/// Merges are never undone: the graph is a star (an id is merged into at most one
+/// user, a user is never merged), so one lookup resolves an id.
+#[derive(Clone, Debug, Default)]
+pub struct Aliases {
+    to: IdMap<UserId>,
+    from: IdMap<Vec<UserId>>,
+}
+
+impl Aliases {
+    /// The canonical id of `id`: its user if it is merged, else itself.
+    #[inline]
+    pub fn resolve(&self, id: UserId) -> UserId {
+        if self.to.is_empty() {
+            return id;
+        }
+        self.to.get(&id).copied().unwrap_or(id)
+    }
+
+    /// The ids merged into `user`, in link order.
+    pub fn merged_into(&self, user: UserId) -> &[UserId] {
+        self.from.get(&user).map_or(&[], Vec::as_slice)
+    }
+
+    /// Records that `id` now belongs to `user`. Returns `false` (and changes
+    /// nothing) when `id` was merged already: the first link wins.
+    pub fn merge(&mut self, id: UserId, user: UserId) -> bool {
+        if id == user || self.to.contains_key(&id) {
+            return false;
+        }
+        self.to.insert(id, user);
+        self.from.entry(user).or_default().push(id);
+        true
+    }
+
+    /// Merged ids recorded.
+    pub fn len(&self) -> usize {
+        self.to.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.to.is_empty()
+    }
+}

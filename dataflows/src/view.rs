@@ -37,6 +37,18 @@
 //!    derived again. Parts are keyed by what they hold, not by worker: a restart
 //!    with another number of workers keeps, on each worker, what it owns.
 //!
+//! 6. **Told of merged identities** ([`EpochBatch::links`]): when the identity
+//!    graph merges an anonymous id into a user at epoch `E`, every event from `E`
+//!    on arrives keyed by the user already (the host resolves ids before it feeds
+//!    them, [`EpochBatch::aliases`]), but what the view accumulated for the
+//!    anonymous id before `E` is still under that id. A view keyed by user moves
+//!    it to the user *at `E`*, so that a read at `E` answers for the merged
+//!    identity: the result depends on the set of events and links, not on whether
+//!    a link came before or after the visitor's events. The worker owning the
+//!    anonymous id does it (the profile view: once `E - 1` is complete there, it
+//!    reads the id's totals and adds them to the user's, holding back epoch `E`
+//!    until it has).
+//!
 //! Nothing here does I/O: a view's only channels to the outside are its
 //! [`EpochBatch`] in and the services of the [`Env`] out.
 
@@ -44,7 +56,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::types::{Millis, ShopEvent, Sym, Time};
+use crate::types::{Aliases, Millis, ShopEvent, Sym, Time, UserId};
 
 /// A definition taking effect at an epoch: of kind `kind` (the catalog's name for
 /// its compiler), id `id`, compiled (`Some`) or dropped (`None`).
@@ -84,8 +96,17 @@ pub struct EpochBatch<'a> {
     pub seq: u64,
     /// The engine clock after the epoch.
     pub clock: Millis,
-    /// The events of the keys this worker owns, in sequence order.
+    /// The events this worker is to process, in sequence order, each keyed by
+    /// the canonical id of its user (as of the end of the epoch): the events of
+    /// the users this worker owns, except that an order, refund or cancellation
+    /// with an order id goes to the owner of the order id (the order book is kept
+    /// by order, so that it need not move when identities merge).
     pub events: &'a [ShopEvent],
+    /// The identities merged at this epoch, `(merged id, user)`, in log order
+    /// (the same on every worker).
+    pub links: &'a [(UserId, UserId)],
+    /// Every merge up to and including this epoch's.
+    pub aliases: &'a Aliases,
     /// Definitions of every kind taking effect at this epoch, in log order (the
     /// same on every worker).
     pub definitions: &'a [DefinitionChange],

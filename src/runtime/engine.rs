@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shopstream_dataflows::types::{owner, Time};
+use shopstream_dataflows::types::{intern, owner, Time};
 use shopstream_dataflows::view::{Env, Names, ReadCtx, View};
 
 use super::epoch::Feed;
@@ -496,13 +496,66 @@ impl Engine {
             Route::Owner(key) => vec![owner(key, peers)],
             Route::All => (0..peers).collect(),
         };
+        let answers = self.ask(pin.at, workers, read).await?;
+        drop(pin);
+        Ok((as_of, answers))
+    }
+
+    /// Reads view `V` for the user `id` names, at one complete epoch (as
+    /// [`read`](Self::read)): `id` is resolved to its canonical id by the
+    /// identity graph as of that epoch, and `read` runs, with the canonical id
+    /// interned, on the worker that owns it. Returns the identity too (`None`: no
+    /// link names `id`), and no answer before anything is readable.
+    pub async fn read_user<V, A, F>(
+        &self,
+        at: impl Into<ReadAt>,
+        defined: Option<Defined>,
+        id: &str,
+        read: F,
+    ) -> Result<(Readable, Option<crate::identity::Identity>, Option<A>), EngineError>
+    where
+        V: View,
+        A: Send + 'static,
+        F: Fn(&mut V, u64, ReadCtx) -> A + Send + Sync + 'static,
+    {
+        let _permit = self
+            .read_permits
+            .try_acquire()
+            .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
+        let (as_of, pin) = self.pin_for(at.into(), defined).await?;
+        let Some(pin) = pin else {
+            return Ok((as_of, None, None));
+        };
+        let identity = self.identity(id, as_of.seq);
+        let key = intern(identity.as_ref().map_or(id, |i| i.canonical.as_str()));
+        let worker = owner(key, self.requests.len());
+        let answers = self
+            .ask(pin.at, vec![worker], move |v: &mut V, cx| read(v, key, cx))
+            .await?;
+        drop(pin);
+        Ok((as_of, identity, answers.into_iter().next()))
+    }
+
+    /// Runs `read` on each of `workers` at the pinned epoch `at`; the answers in
+    /// worker order.
+    async fn ask<V, A, F>(
+        &self,
+        at: Time,
+        workers: Vec<usize>,
+        read: F,
+    ) -> Result<Vec<A>, EngineError>
+    where
+        V: View,
+        A: Send + 'static,
+        F: Fn(&mut V, ReadCtx) -> A + Send + Sync + 'static,
+    {
         let read = Arc::new(read);
         let mut replies = Vec::with_capacity(workers.len());
         for w in workers {
             let (tx, rx) = flume::bounded(1);
             let read = read.clone();
             let request = Request {
-                at: pin.at,
+                at,
                 read: Box::new(move |views, cx| {
                     let _ = tx.send(views.get::<V>().map(|v| read(v, cx)));
                 }),
@@ -518,8 +571,7 @@ impl Engine {
                 None => return Err(EngineError::NoSuchView(std::any::type_name::<V>())),
             }
         }
-        drop(pin);
-        Ok((as_of, answers))
+        Ok(answers)
     }
 
     /// What a read reports when its worker went away.

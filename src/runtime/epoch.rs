@@ -20,6 +20,9 @@ pub struct Epoch {
     pub chunks: Vec<Vec<Event>>,
     /// Definitions (of every kind) that take effect at this epoch, compiled.
     pub definitions: Vec<DefinitionChange>,
+    /// Identities merged at this epoch, `(merged id, user)`, in log order: the
+    /// links of its events that the identity graph accepted and had not before.
+    pub links: Vec<(crate::event::Str, crate::event::Str)>,
     /// The snapshot this epoch restores (the first epoch of a start from a
     /// snapshot: no events, every definition, and the views' saved parts).
     pub restore: Option<Arc<Snapshot>>,

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shopstream_dataflows::types::{intern, owner, IdSet, Line, ShopEvent, Time};
+use shopstream_dataflows::types::{intern, owner, Aliases, IdSet, Line, ShopEvent, Time, UserId};
 use shopstream_dataflows::view::{Env, EpochBatch, Place, ReadCtx, Views};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::worker::Worker;
@@ -83,6 +83,11 @@ struct Host {
     /// A snapshot asked for: nothing more is fed until every epoch fed before
     /// it is complete and the views are saved.
     snapshot: Option<SnapshotTake>,
+    /// Every identity merge so far (each worker keeps them all: it resolves the
+    /// user of every event to decide whether it is its own).
+    aliases: Aliases,
+    /// The merges of the epoch being fed, interned.
+    links: Vec<(UserId, UserId)>,
 }
 
 pub(super) fn run(worker: &mut Worker, ctx: Context) {
@@ -109,6 +114,8 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
         gauges: Vec::new(),
         events: Vec::new(),
         snapshot: None,
+        aliases: Aliases::default(),
+        links: Vec::new(),
     };
     host.export_gauges();
     loop {
@@ -168,20 +175,41 @@ impl Host {
         (fed, false)
     }
 
-    /// Interns the events of the users this worker owns and feeds the epoch to
-    /// every view.
+    /// Applies the epoch's identity merges, interns the events this worker is to
+    /// process (keyed by their user's canonical id) and feeds the epoch to every
+    /// view.
     fn feed(&mut self, epoch: &Epoch) {
         if let Some(snapshot) = &epoch.restore {
             self.restore(snapshot, epoch.epoch);
         }
+        self.links.clear();
+        for (id, user) in &epoch.links {
+            let (i, u) = (intern(id), intern(user));
+            if self.aliases.merge(i, u) {
+                self.links.push((i, u));
+            }
+            // The user may have no event of its own yet: answers name it.
+            self.symbols.remember(u, user, &mut self.known);
+        }
         let mut n = 0;
         for (seq, ev) in epoch.events() {
-            let user = intern(&ev.user);
-            if owner(user, self.peers) != self.index {
+            let raw = intern(&ev.user);
+            let user = self.aliases.resolve(raw);
+            // The order book is kept by order id (it need not move when
+            // identities merge), so the owner of the order id processes the
+            // order's events; everything else, the owner of the user.
+            let order = match (&ev.order_id, ev.kind.is_order()) {
+                (Some(o), true) => intern(o),
+                _ => 0,
+            };
+            let place = if order != 0 { order } else { user };
+            if owner(place, self.peers) != self.index {
                 continue;
             }
-            // Members and the change feed answer with the user's id text.
-            self.symbols.remember(user, &ev.user, &mut self.known);
+            if user == raw {
+                // Members and the change feed answer with the user's id text.
+                self.symbols.remember(user, &ev.user, &mut self.known);
+            }
             if n == self.events.len() {
                 self.events.push(ShopEvent::default());
             }
@@ -201,6 +229,8 @@ impl Host {
             clock: epoch.clock,
             events: &self.events[..n],
             definitions: &epoch.definitions,
+            links: &self.links,
+            aliases: &self.aliases,
         };
         for view in self.views.iter_mut() {
             view.feed(&batch);
@@ -221,6 +251,15 @@ impl Host {
             worker: self.index,
             peers: self.peers,
         };
+        if let Some(saved) = snapshot.host(super::sequencer::IDENTITY_PART) {
+            let mut graph = crate::identity::IdentityGraph::default();
+            if let Err(e) = graph.restore(saved) {
+                panic!("cannot restore the identity graph of epoch {at}: {e}");
+            }
+            for (id, user) in graph.merges() {
+                self.aliases.merge(intern(id), intern(user));
+            }
+        }
         for view in self.views.iter_mut() {
             if let Err(e) = view.restore(snapshot.parts(view.name()), at, place) {
                 tracing::error!(error = %e, epoch = at, "snapshot: cannot restore");

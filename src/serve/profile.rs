@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use shopstream_dataflows::types::{intern, DAY_MS};
+use shopstream_dataflows::types::DAY_MS;
 use shopstream_dataflows::view::Env;
 use shopstream_dataflows::views::profiles::{
     Lifetime, ProfileSettings, ProfileView, Rank, UserProfile, WindowCounts, FACET_BRAND,
@@ -20,8 +20,9 @@ use shopstream_dataflows::views::profiles::{
 };
 
 use super::view::ServeView;
-use crate::reply::{engine_error, error, money, read_at, rfc3339};
-use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
+use crate::identity::Identity;
+use crate::reply::{engine_error, error, identify, money, read_at, rfc3339};
+use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, ViewHost};
 use crate::symbols::Symbols;
 
 /// The profile view's registration.
@@ -50,30 +51,31 @@ impl ServeView for Profiles {
 #[derive(Clone, Debug)]
 pub struct ProfileRead {
     pub as_of: Readable,
+    /// The identity of the id read (`None`: no link names it); the profile is of
+    /// its canonical user.
+    pub identity: Option<Identity>,
     pub profile: UserProfile,
     /// Per RFM dimension (recency, frequency, monetary): this user's standing.
     pub rfm_ranks: Option<[Rank; 3]>,
 }
 
-/// Reads `user`'s profile at one complete epoch (an empty profile for a user
-/// with no events there).
+/// Reads the profile of the user `user` names at one complete epoch (an empty
+/// profile for a user with no events there): any id of an identity reads its
+/// canonical user's.
 pub async fn read(
     engine: &Engine,
     user: &str,
     at: impl Into<ReadAt>,
 ) -> Result<ProfileRead, EngineError> {
-    let user = intern(user);
-    let (as_of, answers) = engine
-        .read(
-            at,
-            None,
-            Route::Owner(user),
-            move |v: &mut ProfileView, cx| v.read(user, cx),
-        )
+    let (as_of, identity, answer) = engine
+        .read_user(at, None, user, move |v: &mut ProfileView, user, cx| {
+            v.read(user, cx)
+        })
         .await?;
-    let answer = answers.into_iter().next().unwrap_or_default();
+    let answer = answer.unwrap_or_default();
     Ok(ProfileRead {
         as_of,
+        identity,
         profile: answer.profile,
         rfm_ranks: answer.rfm_ranks,
     })
@@ -101,13 +103,15 @@ async fn get_profile(
         &engine.symbols,
         crate::event::minor_unit_decimals(&engine.config.reporting_currency),
     ) {
-        Some(profile) => Json(json!({
-            "user_id": id,
-            "as_of": read.as_of.seq,
-            "clock": rfc3339(read.as_of.clock),
-            "profile": profile,
-        }))
-        .into_response(),
+        Some(profile) => {
+            let mut body = json!({
+                "as_of": read.as_of.seq,
+                "clock": rfc3339(read.as_of.clock),
+                "profile": profile,
+            });
+            identify(&mut body, &id, read.identity.as_ref());
+            Json(body).into_response()
+        }
         None => {
             let mut r = error(StatusCode::NOT_FOUND, format!("unknown user {id:?}"));
             if let Ok(v) = read.as_of.seq.to_string().parse() {

@@ -23,7 +23,7 @@ use axum::Json;
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shopstream_dataflows::types::{intern, Time, UserId};
+use shopstream_dataflows::types::{Time, UserId};
 use shopstream_dataflows::view::Env;
 use shopstream_dataflows::views::segments::{ChangeSink, SegId, SegmentView, Since};
 use tokio::sync::broadcast;
@@ -35,7 +35,8 @@ use crate::catalog::segments::{
 };
 use crate::catalog::{Catalog, Compiler, Control, Definition, Source, StartupError};
 use crate::config::Config;
-use crate::reply::{engine_error, error, read_at, rfc3339};
+use crate::identity::Identity;
+use crate::reply::{engine_error, error, identify, read_at, rfc3339};
 use crate::runtime::{
     Defined, Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost,
 };
@@ -132,23 +133,24 @@ fn defined(epoch: Option<Time>) -> Option<Defined> {
     epoch.map(|epoch| Defined { kind: KIND, epoch })
 }
 
-/// The segments a user is in, by id, with `since`, in id order.
+/// The segments a user is in, by id, with `since`, in id order: those of the
+/// user the id belongs to (any id of an identity answers for its user), with the
+/// identity (`None`: no link names the id).
 pub async fn user_segments(
     engine: &Engine,
     user: &str,
     at: impl Into<ReadAt>,
     min_epoch: Option<Time>,
-) -> Result<(Readable, Vec<(SegId, Since)>), EngineError> {
-    let user = intern(user);
-    let (as_of, answers) = engine
-        .read(
+) -> Result<(Readable, Vec<(SegId, Since)>, Option<Identity>), EngineError> {
+    let (as_of, identity, answer) = engine
+        .read_user(
             at,
             defined(min_epoch),
-            Route::Owner(user),
-            move |v: &mut SegmentView, cx| v.traces.user_segments(user, cx.at),
+            user,
+            move |v: &mut SegmentView, user, cx| v.traces.user_segments(user, cx.at),
         )
         .await?;
-    Ok((as_of, answers.into_iter().next().unwrap_or_default()))
+    Ok((as_of, answer.unwrap_or_default(), identity))
 }
 
 /// Members of every segment with members, summed over the workers.
@@ -544,17 +546,17 @@ async fn contains(
     };
     let id = segment_id(&name);
     match user_segments(&engine, &user, at, Some(d.epoch)).await {
-        Ok((as_of, segments)) => {
+        Ok((as_of, segments, identity)) => {
             let since = segments.iter().find(|(s, _)| *s == id).map(|(_, s)| *s);
-            Json(json!({
+            let mut body = json!({
                 "segment": name,
-                "user_id": user,
                 "member": since.is_some(),
                 "since": since.map(since_json),
                 "as_of": as_of.seq,
                 "epoch": epoch(&as_of),
-            }))
-            .into_response()
+            });
+            identify(&mut body, &user, identity.as_ref());
+            Json(body).into_response()
         }
         Err(e) => engine_error(e),
     }
@@ -571,7 +573,7 @@ async fn of_user(
         Err(r) => return r,
     };
     match user_segments(&engine, &user, at, None).await {
-        Ok((as_of, segments)) => {
+        Ok((as_of, segments, identity)) => {
             let mut list: Vec<Value> = segments
                 .into_iter()
                 .filter_map(|(id, since)| {
@@ -580,8 +582,9 @@ async fn of_user(
                 })
                 .collect();
             list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            Json(json!({"user_id": user, "as_of": as_of.seq, "epoch": epoch(&as_of), "segments": list}))
-                .into_response()
+            let mut body = json!({"as_of": as_of.seq, "epoch": epoch(&as_of), "segments": list});
+            identify(&mut body, &user, identity.as_ref());
+            Json(body).into_response()
         }
         Err(e) => engine_error(e),
     }

@@ -524,6 +524,14 @@ pub fn valid(user: &str) -> Value {
     )
 }
 
+/// `POST /v1/segments` of a segment `name` with `rule`; must be 201. The answer.
+pub fn define_segment(addr: SocketAddr, name: &str, rule: &str) -> Value {
+    let segment = json!({"name": name, "rule": rule});
+    let (status, body) = request(addr, "POST", "/v1/segments", Some(&segment));
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
 /// `POST /v1/batch` of `messages`.
 pub fn post_batch(addr: SocketAddr, messages: &[Value]) -> (u16, Value) {
     let body = serde_json::to_vec(&json!({ "batch": messages })).expect("json");

@@ -297,6 +297,7 @@ pub fn oracle(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, ProfileRe
             user.to_string(),
             ProfileRead {
                 as_of: Default::default(),
+                identity: None,
                 profile,
                 rfm_ranks: None,
             },

@@ -46,6 +46,15 @@ pub struct GenOptions {
     /// Time of the first event, epoch milliseconds.
     #[arg(long, default_value_t = 1_700_000_000_000)]
     pub start_ms: i64,
+    /// Share of sessions browsed anonymously: sent with `anonymousId` `v{user}`
+    /// (the user's device) and no `userId`.
+    #[arg(long, default_value_t = 0.0)]
+    pub anonymous: f64,
+    /// Share of the anonymous visitors who sign in: at the end of one of their
+    /// anonymous sessions (each, with probability 1/2), an identify with both ids
+    /// links the device to the user.
+    #[arg(long, default_value_t = 0.5)]
+    pub sign_in: f64,
 }
 
 impl Default for GenOptions {
@@ -62,6 +71,8 @@ impl Default for GenOptions {
             late: 0.01,
             duplicates: 0.005,
             start_ms: 1_700_000_000_000,
+            anonymous: 0.0,
+            sign_in: 0.5,
         }
     }
 }
@@ -111,6 +122,10 @@ pub struct Message {
     pub promotion: u64,
     pub experiment: Option<(u64, u64)>,
     pub traits: Option<(&'static str, &'static str)>,
+    /// Sent by the device of the user, anonymously (`anonymousId` `v{user}`).
+    pub anonymous: bool,
+    /// An identify with both ids: links the user's device to the user.
+    pub link: bool,
 }
 
 /// The workload as an iterator of messages.
@@ -156,6 +171,8 @@ impl Workload {
             promotion: 0,
             experiment: None,
             traits: None,
+            anonymous: false,
+            link: false,
         }
     }
 
@@ -163,10 +180,34 @@ impl Workload {
         500 + (item % 97) as i64 * 150
     }
 
-    /// Queues one session of one user.
+    /// Queues one session of one user (browsed anonymously, with
+    /// `GenOptions::anonymous`).
     fn session(&mut self) {
+        let first = self.queue.len();
         let o = self.o.clone();
         let user = self.rng.skewed(o.users, 2.0);
+        // No draw when off: the default workload stays byte-identical.
+        let anonymous = o.anonymous > 0.0 && self.rng.f64() < o.anonymous;
+        self.session_of(user);
+        if !anonymous {
+            return;
+        }
+        for m in self.queue.iter_mut().skip(first) {
+            m.anonymous = true;
+        }
+        // Whether this device's visitor ever signs in is a property of the user.
+        let unit = (user.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / ((1u64 << 53) as f64);
+        let signs_in = unit < o.sign_in;
+        if signs_in && self.rng.f64() < 0.5 {
+            let mut m = self.message(user, Kind::Identify);
+            m.link = true;
+            m.traits = Some(("free", "DE"));
+            self.queue.push_back(m);
+        }
+    }
+
+    fn session_of(&mut self, user: u64) {
+        let o = self.o.clone();
         let cat = self.rng.skewed(o.categories, 1.5);
         if o.campaigns > 0 && self.rng.f64() < 0.3 {
             let camp = self.rng.below(o.campaigns);
@@ -308,8 +349,16 @@ pub fn write_json(out: &mut Vec<u8>, m: &Message) {
         out.extend_from_slice(m.kind.name().as_bytes());
         out.push(b'"');
     }
-    out.extend_from_slice(b",\"userId\":\"u");
+    if m.anonymous {
+        out.extend_from_slice(b",\"anonymousId\":\"v");
+    } else {
+        out.extend_from_slice(b",\"userId\":\"u");
+    }
     push_int(out, m.user as i64);
+    if m.link {
+        out.extend_from_slice(b"\",\"anonymousId\":\"v");
+        push_int(out, m.user as i64);
+    }
     out.extend_from_slice(b"\",\"messageId\":\"m");
     push_int(out, m.id as i64);
     out.extend_from_slice(b"\",\"timestamp\":");
@@ -385,8 +434,8 @@ pub fn to_event(m: &Message) -> Event {
     let is_order = m.kind.is_order();
     Event {
         message_id: Some(shopstream::event::message_id_hash(&format!("m{}", m.id))),
-        user: s("u", m.user),
-        anonymous: false,
+        user: s(if m.anonymous { "v" } else { "u" }, m.user),
+        anonymous: m.anonymous,
         ts: m.ts,
         kind: m.kind,
         name: m.kind.name().into(),
@@ -411,7 +460,7 @@ pub fn to_event(m: &Message) -> Event {
                 ]
             })
             .unwrap_or_default(),
-        link: None,
+        link: m.link.then(|| s("v", m.user)),
     }
 }
 
@@ -491,6 +540,30 @@ mod tests {
         assert_eq!(a, run(&small()));
         assert_ne!(a, run(&GenOptions { seed: 8, ..small() }));
         assert_eq!(a.iter().filter(|b| **b == b'\n').count(), 5_000);
+    }
+
+    /// With `anonymous`, that share of the events comes from devices, and the
+    /// sign-ins carry both ids: JSON and binary agree on the links too.
+    #[test]
+    fn anonymous_sessions_and_their_sign_ins_parse_with_their_links() {
+        let ctx = ParseContext::new("USD");
+        let o = GenOptions {
+            anonymous: 0.3,
+            duplicates: 0.0,
+            ..small()
+        };
+        let (mut anonymous, mut links) = (0, 0);
+        for m in Workload::new(o) {
+            let mut line = Vec::new();
+            write_json(&mut line, &m);
+            let ev = parse_message(&line[..line.len() - 1], &ctx, None).expect("parses");
+            assert_eq!(ev, to_event(&m), "{}", String::from_utf8_lossy(&line));
+            assert_eq!(ev.link, to_event(&m).link, "links are not compared by ==");
+            anonymous += usize::from(ev.anonymous);
+            links += usize::from(ev.link.is_some());
+        }
+        assert!((1_000..2_000).contains(&anonymous), "{anonymous} of 5000");
+        assert!(links > 20, "{links} sign-ins");
     }
 
     /// Every line parses, and JSON and binary carry the same events.

@@ -318,6 +318,7 @@ mod tests {
                 last_seen: 50 * DAY_MS,
                 last_order_at: 40 * DAY_MS,
                 prev_order_at: 10 * DAY_MS,
+                merged: false,
             }),
             windows: Windowed {
                 d7: WindowCounts {

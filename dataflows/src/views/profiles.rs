@@ -51,10 +51,11 @@ use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::trace::cursor::Cursor;
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Exchange as _;
 use timely::dataflow::operators::Probe;
 
 use crate::read::{
@@ -88,23 +89,40 @@ pub struct Lifetime {
     pub last_order_at: Millis,
     /// The greatest order time strictly below `last_order_at` (`Millis::MIN`: none).
     pub prev_order_at: Millis,
+    /// This id was merged into a user (its totals were added to the user's at
+    /// the link): it is no profile of its own, and reads resolve it to the user.
+    /// An or, so still a semigroup; set once, by [`MERGED`].
+    pub merged: bool,
+}
+
+/// What a merged id's lifetime entry receives at its link: nothing but the mark
+/// (its sums cannot be taken back: mins and maxes do not retract).
+pub const MERGED: Lifetime = Lifetime {
+    merged: true,
+    ..Lifetime::ZERO
+};
+
+impl Lifetime {
+    /// The totals of no event (the semigroup's zero).
+    pub const ZERO: Lifetime = Lifetime {
+        events: 0,
+        orders: 0,
+        items: 0,
+        revenue: 0,
+        refunds: 0,
+        refunded: 0,
+        cancellations: 0,
+        first_seen: Millis::MAX,
+        last_seen: Millis::MIN,
+        last_order_at: Millis::MIN,
+        prev_order_at: Millis::MIN,
+        merged: false,
+    };
 }
 
 impl Default for Lifetime {
     fn default() -> Self {
-        Lifetime {
-            events: 0,
-            orders: 0,
-            items: 0,
-            revenue: 0,
-            refunds: 0,
-            refunded: 0,
-            cancellations: 0,
-            first_seen: Millis::MAX,
-            last_seen: Millis::MIN,
-            last_order_at: Millis::MIN,
-            prev_order_at: Millis::MIN,
-        }
+        Lifetime::ZERO
     }
 }
 
@@ -123,6 +141,7 @@ impl Semigroup for Lifetime {
         self.refunds = self.refunds.wrapping_add(rhs.refunds);
         self.refunded = self.refunded.wrapping_add(rhs.refunded);
         self.cancellations = self.cancellations.wrapping_add(rhs.cancellations);
+        self.merged |= rhs.merged;
         self.first_seen = self.first_seen.min(rhs.first_seen);
         self.last_seen = self.last_seen.max(rhs.last_seen);
         // The two greatest distinct order times of both sides (still a semigroup:
@@ -263,7 +282,7 @@ pub type RfmKey = (u32, u8, i64);
 /// number of orders (capped at 1000); monetary: net revenue on a log scale with 16
 /// linear steps per doubling (≈6% wide). Users in one bucket share a score.
 pub fn rfm_buckets(l: &Lifetime) -> Option<[i64; 3]> {
-    if l.orders <= 0 {
+    if l.orders <= 0 || l.merged {
         return None;
     }
     let recency = l.last_order_at.div_euclid(DAY_MS);
@@ -311,7 +330,8 @@ impl Rank {
     }
 }
 
-/// The inputs of the profile view, one per difference type.
+/// The inputs of the profile view, one per difference type (local and remote
+/// updates together).
 pub struct ProfileCollections<'scope> {
     pub lifetime: VecCollection<'scope, Time, UserId, Lifetime>,
     pub orders: VecCollection<'scope, Time, UserId, Lifetime>,
@@ -392,13 +412,30 @@ fn rfm_histogram<'scope>(
         })
 }
 
-/// Input handles of the profile view, fed by [`ProfileFeeder`].
-pub struct ProfileInputs {
+/// One input session per difference type.
+pub struct ProfileSessions {
     pub lifetime: InputSession<Time, UserId, Lifetime>,
     pub orders: InputSession<Time, UserId, Lifetime>,
     pub windows: InputSession<Time, UserId, Windowed>,
     pub facets: InputSession<Time, (UserId, Facet), Diff>,
     pub traits: InputSession<Time, (UserId, Sym), Latest>,
+}
+
+/// Input handles of the profile view, fed by [`ProfileFeeder`]: updates of the
+/// users this worker owns go straight into its arrangements (`local`); the rest
+/// (an order's updates, processed by the owner of the order id; a window exit of
+/// an event whose user has since been merged into another's; what a link moves)
+/// go through `remote`, exchanged to the owner of the user. Almost everything is
+/// local, so the exchange costs little.
+pub struct ProfileInputs {
+    pub local: ProfileSessions,
+    pub remote: ProfileSessions,
+    place: Place,
+    /// The epoch being fed.
+    now: Time,
+    /// The oldest epoch whose moves are not emitted yet: `remote` stays at it,
+    /// so that the epoch cannot complete anywhere before they are in.
+    hold: Option<Time>,
 }
 
 /// Trace handles of the profile view, read by cursor between steps. A clone is
@@ -437,19 +474,24 @@ pub fn build<'scope>(
     probe: &ProbeHandle<Time>,
 ) -> (ProfileView, ProfileArrangements<'scope>) {
     let settings = env.expect::<ProfileSettings>();
-    let mut inputs = ProfileInputs {
-        lifetime: InputSession::new(),
-        orders: InputSession::new(),
-        windows: InputSession::new(),
-        facets: InputSession::new(),
-        traits: InputSession::new(),
+    let place = Place {
+        worker: scope.index(),
+        peers: scope.peers(),
     };
+    let mut inputs = ProfileInputs {
+        local: ProfileSessions::new(),
+        remote: ProfileSessions::new(),
+        place,
+        now: 0,
+        hold: None,
+    };
+    let (l, r) = (&mut inputs.local, &mut inputs.remote);
     let arranged = profiles(ProfileCollections {
-        lifetime: inputs.lifetime.to_collection(scope),
-        orders: inputs.orders.to_collection(scope),
-        windows: inputs.windows.to_collection(scope),
-        facets: inputs.facets.to_collection(scope),
-        traits: inputs.traits.to_collection(scope),
+        lifetime: joined(scope, &mut l.lifetime, &mut r.lifetime, |u| *u),
+        orders: joined(scope, &mut l.orders, &mut r.orders, |u| *u),
+        windows: joined(scope, &mut l.windows, &mut r.windows, |u| *u),
+        facets: joined(scope, &mut l.facets, &mut r.facets, |k| k.0),
+        traits: joined(scope, &mut l.traits, &mut r.traits, |k| k.0),
     });
     arranged.lifetime.stream.clone().probe_with(probe);
     arranged.windows.stream.clone().probe_with(probe);
@@ -460,8 +502,31 @@ pub fn build<'scope>(
         inputs,
         traces: arranged.traces(),
         feeder: ProfileFeeder::new(settings.order_horizon),
+        moves: std::collections::VecDeque::new(),
+        complete_through: 0,
     };
     (view, arranged)
+}
+
+/// A worker's own updates of a user-keyed input, and the updates other workers
+/// send it (exchanged to the owner of the user `user_of` names), as one collection.
+fn joined<'scope, K, R>(
+    scope: timely::dataflow::Scope<'scope, Time>,
+    local: &mut InputSession<Time, K, R>,
+    remote: &mut InputSession<Time, K, R>,
+    user_of: fn(&K) -> UserId,
+) -> VecCollection<'scope, Time, K, R>
+where
+    K: differential_dataflow::ExchangeData,
+    R: differential_dataflow::ExchangeData + Semigroup,
+{
+    let peers = scope.peers();
+    let remote = remote
+        .to_collection(scope)
+        .inner
+        .exchange(move |(k, _, _): &(K, Time, R)| owner(user_of(k), peers) as u64)
+        .as_collection();
+    local.to_collection(scope).concat(remote)
 }
 
 /// The profile view on one worker: its inputs, fed by the [`ProfileFeeder`], and
@@ -470,6 +535,11 @@ pub struct ProfileView {
     pub inputs: ProfileInputs,
     pub traces: ProfileTraces,
     feeder: ProfileFeeder,
+    /// Links whose merged id this worker owns, by epoch, oldest first, waiting
+    /// for the epoch before theirs to complete (see [`ProfileView::move_merged`]).
+    moves: std::collections::VecDeque<(Time, Vec<(UserId, UserId)>)>,
+    /// Epochs before this one are complete on this worker.
+    complete_through: Time,
 }
 
 /// A user's profile as one read answers it.
@@ -495,6 +565,68 @@ impl ProfileView {
     }
 }
 
+impl ProfileView {
+    /// Moves what each id merged at epoch `E` had accumulated (here, on the
+    /// worker owning it) to its user, at `E`, once every epoch before `E` is
+    /// complete here (so that the traces hold all of it: events of the id from
+    /// `E` on are the user's already). Until then `remote` holds epoch `E` open,
+    /// so no read sees `E` without the move. Sums and mins and maxes
+    /// (lifetime, order totals) and traits are added to the user's (the union's
+    /// value); the id's own entry only gets the [`MERGED`] mark, since it cannot
+    /// be taken back. Windows and facets are abelian: taken from the id, added to
+    /// the user. The feeder's state needs no move: the order book is found
+    /// through the user's merged ids, and window exits resolve their user when
+    /// they happen.
+    fn move_merged(&mut self) {
+        let mut moved = false;
+        while self
+            .moves
+            .front()
+            .is_some_and(|(epoch, _)| *epoch <= self.complete_through)
+        {
+            let (epoch, links) = self.moves.pop_front().expect("checked");
+            for (id, user) in links {
+                self.move_one(id, user, epoch);
+            }
+            moved = true;
+        }
+        if moved {
+            self.inputs.hold = self.moves.front().map(|(epoch, _)| *epoch);
+            let now = self.inputs.now;
+            self.inputs.advance_to(now);
+            self.inputs.flush();
+        }
+    }
+
+    fn move_one(&mut self, id: UserId, user: UserId, at: Time) {
+        let t = &mut self.traces;
+        let p = t.read_user(id, Time::MAX);
+        let orders = crate::read::read_key(&mut t.orders, &id, Time::MAX);
+        let r = &mut self.inputs.remote;
+        if let Some(l) = p.lifetime.filter(|l| !l.merged) {
+            r.lifetime.update_at(user, at, l);
+            r.lifetime.update_at(id, at, MERGED);
+        }
+        if let Some(o) = orders.filter(|o| !o.merged) {
+            r.orders.update_at(user, at, o);
+            r.orders.update_at(id, at, MERGED);
+        }
+        if !p.windows.is_zero() {
+            let mut taken = p.windows;
+            taken.negate();
+            r.windows.update_at(id, at, taken);
+            r.windows.update_at(user, at, p.windows);
+        }
+        for (f, d) in p.facets {
+            r.facets.update_at((id, f), at, d.wrapping_neg());
+            r.facets.update_at((user, f), at, d);
+        }
+        for (k, l) in p.traits {
+            r.traits.update_at((user, k), at, l);
+        }
+    }
+}
+
 impl View for ProfileView {
     fn name(&self) -> &'static str {
         "profiles"
@@ -503,13 +635,32 @@ impl View for ProfileView {
     /// Feeds the epoch's events, then the window retractions its clock triggers,
     /// and closes the epoch.
     fn feed(&mut self, epoch: &EpochBatch<'_>) {
+        let place = self.inputs.place;
+        let mine: Vec<(UserId, UserId)> = epoch
+            .links
+            .iter()
+            .copied()
+            .filter(|(id, _)| place.owns(*id))
+            .collect();
+        if !mine.is_empty() {
+            self.moves.push_back((epoch.epoch, mine));
+            self.inputs.hold = self.inputs.hold.or(Some(epoch.epoch));
+        }
         self.inputs.advance_to(epoch.epoch);
         for ev in epoch.events {
-            self.feeder.event(ev, epoch.clock, &mut self.inputs);
+            self.feeder
+                .event(ev, epoch.clock, epoch.aliases, &mut self.inputs);
         }
-        self.feeder.expire(epoch.clock, &mut self.inputs);
+        self.feeder
+            .expire(epoch.clock, epoch.aliases, &mut self.inputs);
         self.inputs.advance_to(epoch.epoch + 1);
         self.inputs.flush();
+        self.move_merged();
+    }
+
+    fn completed(&mut self, through: Time) {
+        self.complete_through = through;
+        self.move_merged();
     }
 
     fn compact(&mut self, frontier: Time) {
@@ -546,7 +697,7 @@ impl View for ProfileView {
         let mut book = Vec::new();
         for part in parts {
             let state: ProfileState = decode_part("profiles", part)?;
-            let i = &mut self.inputs;
+            let i = &mut self.inputs.local;
             let mine = |u: &UserId| place.owns(*u);
             for (u, l) in state.lifetime.into_iter().filter(|x| mine(&x.0)) {
                 i.lifetime.update(u, l);
@@ -563,7 +714,8 @@ impl View for ProfileView {
             for (u, k, l) in state.traits.into_iter().filter(|x| mine(&x.0)) {
                 i.traits.update((u, k), l);
             }
-            book.extend(state.order_book.into_iter().filter(|x| mine(&x.0 .0)));
+            // The order book is kept by the owner of the order id.
+            book.extend(state.order_book.into_iter().filter(|x| mine(&x.0 .1)));
             self.feeder.schedule.extend(
                 state
                     .schedule
@@ -605,22 +757,47 @@ impl ProfileArrangements<'_> {
     }
 }
 
-impl ProfileInputs {
-    /// Moves every input to `time`; updates after this are stamped with it.
-    pub fn advance_to(&mut self, time: Time) {
+impl ProfileSessions {
+    fn new() -> Self {
+        ProfileSessions {
+            lifetime: InputSession::new(),
+            orders: InputSession::new(),
+            windows: InputSession::new(),
+            facets: InputSession::new(),
+            traits: InputSession::new(),
+        }
+    }
+    fn advance_to(&mut self, time: Time) {
         self.lifetime.advance_to(time);
         self.orders.advance_to(time);
         self.windows.advance_to(time);
         self.facets.advance_to(time);
         self.traits.advance_to(time);
     }
-    /// Hands buffered updates to the dataflow.
-    pub fn flush(&mut self) {
+    fn flush(&mut self) {
         self.lifetime.flush();
         self.orders.flush();
         self.windows.flush();
         self.facets.flush();
         self.traits.flush();
+    }
+}
+
+impl ProfileInputs {
+    /// Moves every input to `time`; updates after this are stamped with it
+    /// (`remote` stays at the held epoch, and stamps its updates explicitly).
+    pub fn advance_to(&mut self, time: Time) {
+        self.now = time;
+        self.local.advance_to(time);
+        let remote = self.hold.map_or(time, |h| h.min(time));
+        if *self.remote.lifetime.time() < remote {
+            self.remote.advance_to(remote);
+        }
+    }
+    /// Hands buffered updates to the dataflow.
+    pub fn flush(&mut self) {
+        self.local.flush();
+        self.remote.flush();
     }
 }
 
@@ -632,21 +809,47 @@ pub trait ProfileSink {
     fn set_trait(&mut self, user: UserId, key: Sym, d: Latest);
 }
 
+/// Sends each update to the local input when this worker owns its user, else to
+/// the remote one, stamped with the epoch being fed.
 impl ProfileSink for ProfileInputs {
     fn lifetime(&mut self, user: UserId, d: Lifetime, order_event: bool) {
+        let (t, local) = (self.now, self.place.owns(user));
+        let s = if local {
+            &mut self.local
+        } else {
+            &mut self.remote
+        };
         if order_event {
-            self.orders.update(user, d);
+            s.orders.update_at(user, t, d);
         }
-        self.lifetime.update(user, d);
+        s.lifetime.update_at(user, t, d);
     }
     fn window(&mut self, user: UserId, d: Windowed) {
-        self.windows.update(user, d);
+        let (t, local) = (self.now, self.place.owns(user));
+        let s = if local {
+            &mut self.local
+        } else {
+            &mut self.remote
+        };
+        s.windows.update_at(user, t, d);
     }
     fn facet(&mut self, user: UserId, facet: Facet, d: Diff) {
-        self.facets.update((user, facet), d);
+        let (t, local) = (self.now, self.place.owns(user));
+        let s = if local {
+            &mut self.local
+        } else {
+            &mut self.remote
+        };
+        s.facets.update_at((user, facet), t, d);
     }
     fn set_trait(&mut self, user: UserId, key: Sym, d: Latest) {
-        self.traits.update((user, key), d);
+        let (t, local) = (self.now, self.place.owns(user));
+        let s = if local {
+            &mut self.local
+        } else {
+            &mut self.remote
+        };
+        s.traits.update_at((user, key), t, d);
     }
 }
 
@@ -775,7 +978,13 @@ impl ProfileFeeder {
     }
 
     /// Feeds one event of an epoch whose clock is `clock`.
-    pub fn event(&mut self, ev: &ShopEvent, clock: Millis, sink: &mut impl ProfileSink) {
+    pub fn event(
+        &mut self,
+        ev: &ShopEvent,
+        clock: Millis,
+        aliases: &Aliases,
+        sink: &mut impl ProfileSink,
+    ) {
         let user = ev.user;
         let mut d = EventDelta {
             life: Lifetime {
@@ -797,8 +1006,8 @@ impl ProfileFeeder {
             }
             EventKind::ProductRemoved => Self::cart(ev, -1, sink),
             EventKind::OrderCompleted => self.order_completed(ev, &mut d, sink),
-            EventKind::OrderRefunded => self.order_refunded(ev, &mut d),
-            EventKind::OrderCancelled => self.order_cancelled(ev, &mut d),
+            EventKind::OrderRefunded => self.order_refunded(ev, aliases, &mut d),
+            EventKind::OrderCancelled => self.order_cancelled(ev, aliases, &mut d),
             EventKind::Identify => Self::identify(ev, sink),
             _ => {}
         }
@@ -860,17 +1069,24 @@ impl ProfileFeeder {
         }
     }
 
-    /// The order named, if this worker remembers it.
-    fn known_order(&mut self, ev: &ShopEvent) -> Option<&mut OrderState> {
-        self.orders
-            .get_mut(&(ev.user, ev.order))
-            .filter(|_| ev.order != 0)
+    /// The order named, if this worker (the owner of the order id) remembers
+    /// it: placed by the user, or by an id merged into the user since (its entry
+    /// is under the id it had then; the user's own is looked at first).
+    fn known_order(&mut self, ev: &ShopEvent, aliases: &Aliases) -> Option<&mut OrderState> {
+        if ev.order == 0 {
+            return None;
+        }
+        let key = std::iter::once(ev.user)
+            .chain(aliases.merged_into(ev.user).iter().copied())
+            .map(|u| (u, ev.order))
+            .find(|k| self.orders.contains_key(k))?;
+        self.orders.get_mut(&key)
     }
 
     /// A refund: the amount it names, or (with none) what is left of the known
     /// order, out of revenue at the refund's own time.
-    fn order_refunded(&mut self, ev: &ShopEvent, d: &mut EventDelta) {
-        let amount = match self.known_order(ev) {
+    fn order_refunded(&mut self, ev: &ShopEvent, aliases: &Aliases, d: &mut EventDelta) {
+        let amount = match self.known_order(ev, aliases) {
             Some(o) => {
                 let a = if ev.revenue > 0 {
                     ev.revenue
@@ -890,9 +1106,9 @@ impl ProfileFeeder {
 
     /// A cancellation: a known, not yet cancelled order is taken back (in the
     /// windows of the order's time); an unknown one subtracts the amount it names.
-    fn order_cancelled(&mut self, ev: &ShopEvent, d: &mut EventDelta) {
+    fn order_cancelled(&mut self, ev: &ShopEvent, aliases: &Aliases, d: &mut EventDelta) {
         d.life.cancellations = 1;
-        match self.known_order(ev) {
+        match self.known_order(ev, aliases) {
             Some(o) if !o.cancelled => {
                 o.cancelled = true;
                 let remaining = (o.amount - o.refunded).max(0);
@@ -958,8 +1174,9 @@ impl ProfileFeeder {
         sink.window(user, d);
     }
 
-    /// Retracts every window contribution whose exit time the clock has reached.
-    pub fn expire(&mut self, clock: Millis, sink: &mut impl ProfileSink) {
+    /// Retracts every window contribution whose exit time the clock has reached,
+    /// from its user's canonical id (the user may have been merged since).
+    pub fn expire(&mut self, clock: Millis, aliases: &Aliases, sink: &mut impl ProfileSink) {
         while let Some(Reverse(next)) = self.schedule.peek() {
             if next.at > clock {
                 break;
@@ -983,7 +1200,7 @@ impl ProfileFeeder {
             } else {
                 d.d30 = counts.negated();
             }
-            sink.window(e.user, d);
+            sink.window(aliases.resolve(e.user), d);
         }
     }
 }
@@ -1061,10 +1278,15 @@ impl ProfileTraces {
         }
     }
 
-    /// Every user this worker holds a profile for at `as_of`, in id order.
+    /// Every user this worker holds a profile for at `as_of`, in id order
+    /// (not the ids merged into users).
     pub fn users(&mut self, as_of: Time) -> Vec<UserId> {
         let mut out = Vec::new();
-        for_each_key(&mut self.lifetime, as_of, |user, _| out.push(*user));
+        for_each_key(&mut self.lifetime, as_of, |user, l| {
+            if !l.merged {
+                out.push(*user)
+            }
+        });
         out
     }
 
@@ -1260,16 +1482,27 @@ mod order_book {
             feeder.event(
                 &ev(seq, EventKind::OrderCompleted, order, 100),
                 0,
+                &Aliases::default(),
                 &mut sums,
             );
         }
         assert_eq!(feeder.orders.len(), 2);
-        feeder.event(&ev(4, EventKind::OrderRefunded, 11, 0), 0, &mut sums);
+        feeder.event(
+            &ev(4, EventKind::OrderRefunded, 11, 0),
+            0,
+            &Aliases::default(),
+            &mut sums,
+        );
         assert_eq!(
             sums.revenue, 300,
             "order 11 was forgotten: nothing to refund"
         );
-        feeder.event(&ev(5, EventKind::OrderRefunded, 13, 0), 0, &mut sums);
+        feeder.event(
+            &ev(5, EventKind::OrderRefunded, 13, 0),
+            0,
+            &Aliases::default(),
+            &mut sums,
+        );
         assert_eq!(
             sums.revenue, 200,
             "order 13 is remembered: refunded in full"

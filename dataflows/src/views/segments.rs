@@ -40,6 +40,11 @@
 //!   the histogram (a few hundred buckets) and re-evaluates the buyers of the
 //!   buckets whose score moved. A user's scores are then a lookup, not a scan.
 //!
+//! Identity merges need nothing of their own: a link at `E` changes both
+//! profiles at `E` (the merged id gets the [`MERGED`](crate::views::profiles::MERGED)
+//! mark, its user the id's totals), so both are touched; a merged id is a member
+//! of nothing, so the feed reports its exits and the user's enters at `E`.
+//!
 //! The output, `(segment, user, since)` with `±1`, is arranged three ways, all on
 //! the worker that owns the user (no exchange): by segment (members, paged in
 //! user-id order), by user (a user's segments and `since`), and as per-segment
@@ -585,7 +590,9 @@ impl Evaluator {
         };
         let mut wake: Option<Millis> = None;
         let mut now: Vec<SegId> = Vec::new();
-        for (id, rule) in &self.rules {
+        // An id merged into a user is no member of anything: the user is.
+        let merged = profile.lifetime.is_some_and(|l| l.merged);
+        for (id, rule) in self.rules.iter().filter(|_| !merged) {
             if rule.eval(&subject) {
                 now.push(*id);
             }

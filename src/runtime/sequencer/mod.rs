@@ -40,7 +40,7 @@ use super::shared::Shared;
 use super::{EngineError, Epoch, Unavailable};
 use crate::catalog::Control;
 use crate::config::{ClockMode, Config};
-use crate::event::Event;
+use crate::event::{Event, Str};
 use crate::log::{self, LogConfig, LogError, LogWriter, RecordHeader, Recovery};
 use crate::snapshot::SnapshotError;
 use dedup::Dedup;
@@ -358,21 +358,28 @@ impl Sequencer {
             .store(self.next_seq - 1, Ordering::Relaxed);
         self.last_record = Instant::now();
         let definitions = self.apply_controls(&header, &controls);
-        self.apply_links(header.first_seq, chunks.iter().flatten());
+        let links = self.apply_links(header.first_seq, chunks.iter().flatten());
         Ok(Some(Epoch {
             epoch: header.epoch,
             first_seq: header.first_seq,
             clock: self.clock,
             chunks,
             definitions,
+            links,
             restore: None,
         }))
     }
 
     /// Records the identity links of a logged (or replayed) record's events, the
-    /// first numbered `first_seq`, in the identity graph.
-    fn apply_links<'a>(&self, first_seq: u64, events: impl Iterator<Item = &'a Event>) {
+    /// first numbered `first_seq`, in the identity graph; returns the merges they
+    /// made (new links accepted), for the workers to move state at.
+    fn apply_links<'a>(
+        &self,
+        first_seq: u64,
+        events: impl Iterator<Item = &'a Event>,
+    ) -> Vec<(Str, Str)> {
         let mut graph = None;
+        let mut merged = Vec::new();
         for (i, ev) in events.enumerate() {
             if let Some(link) = &ev.link {
                 let graph =
@@ -381,11 +388,17 @@ impl Sequencer {
                     seq: first_seq + i as u64,
                     ts: ev.ts,
                 };
+                let before = graph.len();
                 let outcome = graph.link(link, &ev.user, at);
                 metrics::counter!("shopstream_identity_links_total", "outcome" => outcome.name())
                     .increment(1);
+                // The same link again is not recorded twice.
+                if *outcome == crate::identity::Outcome::Linked && graph.len() > before {
+                    merged.push((link.clone(), ev.user.clone()));
+                }
             }
         }
+        merged
     }
 
     /// Records a record's definitions in the catalog, compiled for the workers.
@@ -491,7 +504,7 @@ impl Sequencer {
             LogError::Callback(format!("epoch {}: undecodable payload: {e}", header.epoch))
         })?;
         let definitions = self.apply_controls(header, &controls);
-        self.apply_links(header.first_seq, events.iter());
+        let links = self.apply_links(header.first_seq, events.iter());
         for (i, ev) in events.iter().enumerate() {
             if let Some(id) = ev.message_id {
                 let _ = self.dedup.insert(id, header.first_seq + i as u64);
@@ -506,6 +519,7 @@ impl Sequencer {
             clock: header.clock_ms,
             chunks: vec![events],
             definitions,
+            links,
             restore: None,
         });
         Ok(())

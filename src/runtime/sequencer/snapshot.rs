@@ -64,6 +64,7 @@ impl Sequencer {
             clock: snapshot.clock,
             chunks: Vec::new(),
             definitions,
+            links: Vec::new(),
             restore: Some(snapshot),
         });
         Some(epoch)
