@@ -15,7 +15,8 @@
 //!
 //! Environment: `SHOPSTREAM_BENCH_INPUT` (default `/tmp/w1m.ndjson`, made by
 //! `python3 ../shared/peers/gen.py 1000000 /tmp/w1m`), `ENGINE_BENCH_ROUNDS` (5),
-//! `SHOPSTREAM_BENCH_WORKERS` (2). Output: a table, then one `BENCH_JSON` line.
+//! `SHOPSTREAM_BENCH_WORKERS` (2), `ENGINE_BENCH_RECORD_EVENTS` (the configured
+//! `engine.max_record_events`, 65,536). Output: a table, then one `BENCH_JSON` line.
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -64,6 +65,13 @@ fn round(rt: &tokio::runtime::Runtime, events: &[Event], workers: usize) -> Roun
     let mut config = Config::defaults();
     config.data_dir = dir.path().to_path_buf();
     config.workers = workers;
+    // Smaller records: more epochs for the same events (the identity bench uses
+    // it to put a few merges in every epoch).
+    if let Ok(v) = std::env::var("ENGINE_BENCH_RECORD_EVENTS") {
+        config.max_record_events = v
+            .parse()
+            .unwrap_or_else(|_| bad_env("ENGINE_BENCH_RECORD_EVENTS", &v));
+    }
     config.fsync = shopstream::log::FsyncPolicy::Never;
     config.tcp_addr = "127.0.0.1:0".parse().expect("addr");
     config.http_addr = "127.0.0.1:0".parse().expect("addr");

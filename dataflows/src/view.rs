@@ -45,9 +45,9 @@
 //!    it to the user *at `E`*, so that a read at `E` answers for the merged
 //!    identity: the result depends on the set of events and links, not on whether
 //!    a link came before or after the visitor's events. The worker owning the
-//!    anonymous id does it (the profile view: once `E - 1` is complete there, it
-//!    reads the id's totals and adds them to the user's, holding back epoch `E`
-//!    until it has).
+//!    anonymous id does it (the profile view: once its own state is complete
+//!    through `E - 1` there ([`View::poll`]), it reads the id's totals and adds
+//!    them to the user's in arrangements of their own, held at `E` until it has).
 //!
 //! Nothing here does I/O: a view's only channels to the outside are its
 //! [`EpochBatch`] in and the services of the [`Env`] out.
@@ -134,6 +134,11 @@ pub trait View: Any {
     /// Lets the traces forget distinctions before `frontier`: no read goes back
     /// before it.
     fn compact(&mut self, frontier: Time);
+
+    /// Called after every step of the dataflow: a view waiting for its own
+    /// progress (the profile view's identity moves wait for the epoch before
+    /// theirs) acts here.
+    fn poll(&mut self) {}
 
     /// Gauges worth exporting, as `(metric name, value)`; read after each feed.
     fn gauges(&self) -> Vec<(&'static str, f64)> {

@@ -143,6 +143,9 @@ pub(super) fn run(worker: &mut Worker, ctx: Context) {
             Duration::ZERO
         }));
         host.advance(&ctx.shared);
+        for view in host.views.iter_mut() {
+            view.poll();
+        }
         host.serve_pending(&ctx.requests);
         host.snapshot_when_complete();
     }

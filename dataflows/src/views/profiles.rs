@@ -41,6 +41,18 @@
 //! the contribution is retracted at exactly that epoch. The clock is a property of
 //! the epoch (it is written in the log), so every worker and every replay retract
 //! at the same logical time. Nothing is recomputed by polling.
+//!
+//! ## Identities
+//!
+//! Events arrive keyed by their user's canonical id (the host resolves merged
+//! anonymous ids, [`EpochBatch::aliases`]). When an id `a` is merged into a user
+//! `u` at epoch `E`, what `a` accumulated before `E` is added to `u` at `E` in a
+//! second set of arrangements, `moved` (and `a` is marked [`MERGED`] there): a
+//! profile is what its own events accumulate plus what merges moved into it, so a
+//! profile of `u` is that of every event of its identity, whether the link came
+//! before or after them (`ProfileView::move_merged`). The order book is kept by
+//! the owner of the order id, so orders, refunds and cancellations with an order id
+//! are processed there and their updates exchanged to the user's owner.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -330,47 +342,120 @@ impl Rank {
     }
 }
 
-/// The inputs of the profile view, one per difference type (local and remote
-/// updates together).
+/// One of each of the profile's difference types, keyed by user: lifetime
+/// totals, the totals of order events alone (what the RFM buckets read: they
+/// change on orders only, so the bucket reduction runs on orders only), windows,
+/// facets and traits.
+#[derive(Clone)]
+pub struct Parts<L, W, F, T> {
+    pub lifetime: L,
+    pub orders: L,
+    pub windows: W,
+    pub facets: F,
+    pub traits: T,
+}
+
+/// The profile's inputs as collections.
+pub type PartCollections<'scope> = Parts<
+    VecCollection<'scope, Time, UserId, Lifetime>,
+    VecCollection<'scope, Time, UserId, Windowed>,
+    VecCollection<'scope, Time, (UserId, Facet), Diff>,
+    VecCollection<'scope, Time, (UserId, Sym), Latest>,
+>;
+
+/// The profile's inputs, arranged by user.
+pub type PartArrangements<'scope> = Parts<
+    Arranged<'scope, UserKeyTrace<Lifetime>>,
+    Arranged<'scope, UserKeyTrace<Windowed>>,
+    Arranged<'scope, UserValTrace<Facet, Diff>>,
+    Arranged<'scope, UserValTrace<Sym, Latest>>,
+>;
+
+/// Handles on [`PartArrangements`]' traces.
+pub type PartTraces = Parts<
+    UserKeyTrace<Lifetime>,
+    UserKeyTrace<Windowed>,
+    UserValTrace<Facet, Diff>,
+    UserValTrace<Sym, Latest>,
+>;
+
+/// The inputs of the profile view: what the users' own events accumulate
+/// (`own`), and what identity merges moved into users (`moved`, see
+/// `ProfileView::move_merged`). A profile is the sum of the two.
 pub struct ProfileCollections<'scope> {
-    pub lifetime: VecCollection<'scope, Time, UserId, Lifetime>,
-    pub orders: VecCollection<'scope, Time, UserId, Lifetime>,
-    pub windows: VecCollection<'scope, Time, UserId, Windowed>,
-    pub facets: VecCollection<'scope, Time, (UserId, Facet), Diff>,
-    pub traits: VecCollection<'scope, Time, (UserId, Sym), Latest>,
+    pub own: PartCollections<'scope>,
+    pub moved: PartCollections<'scope>,
 }
 
 /// The arrangements the profile view maintains.
 pub struct ProfileArrangements<'scope> {
-    pub lifetime: Arranged<'scope, UserKeyTrace<Lifetime>>,
-    pub windows: Arranged<'scope, UserKeyTrace<Windowed>>,
-    pub facets: Arranged<'scope, UserValTrace<Facet, Diff>>,
-    pub traits: Arranged<'scope, UserValTrace<Sym, Latest>>,
+    pub own: PartArrangements<'scope>,
+    /// Small: one entry per merged id (its mark) and per user it merged into.
+    pub moved: PartArrangements<'scope>,
     pub rfm: Arranged<'scope, KeyTrace<RfmKey>>,
-    /// Per user, the totals of order events only (what the RFM buckets read):
-    /// kept as a trace of its own so that a snapshot can save the input.
-    pub orders: Arranged<'scope, UserKeyTrace<Lifetime>>,
 }
 
 /// The profile view: arrange each input where its differences accumulate, and
 /// derive the RFM histogram from order totals.
 ///
-/// Every input is keyed by user and arrives at the worker that owns the user
-/// ([`owner`](crate::types::owner)), because the feeder is per user (its order book and window schedule
-/// are). So the per-user arrangements are built where the data already is, with no
-/// exchange at all, and a user's whole profile lives on one worker: a read asks that
-/// worker only. The RFM histogram is the one piece that spans users; its (small,
-/// order-driven) changes are replicated to every worker, so that the owner can rank
-/// a user without asking the others.
+/// Every input is keyed by user and arranged on the worker that owns the user
+/// ([`owner`]): the feeder's updates of its own users go in
+/// directly, the others (an order processed by the owner of its order id) are
+/// exchanged there first. So a user's whole profile lives on one worker: a read
+/// asks that worker only. The RFM histogram is the one piece that spans users; its
+/// (small, order-driven) changes are replicated to every worker, so that the owner
+/// can rank a user without asking the others.
 pub fn profiles<'scope>(c: ProfileCollections<'scope>) -> ProfileArrangements<'scope> {
-    let orders = arrange_local_by_self(c.orders, "Profiles: order totals");
+    let with_moves = c.own.orders.clone().concat(c.moved.orders.clone());
+    let rfm = rfm_histogram(arrange_local_by_self(
+        with_moves,
+        "Profiles: order totals with merges",
+    ));
     ProfileArrangements {
-        lifetime: arrange_local_by_self(c.lifetime, "Profiles: lifetime"),
-        windows: arrange_local_by_self(c.windows, "Profiles: windows"),
-        facets: arrange_local_by_key(c.facets, "Profiles: facets"),
-        traits: arrange_local_by_key(c.traits, "Profiles: traits"),
-        rfm: rfm_histogram(orders.clone()),
-        orders,
+        own: arrange_parts(c.own, "Profiles"),
+        moved: arrange_parts(c.moved, "Profiles: merged in"),
+        rfm,
+    }
+}
+
+fn arrange_parts<'scope>(c: PartCollections<'scope>, what: &str) -> PartArrangements<'scope> {
+    Parts {
+        lifetime: arrange_local_by_self(c.lifetime, &format!("{what}: lifetime")),
+        orders: arrange_local_by_self(c.orders, &format!("{what}: order totals")),
+        windows: arrange_local_by_self(c.windows, &format!("{what}: windows")),
+        facets: arrange_local_by_key(c.facets, &format!("{what}: facets")),
+        traits: arrange_local_by_key(c.traits, &format!("{what}: traits")),
+    }
+}
+
+impl<'scope> PartArrangements<'scope> {
+    /// New handles on the traces.
+    pub fn traces(&self) -> PartTraces {
+        Parts {
+            lifetime: self.lifetime.trace.clone(),
+            orders: self.orders.trace.clone(),
+            windows: self.windows.trace.clone(),
+            facets: self.facets.trace.clone(),
+            traits: self.traits.trace.clone(),
+        }
+    }
+
+    fn probe_with(&self, probe: &ProbeHandle<Time>) {
+        self.lifetime.stream.clone().probe_with(probe);
+        self.orders.stream.clone().probe_with(probe);
+        self.windows.stream.clone().probe_with(probe);
+        self.facets.stream.clone().probe_with(probe);
+        self.traits.stream.clone().probe_with(probe);
+    }
+}
+
+impl PartTraces {
+    fn compact_to(&mut self, frontier: Time) {
+        compact(&mut self.lifetime, frontier);
+        compact(&mut self.orders, frontier);
+        compact(&mut self.windows, frontier);
+        compact(&mut self.facets, frontier);
+        compact(&mut self.traits, frontier);
     }
 }
 
@@ -424,17 +509,19 @@ pub struct ProfileSessions {
 /// Input handles of the profile view, fed by [`ProfileFeeder`]: updates of the
 /// users this worker owns go straight into its arrangements (`local`); the rest
 /// (an order's updates, processed by the owner of the order id; a window exit of
-/// an event whose user has since been merged into another's; what a link moves)
-/// go through `remote`, exchanged to the owner of the user. Almost everything is
-/// local, so the exchange costs little.
+/// an event whose user has since been merged into another's) go through
+/// `remote`, exchanged to the owner of the user. Almost everything is local, so
+/// the exchange costs little.
 pub struct ProfileInputs {
     pub local: ProfileSessions,
     pub remote: ProfileSessions,
+    /// What identity merges move (exchanged by user, like `remote`).
+    pub moved: ProfileSessions,
     place: Place,
     /// The epoch being fed.
     now: Time,
-    /// The oldest epoch whose moves are not emitted yet: `remote` stays at it,
-    /// so that the epoch cannot complete anywhere before they are in.
+    /// The oldest epoch whose moves are not emitted yet: `moved` stays at it, so
+    /// that the epoch cannot complete anywhere before they are in.
     hold: Option<Time>,
 }
 
@@ -442,12 +529,9 @@ pub struct ProfileInputs {
 /// another handle on the same traces (it holds back their compaction on its own).
 #[derive(Clone)]
 pub struct ProfileTraces {
-    pub lifetime: UserKeyTrace<Lifetime>,
-    pub windows: UserKeyTrace<Windowed>,
-    pub facets: UserValTrace<Facet, Diff>,
-    pub traits: UserValTrace<Sym, Latest>,
+    pub own: PartTraces,
+    pub moved: PartTraces,
     pub rfm: KeyTrace<RfmKey>,
-    pub orders: UserKeyTrace<Lifetime>,
 }
 
 /// Settings of the profile view, provided by the host in the [`Env`].
@@ -481,38 +565,49 @@ pub fn build<'scope>(
     let mut inputs = ProfileInputs {
         local: ProfileSessions::new(),
         remote: ProfileSessions::new(),
+        moved: ProfileSessions::new(),
         place,
         now: 0,
         hold: None,
     };
-    let (l, r) = (&mut inputs.local, &mut inputs.remote);
-    let arranged = profiles(ProfileCollections {
-        lifetime: joined(scope, &mut l.lifetime, &mut r.lifetime, |u| *u),
-        orders: joined(scope, &mut l.orders, &mut r.orders, |u| *u),
-        windows: joined(scope, &mut l.windows, &mut r.windows, |u| *u),
-        facets: joined(scope, &mut l.facets, &mut r.facets, |k| k.0),
-        traits: joined(scope, &mut l.traits, &mut r.traits, |k| k.0),
-    });
-    arranged.lifetime.stream.clone().probe_with(probe);
-    arranged.windows.stream.clone().probe_with(probe);
-    arranged.facets.stream.clone().probe_with(probe);
-    arranged.traits.stream.clone().probe_with(probe);
+    let (l, r, m) = (&mut inputs.local, &mut inputs.remote, &mut inputs.moved);
+    let own = Parts {
+        lifetime: joined(scope, Some(&mut l.lifetime), &mut r.lifetime, |u| *u),
+        orders: joined(scope, Some(&mut l.orders), &mut r.orders, |u| *u),
+        windows: joined(scope, Some(&mut l.windows), &mut r.windows, |u| *u),
+        facets: joined(scope, Some(&mut l.facets), &mut r.facets, |k| k.0),
+        traits: joined(scope, Some(&mut l.traits), &mut r.traits, |k| k.0),
+    };
+    let moved = Parts {
+        lifetime: joined(scope, None, &mut m.lifetime, |u| *u),
+        orders: joined(scope, None, &mut m.orders, |u| *u),
+        windows: joined(scope, None, &mut m.windows, |u| *u),
+        facets: joined(scope, None, &mut m.facets, |k| k.0),
+        traits: joined(scope, None, &mut m.traits, |k| k.0),
+    };
+    let arranged = profiles(ProfileCollections { own, moved });
+    arranged.own.probe_with(probe);
+    arranged.moved.probe_with(probe);
     arranged.rfm.stream.clone().probe_with(probe);
+    // The moves of epoch `E` wait for `E - 1` in the users' own state only.
+    let own_probe = ProbeHandle::new();
+    arranged.own.probe_with(&own_probe);
     let view = ProfileView {
         inputs,
         traces: arranged.traces(),
         feeder: ProfileFeeder::new(settings.order_horizon),
         moves: std::collections::VecDeque::new(),
-        complete_through: 0,
+        own_probe,
     };
     (view, arranged)
 }
 
-/// A worker's own updates of a user-keyed input, and the updates other workers
-/// send it (exchanged to the owner of the user `user_of` names), as one collection.
+/// A worker's own updates of a user-keyed input (if it has any), and the updates
+/// other workers send it (exchanged to the owner of the user `user_of` names), as
+/// one collection.
 fn joined<'scope, K, R>(
     scope: timely::dataflow::Scope<'scope, Time>,
-    local: &mut InputSession<Time, K, R>,
+    local: Option<&mut InputSession<Time, K, R>>,
     remote: &mut InputSession<Time, K, R>,
     user_of: fn(&K) -> UserId,
 ) -> VecCollection<'scope, Time, K, R>
@@ -526,7 +621,10 @@ where
         .inner
         .exchange(move |(k, _, _): &(K, Time, R)| owner(user_of(k), peers) as u64)
         .as_collection();
-    local.to_collection(scope).concat(remote)
+    match local {
+        Some(local) => local.to_collection(scope).concat(remote),
+        None => remote,
+    }
 }
 
 /// The profile view on one worker: its inputs, fed by the [`ProfileFeeder`], and
@@ -538,8 +636,8 @@ pub struct ProfileView {
     /// Links whose merged id this worker owns, by epoch, oldest first, waiting
     /// for the epoch before theirs to complete (see [`ProfileView::move_merged`]).
     moves: std::collections::VecDeque<(Time, Vec<(UserId, UserId)>)>,
-    /// Epochs before this one are complete on this worker.
-    complete_through: Time,
+    /// The frontier of the users' own state (not of what merges moved).
+    own_probe: ProbeHandle<Time>,
 }
 
 /// A user's profile as one read answers it.
@@ -567,27 +665,25 @@ impl ProfileView {
 
 impl ProfileView {
     /// Moves what each id merged at epoch `E` had accumulated (here, on the
-    /// worker owning it) to its user, at `E`, once every epoch before `E` is
-    /// complete here (so that the traces hold all of it: events of the id from
-    /// `E` on are the user's already). Until then `remote` holds epoch `E` open,
-    /// so no read sees `E` without the move. Sums and mins and maxes
-    /// (lifetime, order totals) and traits are added to the user's (the union's
-    /// value); the id's own entry only gets the [`MERGED`] mark, since it cannot
-    /// be taken back. Windows and facets are abelian: taken from the id, added to
-    /// the user. The feeder's state needs no move: the order book is found
-    /// through the user's merged ids, and window exits resolve their user when
-    /// they happen.
+    /// worker owning it) to its user, at `E`, once the users' own state is
+    /// complete through `E - 1` here (so that the traces hold all of the id's:
+    /// events of the id from `E` on are the user's already). The move goes into
+    /// the `moved` arrangements, not back into the users' own (that would be a
+    /// cycle in the dataflow), so the own state flows on unhindered; only `moved`
+    /// is held at `E` until the move is in, so no read sees `E` without it. The
+    /// user gets the id's totals, windows, facets and traits (all semigroups: the
+    /// sum is the union's value); the id gets the [`MERGED`] mark, which hides
+    /// it (its own entries stay as they were: mins and maxes cannot be taken
+    /// back). The feeder's state needs no move: the order book is found through
+    /// the user's merged ids, and window exits resolve their user when they fire.
     fn move_merged(&mut self) {
         let mut moved = false;
-        while self
-            .moves
-            .front()
-            .is_some_and(|(epoch, _)| *epoch <= self.complete_through)
-        {
-            let (epoch, links) = self.moves.pop_front().expect("checked");
-            for (id, user) in links {
-                self.move_one(id, user, epoch);
+        while let Some(&(epoch, _)) = self.moves.front() {
+            if epoch > 0 && self.own_probe.less_equal(&(epoch - 1)) {
+                break;
             }
+            let (epoch, links) = self.moves.pop_front().expect("checked");
+            self.move_all(links, epoch);
             moved = true;
         }
         if moved {
@@ -598,31 +694,47 @@ impl ProfileView {
         }
     }
 
-    fn move_one(&mut self, id: UserId, user: UserId, at: Time) {
-        let t = &mut self.traces;
-        let p = t.read_user(id, Time::MAX);
-        let orders = crate::read::read_key(&mut t.orders, &id, Time::MAX);
-        let r = &mut self.inputs.remote;
-        if let Some(l) = p.lifetime.filter(|l| !l.merged) {
-            r.lifetime.update_at(user, at, l);
-            r.lifetime.update_at(id, at, MERGED);
+    /// The moves of one epoch's links. The ids' state is read in one forward
+    /// pass of one cursor per trace (a cursor per id cost more than the move).
+    fn move_all(&mut self, mut links: Vec<(UserId, UserId)>, at: Time) {
+        links.sort_unstable();
+        let ids: Vec<UserId> = links.iter().map(|(id, _)| *id).collect();
+        // All times: nothing is keyed by an id from its link on, and the traces
+        // may be compacted up to `at` already (times before it then read as `at`).
+        let mut own = Vec::with_capacity(ids.len());
+        read_parts(&mut self.traces.own, &ids, Time::MAX, true, true, |_, p| {
+            own.push(p)
+        });
+        let mut orders = Vec::with_capacity(ids.len());
+        {
+            let (mut c, st) = cursor_at(&mut self.traces.own.orders);
+            let max = Time::MAX;
+            for key in &ids {
+                let mut out = None;
+                let mut each = |_: (), r: Lifetime| out = Some(r);
+                read_key_at!(c, st, key, max, each, _val => ());
+                orders.push(out);
+            }
         }
-        if let Some(o) = orders.filter(|o| !o.merged) {
-            r.orders.update_at(user, at, o);
-            r.orders.update_at(id, at, MERGED);
-        }
-        if !p.windows.is_zero() {
-            let mut taken = p.windows;
-            taken.negate();
-            r.windows.update_at(id, at, taken);
-            r.windows.update_at(user, at, p.windows);
-        }
-        for (f, d) in p.facets {
-            r.facets.update_at((id, f), at, d.wrapping_neg());
-            r.facets.update_at((user, f), at, d);
-        }
-        for (k, l) in p.traits {
-            r.traits.update_at((user, k), at, l);
+        let m = &mut self.inputs.moved;
+        for (((id, user), p), orders) in links.into_iter().zip(own).zip(orders) {
+            if let Some(l) = p.lifetime {
+                m.lifetime.update_at(user, at, l);
+                m.lifetime.update_at(id, at, MERGED);
+            }
+            if let Some(o) = orders {
+                m.orders.update_at(user, at, o);
+                m.orders.update_at(id, at, MERGED);
+            }
+            if !p.windows.is_zero() {
+                m.windows.update_at(user, at, p.windows);
+            }
+            for (f, d) in p.facets {
+                m.facets.update_at((user, f), at, d);
+            }
+            for (k, l) in p.traits {
+                m.traits.update_at((user, k), at, l);
+            }
         }
     }
 }
@@ -658,9 +770,10 @@ impl View for ProfileView {
         self.move_merged();
     }
 
-    fn completed(&mut self, through: Time) {
-        self.complete_through = through;
-        self.move_merged();
+    fn poll(&mut self) {
+        if !self.moves.is_empty() {
+            self.move_merged();
+        }
     }
 
     fn compact(&mut self, frontier: Time) {
@@ -668,24 +781,26 @@ impl View for ProfileView {
     }
 
     fn gauges(&self) -> Vec<(&'static str, f64)> {
-        // Window contributions waiting for their scheduled retraction.
-        vec![(
-            "shopstream_window_schedule_entries",
-            self.feeder.scheduled() as f64,
-        )]
+        vec![
+            // Window contributions waiting for their scheduled retraction.
+            (
+                "shopstream_window_schedule_entries",
+                self.feeder.scheduled() as f64,
+            ),
+            // Epochs with identity merges whose moves wait for the epoch before.
+            ("shopstream_identity_moves_pending", self.moves.len() as f64),
+        ]
     }
 
     /// The accumulated inputs at `at` (one entry per user and facet, not per
     /// event) and the feeder's order book and window schedule. The RFM histogram
     /// is derived from the order totals, so it is not saved.
     fn snapshot(&mut self, at: Time) -> Vec<u8> {
-        let t = &mut self.traces;
-        let mut state = ProfileState::default();
-        for_each_key(&mut t.lifetime, at, |u, l| state.lifetime.push((*u, l)));
-        for_each_key(&mut t.orders, at, |u, l| state.orders.push((*u, l)));
-        for_each_key(&mut t.windows, at, |u, w| state.windows.push((*u, w)));
-        for_each_val(&mut t.facets, at, |u, f, d| state.facets.push((*u, *f, d)));
-        for_each_val(&mut t.traits, at, |u, k, l| state.traits.push((*u, *k, l)));
+        let mut state = ProfileState {
+            own: PartState::save(&mut self.traces.own, at),
+            moved: PartState::save(&mut self.traces.moved, at),
+            ..ProfileState::default()
+        };
         self.feeder.save(&mut state);
         encode_part(&state)
     }
@@ -697,23 +812,9 @@ impl View for ProfileView {
         let mut book = Vec::new();
         for part in parts {
             let state: ProfileState = decode_part("profiles", part)?;
-            let i = &mut self.inputs.local;
             let mine = |u: &UserId| place.owns(*u);
-            for (u, l) in state.lifetime.into_iter().filter(|x| mine(&x.0)) {
-                i.lifetime.update(u, l);
-            }
-            for (u, l) in state.orders.into_iter().filter(|x| mine(&x.0)) {
-                i.orders.update(u, l);
-            }
-            for (u, w) in state.windows.into_iter().filter(|x| mine(&x.0)) {
-                i.windows.update(u, w);
-            }
-            for (u, f, d) in state.facets.into_iter().filter(|x| mine(&x.0)) {
-                i.facets.update((u, f), d);
-            }
-            for (u, k, l) in state.traits.into_iter().filter(|x| mine(&x.0)) {
-                i.traits.update((u, k), l);
-            }
+            state.own.restore(&mut self.inputs.local, mine);
+            state.moved.restore(&mut self.inputs.moved, mine);
             // The order book is kept by the owner of the order id.
             book.extend(state.order_book.into_iter().filter(|x| mine(&x.0 .1)));
             self.feeder.schedule.extend(
@@ -733,26 +834,61 @@ impl View for ProfileView {
 /// snapshot's epoch, and the feeder's state.
 #[derive(Default, Serialize, Deserialize)]
 struct ProfileState {
+    own: PartState,
+    moved: PartState,
+    /// The order book, oldest first (the order of its FIFO).
+    order_book: Vec<((UserId, Sym), OrderState)>,
+    schedule: Vec<Expiry>,
+}
+
+/// One set of [`Parts`], accumulated: one entry per user and facet, not per event.
+#[derive(Default, Serialize, Deserialize)]
+struct PartState {
     lifetime: Vec<(UserId, Lifetime)>,
     orders: Vec<(UserId, Lifetime)>,
     windows: Vec<(UserId, Windowed)>,
     facets: Vec<(UserId, Facet, Diff)>,
     traits: Vec<(UserId, Sym, Latest)>,
-    /// The order book, oldest first (the order of its FIFO).
-    order_book: Vec<((UserId, Sym), OrderState)>,
-    schedule: Vec<Expiry>,
+}
+
+impl PartState {
+    fn save(t: &mut PartTraces, at: Time) -> Self {
+        let mut s = PartState::default();
+        for_each_key(&mut t.lifetime, at, |u, l| s.lifetime.push((*u, l)));
+        for_each_key(&mut t.orders, at, |u, l| s.orders.push((*u, l)));
+        for_each_key(&mut t.windows, at, |u, w| s.windows.push((*u, w)));
+        for_each_val(&mut t.facets, at, |u, f, d| s.facets.push((*u, *f, d)));
+        for_each_val(&mut t.traits, at, |u, k, l| s.traits.push((*u, *k, l)));
+        s
+    }
+
+    /// Puts the entries of the users `mine` accepts into `into`, at its time.
+    fn restore(self, into: &mut ProfileSessions, mine: impl Fn(&UserId) -> bool) {
+        for (u, l) in self.lifetime.into_iter().filter(|x| mine(&x.0)) {
+            into.lifetime.update(u, l);
+        }
+        for (u, l) in self.orders.into_iter().filter(|x| mine(&x.0)) {
+            into.orders.update(u, l);
+        }
+        for (u, w) in self.windows.into_iter().filter(|x| mine(&x.0)) {
+            into.windows.update(u, w);
+        }
+        for (u, f, d) in self.facets.into_iter().filter(|x| mine(&x.0)) {
+            into.facets.update((u, f), d);
+        }
+        for (u, k, l) in self.traits.into_iter().filter(|x| mine(&x.0)) {
+            into.traits.update((u, k), l);
+        }
+    }
 }
 
 impl ProfileArrangements<'_> {
     /// New handles on the traces (each holds back compaction until told otherwise).
     pub fn traces(&self) -> ProfileTraces {
         ProfileTraces {
-            lifetime: self.lifetime.trace.clone(),
-            windows: self.windows.trace.clone(),
-            facets: self.facets.trace.clone(),
-            traits: self.traits.trace.clone(),
+            own: self.own.traces(),
+            moved: self.moved.traces(),
             rfm: self.rfm.trace.clone(),
-            orders: self.orders.trace.clone(),
         }
     }
 }
@@ -785,19 +921,21 @@ impl ProfileSessions {
 
 impl ProfileInputs {
     /// Moves every input to `time`; updates after this are stamped with it
-    /// (`remote` stays at the held epoch, and stamps its updates explicitly).
+    /// (`moved` stays at the held epoch).
     pub fn advance_to(&mut self, time: Time) {
         self.now = time;
         self.local.advance_to(time);
-        let remote = self.hold.map_or(time, |h| h.min(time));
-        if *self.remote.lifetime.time() < remote {
-            self.remote.advance_to(remote);
+        self.remote.advance_to(time);
+        let moved = self.hold.map_or(time, |h| h.min(time));
+        if *self.moved.lifetime.time() < moved {
+            self.moved.advance_to(moved);
         }
     }
     /// Hands buffered updates to the dataflow.
     pub fn flush(&mut self) {
         self.local.flush();
         self.remote.flush();
+        self.moved.flush();
     }
 }
 
@@ -1216,16 +1354,98 @@ pub struct UserProfile {
     pub traits: Vec<(Sym, Latest)>,
 }
 
+impl UserProfile {
+    /// Adds `other` (what a merge moved in) to this profile: each part by its
+    /// semigroup; facets and traits merged by key, in order, zeros left out.
+    fn add(&mut self, other: UserProfile) {
+        self.lifetime = match (self.lifetime, other.lifetime) {
+            (Some(mut a), Some(b)) => {
+                a.plus_equals(&b);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        self.windows.plus_equals(&other.windows);
+        if !other.facets.is_empty() {
+            self.facets = merge_sorted(std::mem::take(&mut self.facets), other.facets);
+        }
+        if !other.traits.is_empty() {
+            self.traits = merge_sorted(std::mem::take(&mut self.traits), other.traits);
+        }
+    }
+}
+
+/// Two lists sorted by key, as one: equal keys summed, zero sums left out.
+fn merge_sorted<K: Ord, R: Semigroup>(a: Vec<(K, R)>, b: Vec<(K, R)>) -> Vec<(K, R)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let (k, mut r) = a.next().expect("peeked");
+                r.plus_equals(&b.next().expect("peeked").1);
+                (k, r)
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => a.next().expect("peeked"),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next().expect("peeked"),
+            (Some(_), None) => a.next().expect("peeked"),
+            (None, None) => break,
+        };
+        if !next.1.is_zero() {
+            out.push(next);
+        }
+    }
+    out
+}
+
+/// Reads one set of [`Parts`] for `users` (in increasing id order), one cursor
+/// per trace walking forward through them all.
+fn read_parts(
+    t: &mut PartTraces,
+    users: &[UserId],
+    as_of: Time,
+    facets: bool,
+    traits: bool,
+    mut each: impl FnMut(UserId, UserProfile),
+) {
+    let (mut lc, ls) = cursor_at(&mut t.lifetime);
+    let (mut wc, ws) = cursor_at(&mut t.windows);
+    let mut fc = facets.then(|| cursor_at(&mut t.facets));
+    let mut tc = traits.then(|| cursor_at(&mut t.traits));
+    for user in users {
+        let key = user;
+        let mut p = UserProfile::default();
+        {
+            let mut out = None;
+            let mut each = |_: (), r: Lifetime| out = Some(r);
+            read_key_at!(lc, ls, key, as_of, each, _val => ());
+            p.lifetime = out;
+        }
+        {
+            let mut out = None;
+            let mut each = |_: (), r: Windowed| out = Some(r);
+            read_key_at!(wc, ws, key, as_of, each, _val => ());
+            p.windows = out.unwrap_or_default();
+        }
+        if let Some((c, st)) = fc.as_mut() {
+            let mut each = |f: &Facet, d: Diff| p.facets.push((*f, d));
+            read_key_at!(c, st, key, as_of, each, val => val);
+        }
+        if let Some((c, st)) = tc.as_mut() {
+            let mut each = |k: &Sym, d: Latest| p.traits.push((*k, d));
+            read_key_at!(c, st, key, as_of, each, val => val);
+        }
+        each(*user, p);
+    }
+}
+
 impl ProfileTraces {
     /// Lets the traces forget distinctions between times before `frontier`: every
     /// later read is at a time at or beyond it.
     pub fn compact_to(&mut self, frontier: Time) {
-        compact(&mut self.lifetime, frontier);
-        compact(&mut self.windows, frontier);
-        compact(&mut self.facets, frontier);
-        compact(&mut self.traits, frontier);
+        self.own.compact_to(frontier);
+        self.moved.compact_to(frontier);
         compact(&mut self.rfm, frontier);
-        compact(&mut self.orders, frontier);
     }
 
     /// Reads what this worker holds for `user` at `as_of`, by seeking cursors.
@@ -1239,6 +1459,7 @@ impl ProfileTraces {
     /// What [`Self::read_user`] reads, for many users at once (`users` in increasing id
     /// order; facets and traits only when asked): one cursor per trace walks
     /// forward through them all, instead of a cursor over every batch per user.
+    /// A profile is the user's own state plus what merges moved into it.
     pub fn read_users(
         &mut self,
         users: &[UserId],
@@ -1247,43 +1468,31 @@ impl ProfileTraces {
         traits: bool,
         mut each: impl FnMut(UserId, UserProfile),
     ) {
-        let (mut lc, ls) = cursor_at(&mut self.lifetime);
-        let (mut wc, ws) = cursor_at(&mut self.windows);
-        let mut fc = facets.then(|| cursor_at(&mut self.facets));
-        let mut tc = traits.then(|| cursor_at(&mut self.traits));
-        for user in users {
-            let key = user;
-            let mut p = UserProfile::default();
-            {
-                let mut out = None;
-                let mut each = |_: (), r: Lifetime| out = Some(r);
-                read_key_at!(lc, ls, key, as_of, each, _val => ());
-                p.lifetime = out;
+        let mut moved = Vec::with_capacity(users.len());
+        read_parts(&mut self.moved, users, as_of, facets, traits, |_, p| {
+            moved.push(p)
+        });
+        let mut moved = moved.into_iter();
+        read_parts(&mut self.own, users, as_of, facets, traits, |u, mut p| {
+            if let Some(m) = moved.next() {
+                p.add(m);
             }
-            {
-                let mut out = None;
-                let mut each = |_: (), r: Windowed| out = Some(r);
-                read_key_at!(wc, ws, key, as_of, each, _val => ());
-                p.windows = out.unwrap_or_default();
-            }
-            if let Some((c, st)) = fc.as_mut() {
-                let mut each = |f: &Facet, d: Diff| p.facets.push((*f, d));
-                read_key_at!(c, st, key, as_of, each, val => val);
-            }
-            if let Some((c, st)) = tc.as_mut() {
-                let mut each = |k: &Sym, d: Latest| p.traits.push((*k, d));
-                read_key_at!(c, st, key, as_of, each, val => val);
-            }
-            each(*user, p);
-        }
+            each(u, p)
+        });
     }
 
     /// Every user this worker holds a profile for at `as_of`, in id order
     /// (not the ids merged into users).
     pub fn users(&mut self, as_of: Time) -> Vec<UserId> {
+        let mut merged = IdSet::default();
+        for_each_key(&mut self.moved.lifetime, as_of, |user, l| {
+            if l.merged {
+                merged.insert(*user);
+            }
+        });
         let mut out = Vec::new();
-        for_each_key(&mut self.lifetime, as_of, |user, l| {
-            if !l.merged {
+        for_each_key(&mut self.own.lifetime, as_of, |user, _| {
+            if !merged.contains(user) {
                 out.push(*user)
             }
         });

@@ -224,10 +224,15 @@ pub fn build<'scope>(
     let names = env.expect::<Names>();
     let (handle, control) = scope.new_input::<(Msg, Time)>();
     let touches = [
-        touched(profiles.lifetime.clone()),
-        touched(profiles.windows.clone()),
-        touched(profiles.facets.clone()),
-        touched(profiles.traits.clone()),
+        touched(profiles.own.lifetime.clone()),
+        touched(profiles.own.windows.clone()),
+        touched(profiles.own.facets.clone()),
+        touched(profiles.own.traits.clone()),
+        // What merges moved into users, and the marks of the merged ids.
+        touched(profiles.moved.lifetime.clone()),
+        touched(profiles.moved.windows.clone()),
+        touched(profiles.moved.facets.clone()),
+        touched(profiles.moved.traits.clone()),
         profiles
             .rfm
             .clone()
