@@ -196,6 +196,7 @@ pub struct RawConfig {
     pub segments: RawSegments,
     pub snapshot: SnapshotConfig,
     pub identity: RawIdentity,
+    pub similarity: RawSimilarity,
     pub auth: RawAuth,
     pub tls: RawTls,
 }
@@ -212,6 +213,32 @@ impl Default for RawIdentity {
     fn default() -> Self {
         RawIdentity {
             max_ids_per_user: 100,
+        }
+    }
+}
+
+/// `[similarity]`: item co-occurrence (see
+/// `shopstream_dataflows::views::similarity`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSimilarity {
+    /// Distinct items in a user's recent history.
+    pub history_items: usize,
+    /// How far back a history reaches, in days of engine clock.
+    pub history_days: u32,
+    /// Interactions of one user on one day beyond which the user is left out.
+    pub max_user_events_per_day: u64,
+    /// Distinct items of an order beyond which it is left out.
+    pub max_order_items: usize,
+}
+
+impl Default for RawSimilarity {
+    fn default() -> Self {
+        RawSimilarity {
+            history_items: 50,
+            history_days: 30,
+            max_user_events_per_day: 1_000,
+            max_order_items: 100,
         }
     }
 }
@@ -403,6 +430,7 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// Ids merged into one user at most (`identity.max_ids_per_user`).
     pub max_ids_per_user: usize,
+    pub similarity: RawSimilarity,
     /// API tokens; access control is on when there is at least one.
     pub auth: crate::auth::Auth,
     /// Listening on a non-loopback address without tokens is allowed.
@@ -457,6 +485,29 @@ impl RawConfig {
         let (i, h, l, e, g) = (self.ingest, self.http, self.log, self.engine, self.segments);
         let snapshot = self.snapshot;
         let max_ids_per_user = self.identity.max_ids_per_user;
+        let similarity = self.similarity;
+        for (key, v) in [
+            ("similarity.history_items", similarity.history_items as u64),
+            (
+                "similarity.history_days",
+                u64::from(similarity.history_days),
+            ),
+            (
+                "similarity.max_user_events_per_day",
+                similarity.max_user_events_per_day,
+            ),
+            (
+                "similarity.max_order_items",
+                similarity.max_order_items as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
         let auth = crate::auth::Auth::new(
             &self.auth.tokens,
             self.auth.public_health,
@@ -592,6 +643,7 @@ impl RawConfig {
             tiers: g.tiers,
             snapshot,
             max_ids_per_user,
+            similarity,
             auth,
             insecure: self.auth.insecure,
             tls,

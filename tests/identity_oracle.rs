@@ -27,7 +27,7 @@ mod model;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use model::{event, op, oracle, Op, T0};
+use model::{check_restarts, event, identity_graph, op, oracle, Op, T0};
 use proptest::prelude::*;
 use shopstream::catalog::segments::{segment_id, KIND};
 use shopstream::catalog::{Control, Source};
@@ -129,36 +129,13 @@ fn message(step: &Step, n: usize, ts: i64, ids: &[u64]) -> Event {
     }
 }
 
-/// The identity graph of `logged`'s links, by the README's rules: each merged
-/// id → its user.
-fn graph(logged: &[(u64, Event)]) -> HashMap<String, String> {
-    let mut owner: HashMap<String, String> = HashMap::new();
-    let mut users: HashSet<String> = HashSet::new();
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for (_, e) in logged {
-        let Some(from) = &e.link else { continue };
-        let (from, to) = (from.to_string(), e.user.to_string());
-        users.insert(to.clone());
-        if owner.contains_key(&from) || users.contains(&from) || owner.contains_key(&to) {
-            continue; // the same link again, or a conflict
-        }
-        let n = count.entry(to.clone()).or_default();
-        if *n >= MAX_IDS {
-            continue; // refused
-        }
-        *n += 1;
-        owner.insert(from, to);
-    }
-    owner
-}
-
 /// Every id's expected profile: the canonical user's, from scratch over the
 /// re-keyed events.
 fn expected(
     logged: &[(u64, Event)],
     clock: i64,
 ) -> (HashMap<String, String>, BTreeMap<String, ProfileRead>) {
-    let owner = graph(logged);
+    let owner = identity_graph(logged, MAX_IDS);
     let rekeyed: Vec<(u64, Event)> = logged
         .iter()
         .map(|(seq, e)| {
@@ -395,26 +372,9 @@ fn check(plan: &[(i64, Vec<Step>)], workers: usize) -> Result<(), TestCaseError>
     engine.shutdown();
     result?;
 
-    for from_snapshot in [true, false] {
-        if !from_snapshot {
-            let _ = std::fs::remove_dir_all(dir.path().join(shopstream::snapshot::DIR));
-        }
-        let engine: Arc<Engine> = Engine::start(
-            config(dir.path(), 1 + workers % 3),
-            &shopstream::serve::all_hosts(),
-            |_, _| {},
-        )
-        .expect("engine restarts");
-        let what = if from_snapshot {
-            "from the snapshot"
-        } else {
-            "replayed"
-        };
-        let again = rt.block_on(compare(&engine, &logged, clock, &rules, &names, what));
-        engine.shutdown();
-        again?;
-    }
-    Ok(())
+    check_restarts(&rt, dir.path(), workers, config, |rt, engine, what| {
+        rt.block_on(compare(engine, &logged, clock, &rules, &names, what))
+    })
 }
 
 proptest! {

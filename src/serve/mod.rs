@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 pub mod profile;
 pub mod segments;
+pub mod similarity;
 mod view;
 
 use std::sync::Arc;
@@ -30,7 +31,11 @@ pub use view::ServeView;
 /// answers every read with `NoSuchView` (503): `tests/views.rs` and each view's
 /// tests read through both.
 pub fn views() -> Vec<Arc<dyn ServeView>> {
-    vec![Arc::new(profile::Profiles), Arc::new(segments::Segments)]
+    vec![
+        Arc::new(profile::Profiles),
+        Arc::new(segments::Segments),
+        Arc::new(similarity::Similarity),
+    ]
 }
 
 /// The engine's side of every view in [`views`] (what `Engine::start` takes).

@@ -8,6 +8,7 @@
 
 pub mod profiles;
 pub mod segments;
+pub mod similarity;
 
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::Scope;
@@ -20,5 +21,6 @@ pub fn build<'scope>(scope: Scope<'scope, Time>, env: &Env, probe: &ProbeHandle<
     let mut views = Views::default();
     let profiles = views.add(profiles::build(scope, env, probe));
     views.add(segments::build(scope, env, probe, &profiles));
+    views.add(similarity::build(scope, env, probe));
     views
 }

@@ -1,0 +1,1069 @@
+//! # Item similarities
+//!
+//! Specification, at every epoch `E` with engine clock `c(E)`, for two kinds of
+//! co-occurrence, each over its own *units*:
+//!
+//! * `bought`: a unit is an order (`Order Completed` with product lines). Its
+//!   items are the distinct items of its lines, less the items a later `Order
+//!   Refunded` names in its own lines; a refund without lines, or an `Order
+//!   Cancelled`, takes the whole order out. A refund or cancellation that arrives
+//!   before its order is remembered and applied when the order comes. The first
+//!   `Order Completed` of an order id counts (another one with the same id is a
+//!   duplicate). Orders with more than `max_order_items` distinct items are not
+//!   counted (bulk and test orders; [`gauges`](SimilarityView::gauges) counts them).
+//! * `viewed`: a unit is a user's recent history: the `history_items` distinct
+//!   items of the user's interactions (`Product Viewed`, `Product Clicked`,
+//!   `Product Added`, `Product Added to Wishlist`, and the lines of `Order
+//!   Completed`) with the greatest *recency* `(ts, seq)` among the interactions
+//!   with `ts + history_ms > c(E)` (an item's recency is that of its latest one;
+//!   the items of one event, an order's, rank by their interned id, greatest first).
+//!   A user with more than `max_user_events_per_day` of those interactions on one
+//!   UTC day has no history (bots, order brushing) while that day is inside the
+//!   window. A `Product Removed` is no interaction and takes nothing away: the user
+//!   did look at the item.
+//!
+//! For each kind, `n(a)` = units containing item `a`, `c(a, b)` = units
+//! containing both (`a ≠ b`), `N` = units with at least one item. The measures of
+//! [`Measure`] are computed from these integers at read time.
+//!
+//! ## How it is maintained
+//!
+//! Every count is a plain `i64` difference accumulating in an arrangement; floats
+//! appear only in a read.
+//!
+//! * `viewed`: the feeder admits each interaction still inside the window as one
+//!   record `(user, (recency, item))` and schedules its retraction at the epoch
+//!   whose clock reaches `ts + history_ms` (as the profile windows do). The
+//!   records, arranged by user, go through one reduction per user (the bot check
+//!   and the top `history_items`, [`history`]), whose output, the history, is
+//!   joined with itself by user: each item entering or leaving a history adds or
+//!   retracts its pairs with the others (at most `2 (history_items - 1)` pair
+//!   updates), never the whole history's.
+//! * `bought`: the feeder keeps each order's live items (the order book) and
+//!   updates `(order, item)` in a basket input; baskets are joined with themselves
+//!   by order.
+//! * Pair counts are arranged by `(kind, a)` on the owner of `a`, so that one read
+//!   of one item asks one worker, and its partners lie together, in item order.
+//!   `n` and `N` (and the ignored users) are small and change rarely compared
+//!   with pairs, so they are replicated to every worker: the owner of `a` scores
+//!   every partner `b` without asking the owner of `b`.
+//! * Reads of a popular item: the partners of `a` are read in one forward pass
+//!   over the pair trace and, in step, the `n` trace (both in item order), scored
+//!   and ranked. A ranked list of an item with many partners is kept for the
+//!   epoch it was read at ([`RANK_CACHE_MIN_PARTNERS`]), so the next reads of that
+//!   item at that epoch cost a lookup.
+//!
+//! ## Identities
+//!
+//! Events arrive keyed by the canonical user. When an id `a` is merged into `u` at
+//! epoch `E`, each worker moves the records of `a` it admitted to `u` at `E`
+//! (retracts them under `a`, adds them under `u`); their scheduled retractions
+//! resolve the user when they fall due. So a history is that of every event of
+//! the identity, whichever came first, the link or the events. Orders are units
+//! of their own and do not move.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::rc::Rc;
+
+use differential_dataflow::input::InputSession;
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
+use differential_dataflow::operators::arrange::Arranged;
+use differential_dataflow::trace::implementations::{
+    KeyBatcher, KeySpine, ValBatcher, ValBuilder, ValSpine,
+};
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Probe;
+
+use crate::read::{
+    arrange_local_by_key, compact, cursor_at, for_each_key, for_each_val, read_key, Pipe,
+};
+use crate::read_key_at;
+use crate::types::*;
+use crate::view::{
+    decode_part, encode_part, Env, EpochBatch, Names, Place, ReadCtx, RestoreError, View,
+};
+
+/// Which co-occurrence.
+pub type Kind = u8;
+/// Co-occurrence in users' recent histories.
+pub const VIEWED: Kind = 0;
+/// Co-occurrence in orders.
+pub const BOUGHT: Kind = 1;
+/// Not a kind of co-occurrence: the key of the ignored users' count in the stats.
+const IGNORED: Kind = 2;
+
+/// An interaction's place in time: `(ts, seq)`, the later the greater.
+pub type Recency = (Millis, u64);
+
+/// Item `0` stands for "the unit itself" in baskets and in the stats: `n(0)` of a
+/// kind is `N`. (Interned ids are never 0.)
+const UNIT: ItemId = 0;
+
+/// A history entry: an item of the user's history, or a mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Entry {
+    Item(ItemId),
+    /// The user has a non-empty history (counts in `N`).
+    Unit,
+    /// The user is over `max_user_events_per_day` on a day inside the window.
+    Ignored,
+}
+
+/// Replicated counts: `(worker, kind, item)`; `item` [`UNIT`] is `N`.
+type StatKey = (u32, Kind, ItemId);
+
+/// What the view is configured with (`[similarity]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimilaritySettings {
+    pub history_items: usize,
+    pub history_ms: Millis,
+    pub max_user_events_per_day: i64,
+    pub max_order_items: usize,
+    /// Orders remembered per worker for refunds and cancellations.
+    pub order_horizon: usize,
+}
+
+impl Default for SimilaritySettings {
+    fn default() -> Self {
+        SimilaritySettings {
+            history_items: 50,
+            history_ms: 30 * DAY_MS,
+            max_user_events_per_day: 1_000,
+            max_order_items: 100,
+            order_horizon: 1_000_000,
+        }
+    }
+}
+
+/// A similarity measure, computed at read time from `c`, `n(a)`, `n(b)`, `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Measure {
+    Count,
+    Jaccard,
+    Cosine,
+    Lift,
+    /// Dunning's log-likelihood ratio G² (Mahout's `LogLikelihood.logLikelihoodRatio`).
+    Llr,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 5] = [
+        Measure::Count,
+        Measure::Jaccard,
+        Measure::Cosine,
+        Measure::Lift,
+        Measure::Llr,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::Count => "count",
+            Measure::Jaccard => "jaccard",
+            Measure::Cosine => "cosine",
+            Measure::Lift => "lift",
+            Measure::Llr => "llr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Measure> {
+        Measure::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The score of a pair with `c` units together, `na` and `nb` units of each
+    /// and `n` units in all. The same arithmetic, in the same order, is what an
+    /// oracle must use to compare scores exactly.
+    pub fn score(self, c: i64, na: i64, nb: i64, n: i64) -> f64 {
+        let (c, na, nb, n) = (c as f64, na as f64, nb as f64, n as f64);
+        match self {
+            Measure::Count => c,
+            Measure::Jaccard => c / (na + nb - c),
+            Measure::Cosine => c / (na * nb).sqrt(),
+            Measure::Lift => c * n / (na * nb),
+            Measure::Llr => llr(c, na - c, nb - c, n - na - nb + c),
+        }
+    }
+}
+
+fn x_log_x(x: f64) -> f64 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x * x.ln()
+    }
+}
+
+/// Mahout's unnormalised entropy: `x log x` of the sum less that of each.
+fn entropy(xs: &[f64]) -> f64 {
+    let sum: f64 = xs.iter().sum();
+    x_log_x(sum) - xs.iter().map(|x| x_log_x(*x)).sum::<f64>()
+}
+
+/// G² of the 2×2 table (k11 k12 / k21 k22), as Mahout computes it (0 where round-off
+/// would make it negative).
+pub fn llr(k11: f64, k12: f64, k21: f64, k22: f64) -> f64 {
+    let row = entropy(&[k11 + k12, k21 + k22]);
+    let column = entropy(&[k11 + k21, k12 + k22]);
+    let matrix = entropy(&[k11, k12, k21, k22]);
+    if row + column < matrix {
+        0.0
+    } else {
+        2.0 * (row + column - matrix)
+    }
+}
+
+/// A ranked partner: `(item, score, count)`.
+pub type Scored = (ItemId, f64, i64);
+
+/// Orders `(score desc, count desc)`; ties are broken by the item's name by the
+/// caller ([`rank`]).
+fn by_score(a: &Scored, b: &Scored) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(b.2.cmp(&a.2))
+}
+
+/// The first `k` of `scored` by score descending, then count descending, then
+/// the item's name ascending (byte order; `names` resolves an id). Only the
+/// groups of equal `(score, count)` that reach into the first `k` are sorted by
+/// name, so a long tail of ties costs no name lookups.
+pub fn rank(mut scored: Vec<Scored>, k: usize, names: &Names) -> Vec<Scored> {
+    scored.sort_unstable_by(by_score);
+    let mut out = Vec::with_capacity(k.min(scored.len()));
+    let mut i = 0;
+    while i < scored.len() && out.len() < k {
+        let mut j = i + 1;
+        while j < scored.len() && by_score(&scored[i], &scored[j]).is_eq() {
+            j += 1;
+        }
+        let group = &mut scored[i..j];
+        if group.len() > 1 {
+            let mut named: Vec<(String, Scored)> = group
+                .iter()
+                .map(|s| (names(s.0).unwrap_or_default(), *s))
+                .collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0).then(a.1 .0.cmp(&b.1 .0)));
+            for (g, (_, s)) in group.iter_mut().zip(named) {
+                *g = s;
+            }
+        }
+        out.extend(group.iter().take(k - out.len()).copied());
+        i = j;
+    }
+    out
+}
+
+/// A history from a user's interaction records (sorted by `(recency, item)`, with
+/// their multiplicities): [`Entry::Ignored`] if a UTC day holds more than
+/// `limit` of them, else the `cap` distinct items with the greatest recency and
+/// [`Entry::Unit`].
+pub fn history(records: &[(&(Recency, ItemId), Diff)], cap: usize, limit: i64) -> Vec<Entry> {
+    let mut day = None;
+    let mut on_day = 0i64;
+    for ((recency, _), d) in records {
+        let this = recency.0.div_euclid(DAY_MS);
+        if day != Some(this) {
+            day = Some(this);
+            on_day = 0;
+        }
+        on_day += d;
+        if on_day > limit {
+            return vec![Entry::Ignored];
+        }
+    }
+    let mut picked: Vec<ItemId> = Vec::with_capacity(cap.min(records.len()));
+    let mut seen = IdSet::default();
+    for ((_, item), _) in records.iter().rev() {
+        if picked.len() == cap {
+            break;
+        }
+        if seen.insert(*item) {
+            picked.push(*item);
+        }
+    }
+    let mut out: Vec<Entry> = picked.into_iter().map(Entry::Item).collect();
+    if !out.is_empty() {
+        out.push(Entry::Unit);
+    }
+    out
+}
+
+/// The arrangements of the view.
+pub struct SimilarityArrangements<'scope> {
+    /// `(user, entry)`: each user's history and marks, on the user's owner.
+    pub history: Arranged<'scope, UserValTrace<Entry, Diff>>,
+    /// `((kind, a), b)` with `c(a, b)`, on the owner of `a`.
+    pub pairs: Arranged<'scope, TraceAgent2<(Kind, ItemId), ItemId>>,
+    /// `(worker, kind, item)` with `n(item)` (`item` 0: `N`), on every worker.
+    pub stats: Arranged<'scope, KeyTrace<StatKey>>,
+    /// `(order, item)` live in the order (item 0: the order has items).
+    pub baskets: Arranged<'scope, TraceAgent2<Sym, ItemId>>,
+    /// Items seen in any event, on their owner.
+    pub seen: Arranged<'scope, KeyTrace<ItemId>>,
+}
+
+/// A `(key, value)` trace counted by `i64`.
+pub type TraceAgent2<K, V> =
+    differential_dataflow::operators::arrange::TraceAgent<ValSpine<K, V, Time, Diff>>;
+
+/// The inputs, fed by the [`SimilarityFeeder`].
+pub struct SimilarityInputs {
+    /// `(user, (recency, item))`, exchanged to the user's owner.
+    pub touches: InputSession<Time, (UserId, (Recency, ItemId)), Diff>,
+    /// `(order, item)`, kept where the order is (the owner of its order id).
+    pub baskets: InputSession<Time, (Sym, ItemId), Diff>,
+    /// Items, exchanged to their owner.
+    pub seen: InputSession<Time, ItemId, Diff>,
+}
+
+impl SimilarityInputs {
+    fn advance_to(&mut self, t: Time) {
+        self.touches.advance_to(t);
+        self.baskets.advance_to(t);
+        self.seen.advance_to(t);
+    }
+    fn flush(&mut self) {
+        self.touches.flush();
+        self.baskets.flush();
+        self.seen.flush();
+    }
+}
+
+/// The dataflow: histories, pairs, counts.
+pub fn similarity<'scope>(
+    scope: timely::dataflow::Scope<'scope, Time>,
+    inputs: &mut SimilarityInputs,
+    settings: SimilaritySettings,
+) -> SimilarityArrangements<'scope> {
+    let peers = scope.peers();
+    let me = scope.index() as u32;
+    let touches = inputs.touches.to_collection(scope).inner.pipe(|s| {
+        arrange_core::<
+            _,
+            _,
+            ValBatcher<UserId, (Recency, ItemId), Time, Diff>,
+            ValSpine<UserId, (Recency, ItemId), Time, Diff>,
+        >(
+            s,
+            Exchange::new(move |u: &((UserId, (Recency, ItemId)), Time, Diff)| {
+                owner((u.0).0, peers) as u64
+            }),
+            "Similarity: interactions",
+            ValBatcher::new,
+        )
+    });
+    let (cap, limit) = (settings.history_items, settings.max_user_events_per_day);
+    let history = touches
+        .reduce_abelian::<_, ValBuilder<UserId, Entry, Time, Diff>, ValSpine<UserId, Entry, Time, Diff>, _, _>(
+            "Similarity: histories",
+            move |_user, input, output| {
+                output.extend(history(input, cap, limit).into_iter().map(|e| (e, 1)));
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        );
+    let entries = history.clone().as_collection(|u, e| (*u, *e));
+    let items: VecCollection<'scope, Time, (UserId, ItemId), Diff> =
+        entries.clone().flat_map(|(u, e)| match e {
+            Entry::Item(i) => Some((u, i)),
+            _ => None,
+        });
+    let by_user = arrange_local_by_key(items.clone(), "Similarity: history items");
+    let viewed = by_user
+        .clone()
+        .join_core(by_user, |_u, a, b| (a != b).then_some(((VIEWED, *a), *b)));
+    let baskets = arrange_local_by_key(inputs.baskets.to_collection(scope), "Similarity: baskets");
+    let bought = baskets.clone().join_core(baskets.clone(), |_o, a, b| {
+        (a != b && *a != UNIT && *b != UNIT).then_some(((BOUGHT, *a), *b))
+    });
+    let pairs = viewed.concat(bought).inner.pipe(|s| {
+        arrange_core::<
+            _,
+            _,
+            ValBatcher<(Kind, ItemId), ItemId, Time, Diff>,
+            ValSpine<(Kind, ItemId), ItemId, Time, Diff>,
+        >(
+            s,
+            Exchange::new(move |u: &(((Kind, ItemId), ItemId), Time, Diff)| {
+                owner(((u.0).0).1, peers) as u64
+            }),
+            "Similarity: pairs",
+            ValBatcher::new,
+        )
+    });
+    // n(a) and N per kind, to every worker; the ignored users to this worker only.
+    let counts = entries
+        .flat_map(|(_, e)| match e {
+            Entry::Item(i) => Some((VIEWED, i)),
+            Entry::Unit => Some((VIEWED, UNIT)),
+            Entry::Ignored => Some((IGNORED, UNIT)),
+        })
+        .concat(baskets.clone().as_collection(|_o, i| (BOUGHT, *i)))
+        .flat_map(move |(kind, item)| {
+            let to: Vec<u32> = if kind == IGNORED {
+                vec![me]
+            } else {
+                (0..peers as u32).collect()
+            };
+            to.into_iter().map(move |w| ((w, kind, item), ()))
+        });
+    let stats = arrange_core::<_, _, KeyBatcher<StatKey, Time, Diff>, KeySpine<StatKey, Time, Diff>>(
+        counts.inner,
+        Exchange::new(|u: &((StatKey, ()), Time, Diff)| u64::from(((u.0).0).0)),
+        "Similarity: item counts",
+        KeyBatcher::new,
+    );
+    let seen = arrange_core::<_, _, KeyBatcher<ItemId, Time, Diff>, KeySpine<ItemId, Time, Diff>>(
+        inputs.seen.to_collection(scope).map(|i| (i, ())).inner,
+        Exchange::new(move |u: &((ItemId, ()), Time, Diff)| owner((u.0).0, peers) as u64),
+        "Similarity: items seen",
+        KeyBatcher::new,
+    );
+    SimilarityArrangements {
+        history,
+        pairs,
+        stats,
+        baskets,
+        seen,
+    }
+}
+
+/// Handles on the view's traces.
+pub struct SimilarityTraces {
+    pub history: UserValTrace<Entry, Diff>,
+    pub pairs: TraceAgent2<(Kind, ItemId), ItemId>,
+    pub stats: KeyTrace<StatKey>,
+    pub baskets: TraceAgent2<Sym, ItemId>,
+    pub seen: KeyTrace<ItemId>,
+}
+
+impl SimilarityTraces {
+    fn compact_to(&mut self, frontier: Time) {
+        compact(&mut self.history, frontier);
+        compact(&mut self.pairs, frontier);
+        compact(&mut self.stats, frontier);
+        compact(&mut self.baskets, frontier);
+        compact(&mut self.seen, frontier);
+    }
+}
+
+/// Builds the similarity view in `scope`, probed by `probe`.
+pub fn build<'scope>(
+    scope: timely::dataflow::Scope<'scope, Time>,
+    env: &Env,
+    probe: &ProbeHandle<Time>,
+) -> (SimilarityView, ()) {
+    let settings = env.get::<SimilaritySettings>().unwrap_or_default();
+    let names = env.expect::<Names>();
+    let place = Place {
+        worker: scope.index(),
+        peers: scope.peers(),
+    };
+    let mut inputs = SimilarityInputs {
+        touches: InputSession::new(),
+        baskets: InputSession::new(),
+        seen: InputSession::new(),
+    };
+    let a = similarity(scope, &mut inputs, settings);
+    a.history.stream.clone().probe_with(probe);
+    a.pairs.stream.clone().probe_with(probe);
+    a.stats.stream.clone().probe_with(probe);
+    a.baskets.stream.clone().probe_with(probe);
+    a.seen.stream.clone().probe_with(probe);
+    let traces = SimilarityTraces {
+        history: a.history.trace,
+        pairs: a.pairs.trace,
+        stats: a.stats.trace,
+        baskets: a.baskets.trace,
+        seen: a.seen.trace,
+    };
+    let view = SimilarityView {
+        inputs,
+        traces,
+        feeder: SimilarityFeeder::new(settings),
+        place,
+        names,
+        ranked: HashMap::new(),
+        ranked_at: None,
+        ignored_users: 0,
+    };
+    (view, ())
+}
+
+/// Partner count from which a ranked list is kept for the epoch it was read at.
+pub const RANK_CACHE_MIN_PARTNERS: usize = 512;
+/// Ranked lists kept at once (then the cache starts again).
+const RANK_CACHE_ENTRIES: usize = 4_096;
+/// The most partners one answer lists.
+pub const MAX_K: usize = 100;
+
+/// The similarity view on one worker.
+pub struct SimilarityView {
+    pub inputs: SimilarityInputs,
+    pub traces: SimilarityTraces,
+    feeder: SimilarityFeeder,
+    place: Place,
+    names: Names,
+    /// Ranked lists (the first [`MAX_K`]) of items with many partners, at `ranked_at`.
+    ranked: HashMap<(Kind, ItemId, Measure), Rc<Vec<Scored>>>,
+    ranked_at: Option<Time>,
+    /// Users of this worker over the daily limit, at the last completed epoch.
+    ignored_users: i64,
+}
+
+/// One item's counts at a time, as a read sees them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Similar {
+    /// The item appeared in some event.
+    pub seen: bool,
+    /// `n(item)` and `N` of the kind read.
+    pub n: i64,
+    pub units: i64,
+    /// Partners, ranked, at most the `k` asked for.
+    pub similar: Vec<Scored>,
+}
+
+impl SimilarityView {
+    /// The `k` items most similar to `item` by `measure` in co-occurrence `kind`,
+    /// at `cx.at`, on the owner of `item`.
+    pub fn similar(
+        &mut self,
+        item: ItemId,
+        kind: Kind,
+        measure: Measure,
+        k: usize,
+        cx: ReadCtx,
+    ) -> Similar {
+        let at = cx.at;
+        let seen = read_key(&mut self.traces.seen, &item, at).is_some_and(|n| n > 0);
+        let me = self.place.worker as u32;
+        let n = read_key(&mut self.traces.stats, &(me, kind, item), at).unwrap_or(0);
+        let units = read_key(&mut self.traces.stats, &(me, kind, UNIT), at).unwrap_or(0);
+        if self.ranked_at != Some(at) || self.ranked.len() >= RANK_CACHE_ENTRIES {
+            self.ranked.clear();
+            self.ranked_at = Some(at);
+        }
+        let list = match self.ranked.get(&(kind, item, measure)) {
+            Some(list) => list.clone(),
+            None => {
+                let partners = self.partners(kind, item, at);
+                let many = partners.len() >= RANK_CACHE_MIN_PARTNERS;
+                let scored = partners
+                    .into_iter()
+                    .map(|(b, c, nb)| (b, measure.score(c, n, nb, units), c))
+                    .collect();
+                let list = Rc::new(rank(scored, if many { MAX_K } else { k }, &self.names));
+                if many {
+                    self.ranked.insert((kind, item, measure), list.clone());
+                }
+                list
+            }
+        };
+        Similar {
+            seen,
+            n,
+            units,
+            similar: list.iter().take(k).copied().collect(),
+        }
+    }
+
+    /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
+    /// forward pass over the pairs and, in step, over the counts.
+    pub fn partners(&mut self, kind: Kind, item: ItemId, at: Time) -> Vec<(ItemId, i64, i64)> {
+        let mut pairs: Vec<(ItemId, i64)> = Vec::new();
+        {
+            let (mut c, s) = cursor_at(&mut self.traces.pairs);
+            let key = &(kind, item);
+            let mut each = |b: &ItemId, d: Diff| {
+                if d > 0 {
+                    pairs.push((*b, d))
+                }
+            };
+            read_key_at!(c, s, key, at, each, val => val);
+        }
+        let me = self.place.worker as u32;
+        let (mut c, s) = cursor_at(&mut self.traces.stats);
+        pairs
+            .into_iter()
+            .map(|(b, d)| {
+                let key = &(me, kind, b);
+                let mut nb = 0;
+                let mut each = |_: (), r: Diff| nb = r;
+                read_key_at!(c, s, key, at, each, _v => ());
+                (b, d, nb)
+            })
+            .collect()
+    }
+
+    /// The history of `user` at `at` (its items, unordered), and whether the user
+    /// is ignored; on the user's owner.
+    pub fn history_of(&mut self, user: UserId, at: Time) -> (Vec<ItemId>, bool) {
+        let mut items = Vec::new();
+        let mut ignored = false;
+        let (mut c, s) = cursor_at(&mut self.traces.history);
+        let key = &user;
+        let mut each = |e: &Entry, _d: Diff| match e {
+            Entry::Item(i) => items.push(*i),
+            Entry::Ignored => ignored = true,
+            Entry::Unit => {}
+        };
+        read_key_at!(c, s, key, at, each, val => val);
+        (items, ignored)
+    }
+}
+
+impl View for SimilarityView {
+    fn name(&self) -> &'static str {
+        "similarity"
+    }
+
+    /// Moves the records of the ids merged at this epoch, retracts what leaves the
+    /// window at its clock, then feeds the epoch's events.
+    fn feed(&mut self, epoch: &EpochBatch<'_>) {
+        self.inputs.advance_to(epoch.epoch);
+        let f = &mut self.feeder;
+        for (id, user) in epoch.links {
+            f.merge(*id, *user, &mut self.inputs);
+        }
+        f.expire(epoch.clock, epoch.aliases, &mut self.inputs);
+        for ev in epoch.events {
+            f.event(ev, epoch.clock, &mut self.inputs);
+        }
+        self.inputs.advance_to(epoch.epoch + 1);
+        self.inputs.flush();
+    }
+
+    fn completed(&mut self, through: Time) {
+        let key = (self.place.worker as u32, IGNORED, UNIT);
+        self.ignored_users =
+            read_key(&mut self.traces.stats, &key, through.saturating_sub(1)).unwrap_or(0);
+    }
+
+    fn compact(&mut self, frontier: Time) {
+        self.traces.compact_to(frontier);
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            // Users left out of co-occurrence for too many interactions on a day.
+            (
+                "shopstream_similarity_ignored_users",
+                self.ignored_users as f64,
+            ),
+            // Orders left out of co-occurrence for too many distinct items.
+            (
+                "shopstream_similarity_oversized_orders",
+                self.feeder.oversized as f64,
+            ),
+            // Interaction records waiting for their scheduled retraction.
+            (
+                "shopstream_similarity_history_records",
+                self.feeder.schedule.len() as f64,
+            ),
+        ]
+    }
+
+    /// The feeder's state: its admitted records by user, its order book, the
+    /// baskets of orders without an id (from the trace), the items it has seen.
+    /// Histories, pairs and counts are derived from these again.
+    fn snapshot(&mut self, at: Time) -> Vec<u8> {
+        let mut state = SimilarityState {
+            records: Vec::new(),
+            orders: Vec::new(),
+            loose: Vec::new(),
+            seen: Vec::new(),
+            oversized: self.feeder.oversized,
+        };
+        for (user, set) in &self.feeder.tracked {
+            state.records.extend(
+                set.iter()
+                    .map(|(exp, rec, item)| (*user, *exp, *rec, *item)),
+            );
+        }
+        state.records.sort_unstable();
+        state.orders = self
+            .feeder
+            .fifo
+            .iter()
+            .filter_map(|o| self.feeder.orders.get(o).map(|b| (*o, b.clone())))
+            .collect();
+        let book = &self.feeder.orders;
+        for_each_val(&mut self.traces.baskets, at, |order, item, d| {
+            if !book.contains_key(order) && d > 0 {
+                state.loose.push((*order, *item));
+            }
+        });
+        for_each_key(&mut self.traces.seen, at, |item, d| {
+            if d > 0 {
+                state.seen.push(*item);
+            }
+        });
+        encode_part(&state)
+    }
+
+    fn restore(&mut self, parts: &[Vec<u8>], at: Time, place: Place) -> Result<(), RestoreError> {
+        self.inputs.advance_to(at);
+        let f = &mut self.feeder;
+        for part in parts {
+            let state: SimilarityState = decode_part("similarity", part)?;
+            for (user, exp, rec, item) in state.records {
+                if place.owns(user) {
+                    f.admit(user, rec, item, exp, &mut self.inputs);
+                }
+            }
+            for (order, basket) in state.orders {
+                if place.owns(order) {
+                    for item in basket.live(f.settings.max_order_items) {
+                        self.inputs.baskets.update_at((order, item), at, 1);
+                    }
+                    f.remember(order, basket);
+                }
+            }
+            for (order, item) in state.loose {
+                if place.owns(order) {
+                    self.inputs.baskets.update_at((order, item), at, 1);
+                }
+            }
+            for item in state.seen {
+                if place.owns(item) && f.seen.insert(item) {
+                    self.inputs.seen.update_at(item, at, 1);
+                }
+            }
+            if place.worker == 0 {
+                f.oversized += state.oversized;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A similarity snapshot part.
+#[derive(Serialize, Deserialize)]
+struct SimilarityState {
+    /// `(canonical user, expires at, recency, item)`.
+    records: Vec<(UserId, Millis, Recency, ItemId)>,
+    /// The order book, oldest first.
+    orders: Vec<(Sym, Basket)>,
+    /// Live `(order, item)` of orders not in the book (no order id, or forgotten).
+    loose: Vec<(Sym, ItemId)>,
+    seen: Vec<ItemId>,
+    oversized: u64,
+}
+
+/// What the feeder knows of one order id.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Basket {
+    /// The distinct items of its `Order Completed`, sorted (`None`: not arrived).
+    items: Option<Vec<ItemId>>,
+    /// Items refunded one by one, sorted.
+    refunded: Vec<ItemId>,
+    /// Refunded whole or cancelled.
+    removed: bool,
+}
+
+impl Basket {
+    /// The items the order counts with; an order over `max_items` counts none.
+    fn live(&self, max_items: usize) -> Vec<ItemId> {
+        match &self.items {
+            Some(items) if !self.removed && items.len() <= max_items => {
+                let mut live: Vec<ItemId> = items
+                    .iter()
+                    .copied()
+                    .filter(|i| self.refunded.binary_search(i).is_err())
+                    .collect();
+                if !live.is_empty() {
+                    live.push(UNIT);
+                }
+                live
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The distinct items of an event's lines, sorted.
+fn distinct_items(ev: &ShopEvent) -> Vec<ItemId> {
+    let mut items: Vec<ItemId> = ev
+        .lines
+        .iter()
+        .map(|l| l.item)
+        .filter(|i| *i != 0)
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
+/// The unit key of an order without an order id: its own sequence number.
+fn loose_order(seq: u64) -> Sym {
+    intern(&format!("\u{0}order@{seq}"))
+}
+
+/// Turns events into updates of the similarity inputs.
+///
+/// Keeps, per worker: the interaction records it admitted that are still inside
+/// the window (by canonical user, to move them at a merge) and the schedule of
+/// their retractions; the order book (the last `order_horizon` order ids, first in
+/// first out; a refund of an order older than that changes nothing); the items it
+/// has reported seen.
+pub struct SimilarityFeeder {
+    settings: SimilaritySettings,
+    tracked: IdMap<BTreeSet<(Millis, Recency, ItemId)>>,
+    schedule: BinaryHeap<Reverse<(Millis, UserId, Recency, ItemId)>>,
+    orders: FastMap<Sym, Basket>,
+    fifo: std::collections::VecDeque<Sym>,
+    seen: IdSet,
+    /// Orders not counted for their size.
+    oversized: u64,
+}
+
+impl SimilarityFeeder {
+    pub fn new(settings: SimilaritySettings) -> Self {
+        SimilarityFeeder {
+            settings,
+            tracked: IdMap::default(),
+            schedule: BinaryHeap::new(),
+            orders: FastMap::default(),
+            fifo: Default::default(),
+            seen: IdSet::default(),
+            oversized: 0,
+        }
+    }
+
+    /// Admits one record under `user`, to be retracted when the clock reaches
+    /// `expires`.
+    fn admit(
+        &mut self,
+        user: UserId,
+        rec: Recency,
+        item: ItemId,
+        expires: Millis,
+        inputs: &mut SimilarityInputs,
+    ) {
+        if self
+            .tracked
+            .entry(user)
+            .or_default()
+            .insert((expires, rec, item))
+        {
+            inputs.touches.update((user, (rec, item)), 1);
+            self.schedule.push(Reverse((expires, user, rec, item)));
+        }
+    }
+
+    /// Moves the records admitted under `id` to `user`.
+    fn merge(&mut self, id: UserId, user: UserId, inputs: &mut SimilarityInputs) {
+        let Some(set) = self.tracked.remove(&id) else {
+            return;
+        };
+        for (_, rec, item) in &set {
+            inputs.touches.update((id, (*rec, *item)), -1);
+            inputs.touches.update((user, (*rec, *item)), 1);
+        }
+        self.tracked.entry(user).or_default().extend(set);
+    }
+
+    /// Retracts the records whose window the clock has left.
+    fn expire(&mut self, clock: Millis, aliases: &Aliases, inputs: &mut SimilarityInputs) {
+        while let Some(Reverse((at, user, rec, item))) = self.schedule.peek().copied() {
+            if at > clock {
+                break;
+            }
+            self.schedule.pop();
+            let user = aliases.resolve(user);
+            if let Some(set) = self.tracked.get_mut(&user) {
+                if set.remove(&(at, rec, item)) {
+                    inputs.touches.update((user, (rec, item)), -1);
+                }
+                if set.is_empty() {
+                    self.tracked.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// Feeds one event of an epoch whose clock is `clock`.
+    pub fn event(&mut self, ev: &ShopEvent, clock: Millis, inputs: &mut SimilarityInputs) {
+        for line in &ev.lines {
+            if line.item != 0 && self.seen.insert(line.item) {
+                inputs.seen.update(line.item, 1);
+            }
+        }
+        let interaction = matches!(
+            ev.kind,
+            EventKind::ProductViewed
+                | EventKind::ProductClicked
+                | EventKind::ProductAdded
+                | EventKind::ProductAddedToWishlist
+                | EventKind::OrderCompleted
+        );
+        let expires = ev.ts.saturating_add(self.settings.history_ms);
+        if interaction && expires > clock {
+            for item in distinct_items(ev) {
+                self.admit(ev.user, (ev.ts, ev.seq), item, expires, inputs);
+            }
+        }
+        match ev.kind {
+            EventKind::OrderCompleted => {
+                let items = distinct_items(ev);
+                if items.is_empty() {
+                    return;
+                }
+                if ev.order == 0 {
+                    let basket = Basket {
+                        items: Some(items),
+                        ..Basket::default()
+                    };
+                    self.update(loose_order(ev.seq), &Basket::default(), &basket, inputs);
+                } else {
+                    self.change(ev.order, inputs, |b| {
+                        if b.items.is_none() {
+                            b.items = Some(items);
+                        }
+                    });
+                }
+            }
+            EventKind::OrderRefunded if ev.order != 0 => {
+                let items = distinct_items(ev);
+                self.change(ev.order, inputs, |b| {
+                    if items.is_empty() {
+                        b.removed = true;
+                    } else {
+                        b.refunded.extend(items);
+                        b.refunded.sort_unstable();
+                        b.refunded.dedup();
+                    }
+                });
+            }
+            EventKind::OrderCancelled if ev.order != 0 => {
+                self.change(ev.order, inputs, |b| b.removed = true);
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies `f` to the book's entry of `order` and updates the basket input by
+    /// the difference of its live items.
+    fn change(&mut self, order: Sym, inputs: &mut SimilarityInputs, f: impl FnOnce(&mut Basket)) {
+        let old = self.orders.get(&order).cloned().unwrap_or_default();
+        let mut new = old.clone();
+        f(&mut new);
+        self.update(order, &old, &new, inputs);
+        self.remember(order, new);
+    }
+
+    fn update(&mut self, order: Sym, old: &Basket, new: &Basket, inputs: &mut SimilarityInputs) {
+        let max = self.settings.max_order_items;
+        if old.items.is_none() && new.items.as_ref().is_some_and(|i| i.len() > max) {
+            self.oversized += 1;
+        }
+        let (was, now) = (old.live(max), new.live(max));
+        for i in was.iter().filter(|i| !now.contains(i)) {
+            inputs.baskets.update((order, *i), -1);
+        }
+        for i in now.iter().filter(|i| !was.contains(i)) {
+            inputs.baskets.update((order, *i), 1);
+        }
+    }
+
+    /// Keeps `basket` in the book, forgetting the oldest order beyond the horizon.
+    fn remember(&mut self, order: Sym, basket: Basket) {
+        if self.settings.order_horizon == 0 {
+            return;
+        }
+        if self.orders.insert(order, basket).is_none() {
+            self.fifo.push_back(order);
+            if self.fifo.len() > self.settings.order_horizon {
+                if let Some(old) = self.fifo.pop_front() {
+                    self.orders.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Mahout's own test values and tolerances (`LogLikelihoodTest.testLogLikelihood`).
+    #[test]
+    fn llr_matches_mahout() {
+        let cases = [
+            ((1.0, 0.0, 0.0, 1.0), 2.772589, 1e-6),
+            ((10.0, 0.0, 0.0, 10.0), 27.72589, 1e-5),
+            ((5.0, 1995.0, 0.0, 100000.0), 39.33052, 1e-5),
+            ((1000.0, 1995.0, 1000.0, 100000.0), 4730.737, 1e-3),
+            ((1000.0, 1000.0, 1000.0, 100000.0), 5734.343, 1e-3),
+            ((1000.0, 1000.0, 1000.0, 99000.0), 5714.932, 1e-3),
+        ];
+        for ((a, b, c, d), want, eps) in cases {
+            let got = llr(a, b, c, d);
+            assert!(
+                (got - want).abs() <= eps,
+                "llr({a}, {b}, {c}, {d}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn measures() {
+        assert_eq!(Measure::Count.score(2, 4, 3, 10), 2.0);
+        assert_eq!(Measure::Jaccard.score(2, 4, 3, 10), 2.0 / 5.0);
+        assert_eq!(Measure::Cosine.score(2, 4, 4, 10), 0.5);
+        assert_eq!(Measure::Lift.score(2, 4, 5, 10), 1.0);
+        for m in Measure::ALL {
+            assert_eq!(Measure::parse(m.name()), Some(m));
+        }
+    }
+
+    fn recs(v: &[(Millis, u64, ItemId)]) -> Vec<((Recency, ItemId), Diff)> {
+        let mut out: Vec<_> = v.iter().map(|(t, s, i)| (((*t, *s), *i), 1)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_history_is_the_latest_distinct_items() {
+        let r = recs(&[(1, 1, 10), (2, 2, 11), (3, 3, 10), (4, 4, 12), (5, 5, 13)]);
+        let view: Vec<_> = r.iter().map(|(k, d)| (k, *d)).collect();
+        let h = history(&view, 3, 100);
+        assert_eq!(
+            h,
+            vec![
+                Entry::Item(13),
+                Entry::Item(12),
+                Entry::Item(10),
+                Entry::Unit
+            ]
+        );
+        assert!(history(&[], 3, 100).is_empty());
+    }
+
+    #[test]
+    fn a_busy_day_ignores_the_user() {
+        let r = recs(&[
+            (DAY_MS, 1, 1),
+            (DAY_MS + 1, 2, 2),
+            (DAY_MS + 2, 3, 3),
+            (3 * DAY_MS, 4, 4),
+        ]);
+        let view: Vec<_> = r.iter().map(|(k, d)| (k, *d)).collect();
+        assert_eq!(history(&view, 50, 2), vec![Entry::Ignored]);
+        assert_eq!(history(&view, 50, 3).len(), 5);
+    }
+
+    #[test]
+    fn ranking_breaks_ties_by_name() {
+        let names: Names = Arc::new(|i: Sym| Some(format!("item-{}", 100 - i)));
+        let scored = vec![(1, 1.0, 1), (2, 1.0, 1), (3, 2.0, 1), (4, 1.0, 2)];
+        let top = rank(scored, 3, &names);
+        // 3 (score 2), 4 (score 1, count 2), then of 1 and 2 the smaller name: 2 ("item-98").
+        assert_eq!(top.iter().map(|s| s.0).collect::<Vec<_>>(), vec![3, 4, 2]);
+    }
+}
