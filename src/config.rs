@@ -222,6 +222,9 @@ impl Default for RawIdentity {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSimilarity {
+    /// Whether the view is maintained (off: it costs nothing, and its endpoints
+    /// answer 404 saying so).
+    pub enabled: bool,
     /// Distinct items in a user's recent history.
     pub history_items: usize,
     /// How far back a history reaches, in days of engine clock.
@@ -235,6 +238,7 @@ pub struct RawSimilarity {
 impl Default for RawSimilarity {
     fn default() -> Self {
         RawSimilarity {
+            enabled: true,
             history_items: 50,
             history_days: 30,
             max_user_events_per_day: 1_000,

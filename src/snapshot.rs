@@ -44,9 +44,11 @@ use crate::catalog::SavedCatalog;
 /// The directory of snapshots, inside the data directory.
 pub const DIR: &str = "snapshots";
 const MAGIC: &[u8; 4] = b"SSNP";
-/// 2: profile lifetimes carry the identity-merge mark. A snapshot of another
-/// version is passed over like a damaged one (the log is replayed instead).
-const VERSION: u32 = 2;
+/// 2: profile lifetimes carry the identity-merge mark. 3: the similarity view's
+/// parts (an older snapshot has none, and would restore it empty). A snapshot of
+/// another version is passed over like a damaged one (the log is replayed
+/// instead).
+const VERSION: u32 = 3;
 const HEADER_LEN: usize = 32;
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";

@@ -183,3 +183,26 @@ fn similar_items_refuses_bad_parameters_and_unknown_items() {
     }
     s.shutdown();
 }
+
+#[test]
+fn switched_off_it_answers_404_saying_so_and_profiles_carry_on() {
+    let s = TestServer::start_with(|c| {
+        c.builtin_segments = false;
+        c.similarity.enabled = false;
+    });
+    let sent = send_messages(s.tcp, &[order("ann", "o-1", T0, &["a", "b"], "m1")]);
+    let (status, body) = get_json(
+        s.http,
+        &format!("/v1/items/a/similar?min_seq={}", sent.seq()),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("similarity.enabled = false"),
+        "{body}"
+    );
+    assert_eq!(profile(s.http, "ann", sent.seq())["profile"]["orders"], 1);
+    s.shutdown();
+}

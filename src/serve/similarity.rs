@@ -34,6 +34,7 @@ impl ViewHost for Similarity {
     fn provide(&self, env: &mut Env, cx: HostContext<'_>) {
         let s = &cx.config.similarity;
         env.insert(SimilaritySettings {
+            enabled: s.enabled,
             history_items: s.history_items,
             history_ms: Millis::from(s.history_days) * DAY_MS,
             max_user_events_per_day: s.max_user_events_per_day as i64,
@@ -149,6 +150,12 @@ async fn get_similar(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = Instant::now();
+    if !engine.config.similarity.enabled {
+        return error(
+            StatusCode::NOT_FOUND,
+            "similar items are switched off (similarity.enabled = false)",
+        );
+    }
     let q = match parse_query(&params) {
         Ok(q) => q,
         Err(r) => return r,

@@ -165,13 +165,18 @@ pub struct LoadArgs {
     /// TCP ingest connections; a user's events all go over one of them.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
-    /// Target profile queries per second, over all query connections (0: none).
+    /// Target queries per second, over all query connections (0: none).
     #[arg(long, default_value_t = 1000)]
     pub qps: u64,
     /// Keep-alive HTTP connections for the queries (all on one client thread); a
     /// query waits for a free one, and the wait counts in its latency.
     #[arg(long, default_value_t = 32, alias = "query-threads")]
     pub query_connections: usize,
+    /// What the queries read: a user's profile (`GET /v1/users/u{N}/profile`, users
+    /// skewed as the generator's) or an item's similar items (`GET
+    /// /v1/items/i{N}/similar`, items skewed towards the popular ones).
+    #[arg(long, value_enum, default_value_t = QueryKind::Profile)]
+    pub query: QueryKind,
     /// Seconds to send for.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -210,6 +215,7 @@ impl LoadArgs {
             connections: self.connections,
             qps: self.qps,
             query_connections: self.query_connections,
+            query: self.query,
             duration: secs("duration", self.duration)?,
             drain_timeout: secs("drain-timeout", self.drain_timeout)?,
             gen: self.gen.clone(),
@@ -220,6 +226,14 @@ impl LoadArgs {
         o.check()?;
         Ok(o)
     }
+}
+
+/// What the query side reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryKind {
+    Profile,
+    Similar,
 }
 
 /// What [`run`] does.
@@ -233,6 +247,7 @@ pub struct LoadOptions {
     /// Target queries per second over all query connections (0: no queries).
     pub qps: u64,
     pub query_connections: usize,
+    pub query: QueryKind,
     /// How long to send.
     pub duration: Duration,
     /// How long to wait for the last acks once sending stops.
@@ -257,6 +272,7 @@ impl LoadOptions {
             connections: 2,
             qps: 1000,
             query_connections: 32,
+            query: QueryKind::Profile,
             duration: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             gen: GenOptions {
@@ -343,6 +359,10 @@ impl Latency {
     }
 }
 
+fn profile_queries() -> QueryKind {
+    QueryKind::Profile
+}
+
 /// The settings a report was measured with.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Settings {
@@ -352,6 +372,9 @@ pub struct Settings {
     pub connections: usize,
     pub target_qps: u64,
     pub query_connections: usize,
+    /// What the queries read.
+    #[serde(default = "profile_queries")]
+    pub query: QueryKind,
     pub duration_s: f64,
     pub max_events: u64,
     pub seed: u64,
@@ -881,11 +904,11 @@ fn get(agent: &ureq::Agent, url: &str, auth: Option<&str>) -> Result<(u16, Vec<u
     }
 }
 
-/// A query due at `intended`, for user `u{user}`.
+/// A query due at `intended`, for user `u{key}` (or item `i{key}`).
 #[derive(Clone, Copy, Debug)]
 struct Due {
     intended: Instant,
-    user: u64,
+    key: u64,
 }
 
 /// The query side: a pacer thread puts each query on a queue at its intended time;
@@ -915,7 +938,7 @@ fn query_side(shared: &Shared, opts: &LoadOptions, start: Instant) {
             }
         };
         let connections: Vec<_> = (0..opts.query_connections)
-            .map(|_| query_connection(shared, opts.http, rx.clone()))
+            .map(|_| query_connection(shared, opts.http, opts.query, rx.clone()))
             .collect();
         // Once every connection has failed, the pacer's sends fail and it stops.
         drop(rx);
@@ -936,15 +959,23 @@ fn pace_queries(shared: &Shared, opts: &LoadOptions, start: Instant, tx: flume::
             return;
         }
         n = n.saturating_add(1);
-        let user = rng.skewed(opts.gen.users, 2.0);
-        if tx.send(Due { intended, user }).is_err() {
+        let key = match opts.query {
+            QueryKind::Profile => rng.skewed(opts.gen.users, 2.0),
+            QueryKind::Similar => rng.skewed(opts.gen.items, 3.0),
+        };
+        if tx.send(Due { intended, key }).is_err() {
             return;
         }
     }
 }
 
 /// One keep-alive connection: takes due queries off the queue until the pacer ends.
-async fn query_connection(shared: &Shared, http: SocketAddr, rx: flume::Receiver<Due>) {
+async fn query_connection(
+    shared: &Shared,
+    http: SocketAddr,
+    query: QueryKind,
+    rx: flume::Receiver<Due>,
+) {
     let fail = |what: String| {
         let mut q = lock(&shared.stats.queries);
         let r = &mut q.0;
@@ -968,7 +999,10 @@ async fn query_connection(shared: &Shared, http: SocketAddr, rx: flume::Receiver
     let requests = async move {
         let host = http.to_string();
         while let Ok(due) = rx.recv_async().await {
-            let path = format!("/v1/users/u{}/profile", due.user);
+            let path = match query {
+                QueryKind::Profile => format!("/v1/users/u{}/profile", due.key),
+                QueryKind::Similar => format!("/v1/items/i{}/similar", due.key),
+            };
             let sent = Instant::now();
             let outcome = ask(&mut sender, &host, &path, shared.authorization.as_deref()).await;
             let end = Instant::now();
@@ -1332,6 +1366,7 @@ fn report(opts: &LoadOptions, shared: &Shared, query_window: Duration) -> LoadRe
             connections: opts.connections,
             target_qps: opts.qps,
             query_connections: opts.query_connections,
+            query: opts.query,
             duration_s: opts.duration.as_secs_f64(),
             max_events: opts.gen.events,
             seed: opts.gen.seed,
@@ -1395,8 +1430,8 @@ impl fmt::Display for LoadReport {
         )?;
         writeln!(
             f,
-            "  queries  target {} q/s, achieved {:.0} q/s; {} done: 200 {}, 404 {}, errors {}, sent >1 ms late {}",
-            s.target_qps, q.achieved_qps, q.done, q.ok_200, q.ok_404, q.errors, q.late
+            "  queries  {:?}, target {} q/s, achieved {:.0} q/s; {} done: 200 {}, 404 {}, errors {}, sent >1 ms late {}",
+            s.query, s.target_qps, q.achieved_qps, q.done, q.ok_200, q.ok_404, q.errors, q.late
         )?;
         writeln!(
             f,

@@ -119,6 +119,8 @@ type StatKey = (u32, Kind, ItemId);
 /// What the view is configured with (`[similarity]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimilaritySettings {
+    /// Off: nothing is fed (the dataflow idles), so the view costs nothing.
+    pub enabled: bool,
     pub history_items: usize,
     pub history_ms: Millis,
     pub max_user_events_per_day: i64,
@@ -130,6 +132,7 @@ pub struct SimilaritySettings {
 impl Default for SimilaritySettings {
     fn default() -> Self {
         SimilaritySettings {
+            enabled: true,
             history_items: 50,
             history_ms: 30 * DAY_MS,
             max_user_events_per_day: 1_000,
@@ -625,6 +628,11 @@ impl View for SimilarityView {
     fn feed(&mut self, epoch: &EpochBatch<'_>) {
         self.inputs.advance_to(epoch.epoch);
         let f = &mut self.feeder;
+        if !f.settings.enabled {
+            self.inputs.advance_to(epoch.epoch + 1);
+            self.inputs.flush();
+            return;
+        }
         for (id, user) in epoch.links {
             f.merge(*id, *user, &mut self.inputs);
         }
@@ -671,6 +679,7 @@ impl View for SimilarityView {
     /// Histories, pairs and counts are derived from these again.
     fn snapshot(&mut self, at: Time) -> Vec<u8> {
         let mut state = SimilarityState {
+            enabled: self.feeder.settings.enabled,
             records: Vec::new(),
             orders: Vec::new(),
             loose: Vec::new(),
@@ -709,6 +718,18 @@ impl View for SimilarityView {
         let f = &mut self.feeder;
         for part in parts {
             let state: SimilarityState = decode_part("similarity", part)?;
+            if !f.settings.enabled {
+                return Ok(());
+            }
+            if !state.enabled {
+                return Err(RestoreError {
+                    view: "similarity",
+                    reason: "the snapshot was taken with similarity.enabled = false, so it \
+                             holds no similarity state; remove the data directory's snapshots/ \
+                             to rebuild it from the log"
+                        .into(),
+                });
+            }
             for (user, exp, rec, item) in state.records {
                 if place.owns(user) {
                     f.admit(user, rec, item, exp, &mut self.inputs);
@@ -743,6 +764,8 @@ impl View for SimilarityView {
 /// A similarity snapshot part.
 #[derive(Serialize, Deserialize)]
 struct SimilarityState {
+    /// Whether the view was maintained: a part of a switched-off view holds nothing.
+    enabled: bool,
     /// `(canonical user, expires at, recency, item)`.
     records: Vec<(UserId, Millis, Recency, ItemId)>,
     /// The order book, oldest first.
