@@ -79,6 +79,18 @@ fn frequently_bought_together_follows_orders_and_refunds() {
     assert_eq!(lift["similar"].as_array().expect("list").len(), 1);
     assert_eq!(lift["similar"][0]["score"], 1.0);
 
+    // Bought with both the shoe and the socks: only the laces (1 + 1 orders).
+    let (status, body) = get_json(
+        s.http,
+        &format!("/v1/items/bundles?items=shoe,sock&min_seq={}", sent.seq()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"], json!(["shoe", "sock"]));
+    assert_eq!(
+        body["bundles"],
+        json!([{"item_id": "lace", "score": 2.0, "count": 1}])
+    );
+
     // Bob sends the laces back; Ann's whole order is refunded.
     let (status, refunds) = post_batch(
         s.http,
@@ -163,6 +175,22 @@ fn similar_items_refuses_bad_parameters_and_unknown_items() {
         let message = body["error"].as_str().expect("error");
         assert!(message.contains(says), "{query}: {message}");
     }
+    for (query, says) in [
+        ("", "items: expected 1 to 20"),
+        ("items=", "items: expected 1 to 20"),
+        ("items=a&k=0", "k: expected 1 to 100"),
+        ("items=a&kind=viewed", "unknown parameter \"kind\""),
+    ] {
+        let (status, body) = get_json(s.http, &format!("/v1/items/bundles?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["error"].as_str().expect("error");
+        assert!(message.contains(says), "{query}: {message}");
+    }
+    let (status, body) = get_json(
+        s.http,
+        &format!("/v1/items/bundles?items=a,never-sold&min_seq={seq}"),
+    );
+    assert_eq!(status, 404, "{body}");
     let (status, body) = get_json(
         s.http,
         &format!("/v1/items/never-sold/similar?min_seq={seq}"),

@@ -304,6 +304,44 @@ fn expected(units: &Units, item: &str, measure: Measure) -> (i64, i64, Vec<(Stri
     (na, total, ranked)
 }
 
+/// The expected bundles of `given`: the items (not given) in a unit with every
+/// given item, by the sum of their counts with them, then the least count, then
+/// name; `Err` naming the first given item never seen.
+fn expected_bundles(
+    units: &Units,
+    given: &[String],
+    seen: &HashSet<String>,
+) -> Result<Vec<(String, f64, i64)>, String> {
+    if let Some(unseen) = given.iter().find(|g| !seen.contains(*g)) {
+        return Err(unseen.clone());
+    }
+    let mut totals: BTreeMap<String, (i64, i64, usize)> = BTreeMap::new();
+    for g in given {
+        let mut with: BTreeMap<String, i64> = BTreeMap::new();
+        for u in units.iter().filter(|u| u.contains(g)) {
+            for b in u.iter().filter(|b| *b != g) {
+                *with.entry(b.clone()).or_default() += 1;
+            }
+        }
+        for (b, c) in with {
+            let t = totals.entry(b).or_insert((0, i64::MAX, 0));
+            *t = (t.0 + c, t.1.min(c), t.2 + 1);
+        }
+    }
+    let mut out: Vec<(String, f64, i64)> = totals
+        .into_iter()
+        .filter(|(b, t)| t.2 == given.len() && !given.contains(b))
+        .map(|(b, (sum, least, _))| (b, sum as f64, least))
+        .collect();
+    out.sort_by(|x, y| {
+        y.1.total_cmp(&x.1)
+            .then(y.2.cmp(&x.2))
+            .then(x.0.as_bytes().cmp(y.0.as_bytes()))
+    });
+    out.truncate(10);
+    Ok(out)
+}
+
 async fn compare(
     engine: &Engine,
     logged: &[(u64, Event)],
@@ -315,7 +353,26 @@ async fn compare(
         .iter()
         .flat_map(|(_, e)| e.products.iter().map(|p| p.id.to_string()))
         .collect();
-    for (kind, units) in [(VIEWED, histories(logged, clock)), (BOUGHT, orders(logged))] {
+    let bought = orders(logged);
+    for i in 0..ITEMS {
+        for given in [
+            vec![format!("i{i}")],
+            vec![format!("i{i}"), format!("i{}", (i + 1) % ITEMS)],
+        ] {
+            let got = shopstream::serve::similarity::bundles(engine, &given, 10, Some(seq))
+                .await
+                .expect("bundles");
+            prop_assert_eq!(got.as_of.seq, seq);
+            let got = got.bundles.map(|list| {
+                list.iter()
+                    .map(|(b, s, c)| (engine.symbols.resolve(*b).expect("named"), *s, *c))
+                    .collect::<Vec<_>>()
+            });
+            let want = expected_bundles(&bought, &given, &seen);
+            prop_assert_eq!(got, want, "{}: bundles of {:?} at {}", what, given, seq);
+        }
+    }
+    for (kind, units) in [(VIEWED, histories(logged, clock)), (BOUGHT, bought)] {
         for i in 0..ITEMS {
             let item = format!("i{i}");
             for measure in Measure::ALL {

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use shopstream_dataflows::types::{intern, Millis, DAY_MS};
+use shopstream_dataflows::types::{intern, ItemId, Millis, DAY_MS};
 use shopstream_dataflows::view::Env;
 use shopstream_dataflows::views::similarity::{
-    Kind, Measure, Similar, SimilaritySettings, SimilarityView, BOUGHT, MAX_K, VIEWED,
+    rank, Kind, Measure, Similar, SimilaritySettings, SimilarityView, BOUGHT, MAX_K, VIEWED,
 };
 
 use super::view::ServeView;
@@ -46,7 +46,9 @@ impl ViewHost for Similarity {
 
 impl ServeView for Similarity {
     fn routes(&self) -> Router<Arc<Engine>> {
-        Router::new().route("/v1/items/{id}/similar", get(get_similar))
+        Router::new()
+            .route("/v1/items/{id}/similar", get(get_similar))
+            .route("/v1/items/bundles", get(get_bundles))
     }
 }
 
@@ -106,6 +108,33 @@ struct SimilarQuery {
     at: ReadAt,
 }
 
+/// `k`: 10 by default, 1 to [`MAX_K`].
+fn parse_k(params: &HashMap<String, String>) -> Result<usize, Response> {
+    match params.get("k") {
+        None => Ok(10),
+        Some(v) => match v.parse::<usize>() {
+            Ok(k) if (1..=MAX_K).contains(&k) => Ok(k),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("k: expected 1 to {MAX_K}, got {v:?}"),
+            )),
+        },
+    }
+}
+
+/// A ranked list as JSON: `[{"item_id", "score", "count"}]`, with item names.
+fn render_ranked(engine: &Engine, list: &[(ItemId, f64, i64)]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|(item, score, count)| {
+            json!({
+                "item_id": engine.symbols.resolve(*item).unwrap_or_else(|| format!("#{item:016x}")),
+                "score": score,
+                "count": count,
+            })
+        })
+        .collect()
+}
+
 fn parse_query(params: &HashMap<String, String>) -> Result<SimilarQuery, Response> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
     if let Some(key) = params
@@ -116,13 +145,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<SimilarQuery, Respons
             "unknown parameter {key:?} (expected k, kind, measure, min_seq, as_of)"
         )));
     }
-    let k = match params.get("k") {
-        None => 10,
-        Some(v) => match v.parse::<usize>() {
-            Ok(k) if (1..=MAX_K).contains(&k) => k,
-            _ => return Err(bad(format!("k: expected 1 to {MAX_K}, got {v:?}"))),
-        },
-    };
+    let k = parse_k(params)?;
     let kind = match params.get("kind") {
         None => VIEWED,
         Some(v) => parse_kind(v)
@@ -171,18 +194,7 @@ async fn get_similar(
         }
         r
     } else {
-        let similar: Vec<_> = read
-            .similar
-            .similar
-            .iter()
-            .map(|(item, score, count)| {
-                json!({
-                    "item_id": engine.symbols.resolve(*item).unwrap_or_else(|| format!("#{item:016x}")),
-                    "score": score,
-                    "count": count,
-                })
-            })
-            .collect();
+        let similar = render_ranked(&engine, &read.similar.similar);
         Json(json!({
             "item_id": id,
             "kind": kind_name(q.kind),
@@ -195,6 +207,129 @@ async fn get_similar(
         .into_response()
     };
     metrics::histogram!("shopstream_query_seconds", "kind" => "similar")
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Items one bundle question may name at most.
+pub const MAX_BUNDLE_ITEMS: usize = 20;
+
+/// What `bundles` answers: the items bought with every one of `items`, each with
+/// the sum of its `bought` counts with them (`score`) and the least of those
+/// counts (`count`), ranked as `similar` ranks; `Err(id)` names an item no event
+/// ever named.
+#[derive(Clone, Debug)]
+pub struct BundlesRead {
+    pub as_of: Readable,
+    pub bundles: Result<Vec<(ItemId, f64, i64)>, String>,
+}
+
+/// The `k` items most often bought with all of `items`, read at one epoch on
+/// every worker (each reads the given items it owns).
+pub async fn bundles(
+    engine: &Engine,
+    items: &[String],
+    k: usize,
+    at: impl Into<ReadAt>,
+) -> Result<BundlesRead, EngineError> {
+    let ids: Vec<ItemId> = items.iter().map(|i| intern(i)).collect();
+    let asked = ids.clone();
+    let (as_of, parts) = engine
+        .read(at, None, Route::All, move |v: &mut SimilarityView, cx| {
+            v.partners_owned(&asked, BOUGHT, cx)
+        })
+        .await?;
+    let mut by_item: HashMap<ItemId, (bool, Vec<(ItemId, i64)>)> = HashMap::new();
+    for p in parts.into_iter().flatten() {
+        by_item.insert(p.item, (p.seen, p.partners));
+    }
+    let mut totals: HashMap<ItemId, (i64, i64, usize)> = HashMap::new();
+    for (name, id) in items.iter().zip(&ids) {
+        match by_item.get(id) {
+            Some((true, partners)) => {
+                for (b, c) in partners {
+                    let t = totals.entry(*b).or_insert((0, i64::MAX, 0));
+                    *t = (t.0 + c, t.1.min(*c), t.2 + 1);
+                }
+            }
+            _ => {
+                return Ok(BundlesRead {
+                    as_of,
+                    bundles: Err(name.clone()),
+                })
+            }
+        }
+    }
+    let scored = totals
+        .into_iter()
+        .filter(|(b, t)| t.2 == ids.len() && !ids.contains(b))
+        .map(|(b, (sum, least, _))| (b, sum as f64, least))
+        .collect();
+    let symbols = engine.symbols.clone();
+    let names: shopstream_dataflows::view::Names = Arc::new(move |i| symbols.resolve(i));
+    Ok(BundlesRead {
+        as_of,
+        bundles: Ok(rank(scored, k, &names)),
+    })
+}
+
+async fn get_bundles(
+    State(engine): State<Arc<Engine>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let started = Instant::now();
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+    if !engine.config.similarity.enabled {
+        return error(
+            StatusCode::NOT_FOUND,
+            "bundles are switched off (similarity.enabled = false)",
+        );
+    }
+    if let Some(key) = params
+        .keys()
+        .find(|k| !matches!(k.as_str(), "items" | "k" | "min_seq" | "as_of"))
+    {
+        return bad(format!(
+            "unknown parameter {key:?} (expected items, k, min_seq, as_of)"
+        ));
+    }
+    let mut items: Vec<String> = params
+        .get("items")
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut once = std::collections::HashSet::new();
+    items.retain(|i| once.insert(i.clone()));
+    if items.is_empty() || items.len() > MAX_BUNDLE_ITEMS {
+        return bad(format!(
+            "items: expected 1 to {MAX_BUNDLE_ITEMS} product ids, comma-separated"
+        ));
+    }
+    let k = match parse_k(&params) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let at = match read_at(&params) {
+        Ok(at) => at,
+        Err(r) => return r,
+    };
+    let read = match bundles(&engine, &items, k, at).await {
+        Ok(r) => r,
+        Err(e) => return engine_error(e),
+    };
+    let response = match read.bundles {
+        Err(unknown) => error(StatusCode::NOT_FOUND, format!("unknown item {unknown:?}")),
+        Ok(list) => {
+            let bundles = render_ranked(&engine, &list);
+            Json(json!({"items": items, "kind": "bought", "as_of": read.as_of.seq, "bundles": bundles}))
+                .into_response()
+        }
+    };
+    metrics::histogram!("shopstream_query_seconds", "kind" => "bundles")
         .record(started.elapsed().as_secs_f64());
     response
 }

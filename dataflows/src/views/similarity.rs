@@ -517,6 +517,16 @@ pub struct SimilarityView {
     ignored_users: i64,
 }
 
+/// One item's partners and their counts (no scores), as a read sees them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ItemPartners {
+    pub item: ItemId,
+    /// The item appeared in some event.
+    pub seen: bool,
+    /// `(b, c(item, b))` for every partner, in item order.
+    pub partners: Vec<(ItemId, i64)>,
+}
+
 /// One item's counts at a time, as a read sees them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Similar {
@@ -599,6 +609,33 @@ impl SimilarityView {
                 (b, d, nb)
             })
             .collect()
+    }
+
+    /// For each of `items` this worker owns: whether it was seen, and its partners
+    /// in `kind` with their counts (a part of a read asking every worker, so that
+    /// the items of one question are read at one time).
+    pub fn partners_owned(
+        &mut self,
+        items: &[ItemId],
+        kind: Kind,
+        cx: ReadCtx,
+    ) -> Vec<ItemPartners> {
+        let mut out = Vec::new();
+        let place = self.place;
+        for item in items.iter().filter(|i| place.owns(**i)) {
+            let seen = read_key(&mut self.traces.seen, item, cx.at).is_some_and(|n| n > 0);
+            let partners = self
+                .partners(kind, *item, cx.at)
+                .into_iter()
+                .map(|(b, c, _)| (b, c))
+                .collect();
+            out.push(ItemPartners {
+                item: *item,
+                seen,
+                partners,
+            });
+        }
+        out
     }
 
     /// The history of `user` at `at` (its items, unordered), and whether the user
