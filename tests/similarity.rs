@@ -202,6 +202,17 @@ fn similar_items_refuses_bad_parameters_and_unknown_items() {
         .contains("never-sold"));
     let ok = similar(s.http, "a", "kind=bought&k=100&measure=llr", seq);
     assert_eq!(listed(&ok), pairs(&[("b", 1)]));
+    // Repeated and space-padded items are one item each.
+    let (status, body) = get_json(
+        s.http,
+        &format!("/v1/items/bundles?items=a,%20a,a&min_seq={seq}"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"], json!(["a"]));
+    assert_eq!(
+        body["bundles"],
+        json!([{"item_id": "b", "score": 1.0, "count": 1}])
+    );
     let (_, metrics) = get_text(s.http, "/metrics");
     for gauge in [
         "shopstream_similarity_ignored_users",
@@ -231,6 +242,59 @@ fn switched_off_it_answers_404_saying_so_and_profiles_carry_on() {
             .contains("similarity.enabled = false"),
         "{body}"
     );
+    let (status, body) = get_json(s.http, "/v1/items/bundles?items=a");
+    assert_eq!(status, 404, "{body}");
     assert_eq!(profile(s.http, "ann", sent.seq())["profile"]["orders"], 1);
+    s.shutdown();
+}
+
+/// With a book of one order per worker, each order forgets the one before: x-1's
+/// basket stays counted and a cancellation of it then finds nothing to take back;
+/// y-1, forgotten and completed again, counts once. A restart from a snapshot, and
+/// from the whole log, answers the same.
+#[test]
+fn forgotten_orders_keep_their_counts_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tweak = |c: &mut shopstream::config::Config| {
+        c.builtin_segments = false;
+        c.workers = 1;
+        c.order_horizon = 1;
+    };
+    let s = TestServer::start_in(dir.path(), tweak);
+    let sent = send_messages(
+        s.tcp,
+        &[
+            order("ann", "x-1", T0, &["a", "b"], "m1"),
+            order("bob", "o-2", T0 + 1_000, &["c"], "m2"),
+            json!({"type": "track", "userId": "ann", "event": "Order Cancelled",
+                   "timestamp": T0 + 2_000, "messageId": "m3", "properties": {"order_id": "x-1"}}),
+            order("cat", "y-1", T0 + 3_000, &["d", "e"], "m4"),
+            order("bob", "o-3", T0 + 4_000, &["f"], "m5"),
+            order("cat", "y-1", T0 + 5_000, &["d", "e"], "m6"),
+        ],
+    );
+    let answer = |http, seq| {
+        ["a", "d"].map(|item| {
+            let body = similar(http, item, "kind=bought&measure=count", seq);
+            (listed(&body), body["n"].clone(), body["units"].clone())
+        })
+    };
+    let live = answer(s.http, sent.seq());
+    assert_eq!(
+        live,
+        [
+            (pairs(&[("b", 1)]), json!(1), json!(4)),
+            (pairs(&[("e", 1)]), json!(1), json!(4)),
+        ]
+    );
+    let (status, snap) = post(s.http, "/v1/admin/snapshot", b"");
+    assert_eq!(status, 201, "{snap}");
+    s.shutdown();
+    let s = TestServer::start_in(dir.path(), tweak);
+    assert_eq!(answer(s.http, sent.seq()), live, "from the snapshot");
+    s.shutdown();
+    std::fs::remove_dir_all(dir.path().join("snapshots")).expect("remove snapshots");
+    let s = TestServer::start_in(dir.path(), tweak);
+    assert_eq!(answer(s.http, sent.seq()), live, "replayed");
     s.shutdown();
 }

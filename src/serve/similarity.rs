@@ -37,7 +37,7 @@ impl ViewHost for Similarity {
             enabled: s.enabled,
             history_items: s.history_items,
             history_ms: Millis::from(s.history_days) * DAY_MS,
-            max_user_events_per_day: s.max_user_events_per_day as i64,
+            max_user_events_per_day: i64::try_from(s.max_user_events_per_day).unwrap_or(i64::MAX),
             max_order_items: s.max_order_items,
             order_horizon: cx.config.order_horizon,
         });
@@ -232,6 +232,8 @@ pub async fn bundles(
     k: usize,
     at: impl Into<ReadAt>,
 ) -> Result<BundlesRead, EngineError> {
+    let mut once = std::collections::HashSet::new();
+    let items: Vec<&String> = items.iter().filter(|i| once.insert(i.as_str())).collect();
     let ids: Vec<ItemId> = items.iter().map(|i| intern(i)).collect();
     let asked = ids.clone();
     let (as_of, parts) = engine
@@ -255,7 +257,7 @@ pub async fn bundles(
             _ => {
                 return Ok(BundlesRead {
                     as_of,
-                    bundles: Err(name.clone()),
+                    bundles: Err((*name).clone()),
                 })
             }
         }
@@ -297,6 +299,7 @@ async fn get_bundles(
         .get("items")
         .map(|v| {
             v.split(',')
+                .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect()
@@ -322,7 +325,13 @@ async fn get_bundles(
         Err(e) => return engine_error(e),
     };
     let response = match read.bundles {
-        Err(unknown) => error(StatusCode::NOT_FOUND, format!("unknown item {unknown:?}")),
+        Err(unknown) => {
+            let mut r = error(StatusCode::NOT_FOUND, format!("unknown item {unknown:?}"));
+            if let Ok(v) = read.as_of.seq.to_string().parse() {
+                r.headers_mut().insert("x-shopstream-as-of", v);
+            }
+            r
+        }
         Ok(list) => {
             let bundles = render_ranked(&engine, &list);
             Json(json!({"items": items, "kind": "bought", "as_of": read.as_of.seq, "bundles": bundles}))

@@ -9,7 +9,9 @@
 //!   Cancelled`, takes the whole order out. A refund or cancellation that arrives
 //!   before its order is remembered and applied when the order comes. The first
 //!   `Order Completed` of an order id counts (another one with the same id is a
-//!   duplicate). Orders with more than `max_order_items` distinct items are not
+//!   duplicate). The order book remembers the last `engine.order_horizon` orders
+//!   per worker: a refund or cancellation of an order it has forgotten changes
+//!   nothing, and a forgotten order completed again still counts once. Orders with more than `max_order_items` distinct items are not
 //!   counted (bulk and test orders; [`gauges`](SimilarityView::gauges) counts them).
 //! * `viewed`: a unit is a user's recent history: the `history_items` distinct
 //!   items of the user's interactions (`Product Viewed`, `Product Clicked`,
@@ -379,7 +381,22 @@ pub fn similarity<'scope>(
         .clone()
         .join_core(by_user, |_u, a, b| (a != b).then_some(((VIEWED, *a), *b)));
     let baskets = arrange_local_by_key(inputs.baskets.to_collection(scope), "Similarity: baskets");
-    let bought = baskets.clone().join_core(baskets.clone(), |_o, a, b| {
+    // Each item of an order once, whatever its multiplicity: an order the book has
+    // forgotten and that is completed again adds its items a second time, which
+    // must not square its pairs.
+    let live = baskets
+        .clone()
+        .reduce_abelian::<_, ValBuilder<Sym, ItemId, Time, Diff>, ValSpine<Sym, ItemId, Time, Diff>, _, _>(
+            "Similarity: live baskets",
+            |_order, input, output| {
+                output.extend(input.iter().filter(|(_, d)| *d > 0).map(|(i, _)| (**i, 1)));
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        );
+    let bought = live.clone().join_core(live.clone(), |_o, a, b| {
         (a != b && *a != UNIT && *b != UNIT).then_some(((BOUGHT, *a), *b))
     });
     let pairs = viewed.concat(bought).inner.pipe(|s| {
@@ -404,7 +421,7 @@ pub fn similarity<'scope>(
             Entry::Unit => Some((VIEWED, UNIT)),
             Entry::Ignored => Some((IGNORED, UNIT)),
         })
-        .concat(baskets.clone().as_collection(|_o, i| (BOUGHT, *i)))
+        .concat(live.as_collection(|_o, i| (BOUGHT, *i)))
         .flat_map(move |(kind, item)| {
             let to: Vec<u32> = if kind == IGNORED {
                 vec![me]
@@ -736,10 +753,20 @@ impl View for SimilarityView {
             .iter()
             .filter_map(|o| self.feeder.orders.get(o).map(|b| (*o, b.clone())))
             .collect();
-        let book = &self.feeder.orders;
+        // What the baskets hold beyond what the book's orders account for (orders
+        // without an id, and orders the book has forgotten), with multiplicity, so
+        // that a restore holds exactly what the trace does.
+        let (book, max) = (&self.feeder.orders, self.feeder.settings.max_order_items);
+        let mut live: Option<(Sym, Vec<ItemId>)> = None;
         for_each_val(&mut self.traces.baskets, at, |order, item, d| {
-            if !book.contains_key(order) && d > 0 {
-                state.loose.push((*order, *item));
+            if live.as_ref().is_none_or(|(o, _)| o != order) {
+                let items = book.get(order).map(|b| b.live(max)).unwrap_or_default();
+                live = Some((*order, items));
+            }
+            let booked = live.as_ref().is_some_and(|(_, l)| l.contains(item));
+            let extra = d - Diff::from(booked);
+            if extra > 0 {
+                state.loose.push((*order, *item, extra));
             }
         });
         for_each_key(&mut self.traces.seen, at, |item, d| {
@@ -753,6 +780,15 @@ impl View for SimilarityView {
     fn restore(&mut self, parts: &[Vec<u8>], at: Time, place: Place) -> Result<(), RestoreError> {
         self.inputs.advance_to(at);
         let f = &mut self.feeder;
+        if parts.is_empty() && f.settings.enabled {
+            return Err(RestoreError {
+                view: "similarity",
+                reason: "the snapshot holds no similarity state (a build without the view \
+                         took it); remove the data directory's snapshots/ to rebuild it from \
+                         the log"
+                    .into(),
+            });
+        }
         for part in parts {
             let state: SimilarityState = decode_part("similarity", part)?;
             if !f.settings.enabled {
@@ -780,9 +816,9 @@ impl View for SimilarityView {
                     f.remember(order, basket);
                 }
             }
-            for (order, item) in state.loose {
+            for (order, item, d) in state.loose {
                 if place.owns(order) {
-                    self.inputs.baskets.update_at((order, item), at, 1);
+                    self.inputs.baskets.update_at((order, item), at, d);
                 }
             }
             for item in state.seen {
@@ -807,8 +843,9 @@ struct SimilarityState {
     records: Vec<(UserId, Millis, Recency, ItemId)>,
     /// The order book, oldest first.
     orders: Vec<(Sym, Basket)>,
-    /// Live `(order, item)` of orders not in the book (no order id, or forgotten).
-    loose: Vec<(Sym, ItemId)>,
+    /// `(order, item, multiplicity)` the baskets hold beyond the book's orders (orders
+    /// without an id, orders the book forgot).
+    loose: Vec<(Sym, ItemId, Diff)>,
     seen: Vec<ItemId>,
     oversized: u64,
 }
