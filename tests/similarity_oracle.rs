@@ -61,10 +61,13 @@ enum Step {
         from: usize,
         to: usize,
     },
-    /// A busy user: one more view than `PER_DAY` within the same hour.
+    /// A busy user: one more view than `PER_DAY` within the same hour; or
+    /// (`order`) `PER_DAY - 1` views and an order of two items, which is one
+    /// interaction event short of busy (its two items count once).
     Burst {
         id: usize,
         hours: i64,
+        order: bool,
     },
 }
 
@@ -73,7 +76,8 @@ fn step() -> impl Strategy<Value = Step> {
         10 => (0..IDS, 0u8..9, prop::collection::vec(0..ITEMS, 0..5), 0u64..4, -400i64..30)
             .prop_map(|(id, kind, items, order, hours)| Step::Event { id, kind, items, order, hours }),
         1 => (KNOWN..IDS, 0..KNOWN).prop_map(|(from, to)| Step::Link { from, to }),
-        1 => (0..IDS, -400i64..30).prop_map(|(id, hours)| Step::Burst { id, hours }),
+        1 => (0..IDS, -400i64..30, any::<bool>())
+            .prop_map(|(id, hours, order)| Step::Burst { id, hours, order }),
     ]
 }
 
@@ -95,19 +99,35 @@ fn product(item: u64) -> Product {
 /// The messages of a step, the first numbered `n`.
 fn messages(step: &Step, n: &mut usize, ts: i64) -> Vec<Event> {
     match step {
-        Step::Burst { id, hours } => (0..=PER_DAY)
-            .map(|k| {
-                let view = Step::Event {
+        Step::Burst { id, hours, order } => {
+            let views = if *order { PER_DAY - 1 } else { PER_DAY + 1 };
+            let mut steps: Vec<Step> = (0..views)
+                .map(|k| Step::Event {
                     id: *id,
                     kind: 0,
                     items: vec![k % ITEMS],
                     order: 0,
                     hours: *hours,
-                };
-                *n += 1;
-                message(&view, *n, ts + k as i64)
-            })
-            .collect(),
+                })
+                .collect();
+            if *order {
+                steps.push(Step::Event {
+                    id: *id,
+                    kind: 8,
+                    items: vec![1, 2],
+                    order: 0,
+                    hours: *hours,
+                });
+            }
+            steps
+                .iter()
+                .enumerate()
+                .map(|(k, step)| {
+                    *n += 1;
+                    message(step, *n, ts + k as i64)
+                })
+                .collect()
+        }
         _ => {
             *n += 1;
             vec![message(step, *n, ts)]
@@ -213,11 +233,15 @@ fn histories(logged: &[(u64, Event)], clock: i64) -> Units {
     }
     let mut units = Vec::new();
     for (_, mut recs) in records {
-        let mut per_day: HashMap<i64, u64> = HashMap::new();
-        for ((ts, _, _), _) in &recs {
-            *per_day.entry(ts.div_euclid(DAY_MS)).or_default() += 1;
+        // Interaction events per day: the items of one event count once.
+        let mut per_day: HashMap<i64, BTreeSet<u64>> = HashMap::new();
+        for ((ts, seq, _), _) in &recs {
+            per_day
+                .entry(ts.div_euclid(DAY_MS))
+                .or_default()
+                .insert(*seq);
         }
-        if per_day.values().any(|n| *n > PER_DAY) {
+        if per_day.values().any(|events| events.len() as u64 > PER_DAY) {
             continue;
         }
         recs.sort();

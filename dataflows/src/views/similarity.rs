@@ -19,8 +19,8 @@
 //!   Completed`) with the greatest *recency* `(ts, seq)` among the interactions
 //!   with `ts + history_ms > c(E)` (an item's recency is that of its latest one;
 //!   the items of one event, an order's, rank by their interned id, greatest first).
-//!   A user with more than `max_user_events_per_day` of those interactions on one
-//!   UTC day has no history (bots, order brushing) while that day is inside the
+//!   A user with more than `max_user_events_per_day` of those interactions (events:
+//!   an order is one) on one UTC day has no history (bots, order brushing) while that day is inside the
 //!   window. A `Product Removed` is no interaction and takes nothing away: the user
 //!   did look at the item.
 //!
@@ -261,18 +261,24 @@ pub fn rank(mut scored: Vec<Scored>, k: usize, names: &Names) -> Vec<Scored> {
 
 /// A history from a user's interaction records (sorted by `(recency, item)`, with
 /// their multiplicities): [`Entry::Ignored`] if a UTC day holds more than
-/// `limit` of them, else the `cap` distinct items with the greatest recency and
-/// [`Entry::Unit`].
+/// `limit` interaction events (the records of one event, an order's items, share
+/// its recency and count once), else the `cap` distinct items with the greatest
+/// recency and [`Entry::Unit`].
 pub fn history(records: &[(&(Recency, ItemId), Diff)], cap: usize, limit: i64) -> Vec<Entry> {
     let mut day = None;
     let mut on_day = 0i64;
-    for ((recency, _), d) in records {
+    let mut last: Option<&Recency> = None;
+    for ((recency, _), _) in records {
+        if last == Some(recency) {
+            continue;
+        }
+        last = Some(recency);
         let this = recency.0.div_euclid(DAY_MS);
         if day != Some(this) {
             day = Some(this);
             on_day = 0;
         }
-        on_day += d;
+        on_day += 1;
         if on_day > limit {
             return vec![Entry::Ignored];
         }
@@ -1153,6 +1159,10 @@ mod tests {
         let view: Vec<_> = r.iter().map(|(k, d)| (k, *d)).collect();
         assert_eq!(history(&view, 50, 2), vec![Entry::Ignored]);
         assert_eq!(history(&view, 50, 3).len(), 5);
+        // One order of three items is one interaction.
+        let r = recs(&[(DAY_MS, 1, 1), (DAY_MS, 1, 2), (DAY_MS, 1, 3)]);
+        let view: Vec<_> = r.iter().map(|(k, d)| (k, *d)).collect();
+        assert_eq!(history(&view, 50, 1).len(), 4);
     }
 
     #[test]
