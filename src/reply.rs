@@ -24,6 +24,15 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(error_body(status, message.into()))).into_response()
 }
 
+/// A 404 for a key unknown at a read's epoch, saying which epoch
+/// (`x-shopstream-as-of`), so that a client can wait for a later one.
+pub fn not_found_at(message: impl Into<String>, as_of: u64) -> Response {
+    let mut r = error(StatusCode::NOT_FOUND, message);
+    r.headers_mut()
+        .insert("x-shopstream-as-of", HeaderValue::from(as_of));
+    r
+}
+
 /// `{"error": message, "code": "bad_request", "message": message}`: the code is
 /// the status's reason in snake case.
 fn error_body(status: StatusCode, message: String) -> Value {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,7 +20,7 @@ use shopstream_dataflows::views::profiles::{
 
 use super::view::ServeView;
 use crate::identity::Identity;
-use crate::reply::{engine_error, error, identify, money, read_at, rfc3339};
+use crate::reply::{engine_error, identify, money, not_found_at, read_at, rfc3339};
 use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, ViewHost};
 use crate::symbols::Symbols;
 
@@ -112,13 +111,7 @@ async fn get_profile(
             identify(&mut body, &id, read.identity.as_ref());
             Json(body).into_response()
         }
-        None => {
-            let mut r = error(StatusCode::NOT_FOUND, format!("unknown user {id:?}"));
-            if let Ok(v) = read.as_of.seq.to_string().parse() {
-                r.headers_mut().insert("x-shopstream-as-of", v);
-            }
-            r
-        }
+        None => not_found_at(format!("unknown user {id:?}"), read.as_of.seq),
     };
     metrics::histogram!("shopstream_query_seconds", "kind" => "profile")
         .record(started.elapsed().as_secs_f64());

@@ -15,11 +15,12 @@ use serde_json::json;
 use shopstream_dataflows::types::{intern, ItemId, Millis, DAY_MS};
 use shopstream_dataflows::view::Env;
 use shopstream_dataflows::views::similarity::{
-    rank, Kind, Measure, Similar, SimilaritySettings, SimilarityView, BOUGHT, MAX_K, VIEWED,
+    rank, ItemPartners, Kind, Measure, Similar, SimilaritySettings, SimilarityView, BOUGHT, MAX_K,
+    VIEWED,
 };
 
 use super::view::ServeView;
-use crate::reply::{engine_error, error, read_at};
+use crate::reply::{engine_error, error, not_found_at, read_at};
 use crate::runtime::{Engine, EngineError, HostContext, ReadAt, Readable, Route, ViewHost};
 
 /// The similarity view's registration.
@@ -135,16 +136,30 @@ fn render_ranked(engine: &Engine, list: &[(ItemId, f64, i64)]) -> Vec<serde_json
         .collect()
 }
 
+/// A 400 naming the first parameter not in `known`: a typo is told, not ignored.
+fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter {key:?} (expected {})", known.join(", ")),
+        )),
+    }
+}
+
+/// The 404 of every endpoint of the view when `similarity.enabled` is false.
+fn switched_off(engine: &Engine, what: &str) -> Option<Response> {
+    (!engine.config.similarity.enabled).then(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("{what} are switched off (similarity.enabled = false)"),
+        )
+    })
+}
+
 fn parse_query(params: &HashMap<String, String>) -> Result<SimilarQuery, Response> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
-    if let Some(key) = params
-        .keys()
-        .find(|k| !matches!(k.as_str(), "k" | "kind" | "measure" | "min_seq" | "as_of"))
-    {
-        return Err(bad(format!(
-            "unknown parameter {key:?} (expected k, kind, measure, min_seq, as_of)"
-        )));
-    }
+    only(params, &["k", "kind", "measure", "min_seq", "as_of"])?;
     let k = parse_k(params)?;
     let kind = match params.get("kind") {
         None => VIEWED,
@@ -173,11 +188,8 @@ async fn get_similar(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = Instant::now();
-    if !engine.config.similarity.enabled {
-        return error(
-            StatusCode::NOT_FOUND,
-            "similar items are switched off (similarity.enabled = false)",
-        );
+    if let Some(off) = switched_off(&engine, "similar items") {
+        return off;
     }
     let q = match parse_query(&params) {
         Ok(q) => q,
@@ -188,11 +200,7 @@ async fn get_similar(
         Err(e) => return engine_error(e),
     };
     let response = if !read.similar.seen {
-        let mut r = error(StatusCode::NOT_FOUND, format!("unknown item {id:?}"));
-        if let Ok(v) = read.as_of.seq.to_string().parse() {
-            r.headers_mut().insert("x-shopstream-as-of", v);
-        }
-        r
+        not_found_at(format!("unknown item {id:?}"), read.as_of.seq)
     } else {
         let similar = render_ranked(&engine, &read.similar.similar);
         Json(json!({
@@ -224,16 +232,15 @@ pub struct BundlesRead {
     pub bundles: Result<Vec<(ItemId, f64, i64)>, String>,
 }
 
-/// The `k` items most often bought with all of `items`, read at one epoch on
-/// every worker (each reads the given items it owns).
+/// The `k` items most often bought with all of `items` (distinct, as
+/// [`parse_items`] makes them), read at one epoch on every worker (each reads the
+/// given items it owns).
 pub async fn bundles(
     engine: &Engine,
     items: &[String],
     k: usize,
     at: impl Into<ReadAt>,
 ) -> Result<BundlesRead, EngineError> {
-    let mut once = std::collections::HashSet::new();
-    let items: Vec<&String> = items.iter().filter(|i| once.insert(i.as_str())).collect();
     let ids: Vec<ItemId> = items.iter().map(|i| intern(i)).collect();
     let asked = ids.clone();
     let (as_of, parts) = engine
@@ -241,15 +248,13 @@ pub async fn bundles(
             v.partners_owned(&asked, BOUGHT, cx)
         })
         .await?;
-    let mut by_item: HashMap<ItemId, (bool, Vec<(ItemId, i64)>)> = HashMap::new();
-    for p in parts.into_iter().flatten() {
-        by_item.insert(p.item, (p.seen, p.partners));
-    }
+    let by_item: HashMap<ItemId, ItemPartners> =
+        parts.into_iter().flatten().map(|p| (p.item, p)).collect();
     let mut totals: HashMap<ItemId, (i64, i64, usize)> = HashMap::new();
     for (name, id) in items.iter().zip(&ids) {
         match by_item.get(id) {
-            Some((true, partners)) => {
-                for (b, c) in partners {
+            Some(p) if p.seen => {
+                for (b, c) in &p.partners {
                     let t = totals.entry(*b).or_insert((0, i64::MAX, 0));
                     *t = (t.0 + c, t.1.min(*c), t.2 + 1);
                 }
@@ -257,7 +262,7 @@ pub async fn bundles(
             _ => {
                 return Ok(BundlesRead {
                     as_of,
-                    bundles: Err((*name).clone()),
+                    bundles: Err(name.clone()),
                 })
             }
         }
@@ -275,49 +280,43 @@ pub async fn bundles(
     })
 }
 
+/// The given items of a bundle question: `items=a,b` split at commas, trimmed,
+/// each once, in their order.
+pub fn parse_items(raw: &str) -> Vec<String> {
+    let mut once = std::collections::HashSet::new();
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && once.insert(*s))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_bundles_query(
+    params: &HashMap<String, String>,
+) -> Result<(Vec<String>, usize, ReadAt), Response> {
+    only(params, &["items", "k", "min_seq", "as_of"])?;
+    let items = params
+        .get("items")
+        .map_or_else(Vec::new, |v| parse_items(v));
+    if items.is_empty() || items.len() > MAX_BUNDLE_ITEMS {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("items: expected 1 to {MAX_BUNDLE_ITEMS} product ids, comma-separated"),
+        ));
+    }
+    Ok((items, parse_k(params)?, read_at(params)?))
+}
+
 async fn get_bundles(
     State(engine): State<Arc<Engine>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = Instant::now();
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
-    if !engine.config.similarity.enabled {
-        return error(
-            StatusCode::NOT_FOUND,
-            "bundles are switched off (similarity.enabled = false)",
-        );
+    if let Some(off) = switched_off(&engine, "bundles") {
+        return off;
     }
-    if let Some(key) = params
-        .keys()
-        .find(|k| !matches!(k.as_str(), "items" | "k" | "min_seq" | "as_of"))
-    {
-        return bad(format!(
-            "unknown parameter {key:?} (expected items, k, min_seq, as_of)"
-        ));
-    }
-    let mut items: Vec<String> = params
-        .get("items")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut once = std::collections::HashSet::new();
-    items.retain(|i| once.insert(i.clone()));
-    if items.is_empty() || items.len() > MAX_BUNDLE_ITEMS {
-        return bad(format!(
-            "items: expected 1 to {MAX_BUNDLE_ITEMS} product ids, comma-separated"
-        ));
-    }
-    let k = match parse_k(&params) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let at = match read_at(&params) {
-        Ok(at) => at,
+    let (items, k, at) = match parse_bundles_query(&params) {
+        Ok(q) => q,
         Err(r) => return r,
     };
     let read = match bundles(&engine, &items, k, at).await {
@@ -325,13 +324,7 @@ async fn get_bundles(
         Err(e) => return engine_error(e),
     };
     let response = match read.bundles {
-        Err(unknown) => {
-            let mut r = error(StatusCode::NOT_FOUND, format!("unknown item {unknown:?}"));
-            if let Ok(v) = read.as_of.seq.to_string().parse() {
-                r.headers_mut().insert("x-shopstream-as-of", v);
-            }
-            r
-        }
+        Err(unknown) => not_found_at(format!("unknown item {unknown:?}"), read.as_of.seq),
         Ok(list) => {
             let bundles = render_ranked(&engine, &list);
             Json(json!({"items": items, "kind": "bought", "as_of": read.as_of.seq, "bundles": bundles}))

@@ -609,17 +609,7 @@ impl SimilarityView {
     /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
     /// forward pass over the pairs and, in step, over the counts.
     pub fn partners(&mut self, kind: Kind, item: ItemId, at: Time) -> Vec<(ItemId, i64, i64)> {
-        let mut pairs: Vec<(ItemId, i64)> = Vec::new();
-        {
-            let (mut c, s) = cursor_at(&mut self.traces.pairs);
-            let key = &(kind, item);
-            let mut each = |b: &ItemId, d: Diff| {
-                if d > 0 {
-                    pairs.push((*b, d))
-                }
-            };
-            read_key_at!(c, s, key, at, each, val => val);
-        }
+        let pairs = self.pair_counts(kind, item, at);
         let me = self.place.worker as u32;
         let (mut c, s) = cursor_at(&mut self.traces.stats);
         pairs
@@ -632,6 +622,20 @@ impl SimilarityView {
                 (b, d, nb)
             })
             .collect()
+    }
+
+    /// `(b, c(item, b))` for every partner with `c > 0`, in `b` order.
+    fn pair_counts(&mut self, kind: Kind, item: ItemId, at: Time) -> Vec<(ItemId, i64)> {
+        let mut pairs = Vec::new();
+        let (mut c, s) = cursor_at(&mut self.traces.pairs);
+        let key = &(kind, item);
+        let mut each = |b: &ItemId, d: Diff| {
+            if d > 0 {
+                pairs.push((*b, d))
+            }
+        };
+        read_key_at!(c, s, key, at, each, val => val);
+        pairs
     }
 
     /// For each of `items` this worker owns: whether it was seen, and its partners
@@ -647,11 +651,7 @@ impl SimilarityView {
         let place = self.place;
         for item in items.iter().filter(|i| place.owns(**i)) {
             let seen = read_key(&mut self.traces.seen, item, cx.at).is_some_and(|n| n > 0);
-            let partners = self
-                .partners(kind, *item, cx.at)
-                .into_iter()
-                .map(|(b, c, _)| (b, c))
-                .collect();
+            let partners = self.pair_counts(kind, *item, cx.at);
             out.push(ItemPartners {
                 item: *item,
                 seen,
@@ -1003,15 +1003,19 @@ impl SimilarityFeeder {
                 | EventKind::ProductAddedToWishlist
                 | EventKind::OrderCompleted
         );
+        if !interaction && !ev.kind.is_order() {
+            return;
+        }
+        // Read once: the history's records and the order book both want them.
+        let items = distinct_items(ev);
         let expires = ev.ts.saturating_add(self.settings.history_ms);
         if interaction && expires > clock {
-            for item in distinct_items(ev) {
-                self.admit(ev.user, (ev.ts, ev.seq), item, expires, inputs);
+            for item in &items {
+                self.admit(ev.user, (ev.ts, ev.seq), *item, expires, inputs);
             }
         }
         match ev.kind {
             EventKind::OrderCompleted => {
-                let items = distinct_items(ev);
                 if items.is_empty() {
                     return;
                 }
@@ -1030,7 +1034,6 @@ impl SimilarityFeeder {
                 }
             }
             EventKind::OrderRefunded if ev.order != 0 => {
-                let items = distinct_items(ev);
                 self.change(ev.order, inputs, |b| {
                     if items.is_empty() {
                         b.removed = true;
