@@ -19,7 +19,7 @@ use differential_dataflow::trace::implementations::{KeyBatcher, ValBatcher};
 use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{ExchangeData, VecCollection};
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::progress::frontier::{Antichain, AntichainRef};
 
 use crate::types::Time;
@@ -55,6 +55,46 @@ where
     arrange_core::<_, _, ValBatcher<K, V, Time, R>, ValSpine<K, V, Time, R>>(
         c.inner,
         Pipeline,
+        name,
+        ValBatcher::new,
+    )
+}
+
+/// Arranges a keyed collection with no value on the worker `worker_of(key)` names
+/// (updates produced elsewhere are exchanged there first): for views whose
+/// updates are made away from their key's owner.
+pub fn arrange_by_self_at<'scope, K, R>(
+    c: VecCollection<'scope, Time, K, R>,
+    worker_of: impl Fn(&K) -> u64 + 'static,
+    name: &str,
+) -> Arranged<'scope, TraceAgent<KeySpine<K, Time, R>>>
+where
+    K: ExchangeData,
+    R: ExchangeData + Semigroup,
+{
+    arrange_core::<_, _, KeyBatcher<K, Time, R>, KeySpine<K, Time, R>>(
+        c.map(|k| (k, ())).inner,
+        Exchange::new(move |u: &((K, ()), Time, R)| worker_of(&(u.0).0)),
+        name,
+        KeyBatcher::new,
+    )
+}
+
+/// Arranges a `(key, value)` collection by key on the worker `worker_of(key)`
+/// names (see [`arrange_by_self_at`]).
+pub fn arrange_by_key_at<'scope, K, V, R>(
+    c: VecCollection<'scope, Time, (K, V), R>,
+    worker_of: impl Fn(&K) -> u64 + 'static,
+    name: &str,
+) -> Arranged<'scope, TraceAgent<ValSpine<K, V, Time, R>>>
+where
+    K: ExchangeData,
+    V: ExchangeData,
+    R: ExchangeData + Semigroup,
+{
+    arrange_core::<_, _, ValBatcher<K, V, Time, R>, ValSpine<K, V, Time, R>>(
+        c.inner,
+        Exchange::new(move |u: &((K, V), Time, R)| worker_of(&(u.0).0)),
         name,
         ValBatcher::new,
     )

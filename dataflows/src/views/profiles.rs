@@ -59,20 +59,18 @@ use std::collections::BinaryHeap;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use differential_dataflow::input::InputSession;
-use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::trace::cursor::Cursor;
-use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine, ValBuilder, ValSpine};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Exchange as _;
 use timely::dataflow::operators::Probe;
 
 use crate::read::{
-    arrange_local_by_key, arrange_local_by_self, compact, cursor_at, for_each_key, for_each_val,
-    Pipe,
+    arrange_by_self_at, arrange_local_by_key, arrange_local_by_self, compact, cursor_at,
+    for_each_key, for_each_val, Pipe,
 };
 use crate::read_key_at;
 use crate::types::*;
@@ -485,16 +483,7 @@ fn rfm_histogram<'scope>(
                 [(w, RFM_RECENCY, r), (w, RFM_FREQUENCY, f), (w, RFM_MONETARY, m)]
             })
         })
-        .map(|k| (k, ()))
-        .inner
-        .pipe(|stream| {
-            arrange_core::<_, _, KeyBatcher<RfmKey, Time, Diff>, KeySpine<RfmKey, Time, Diff>>(
-                stream,
-                Exchange::new(|update: &((RfmKey, ()), Time, Diff)| u64::from((update.0).0 .0)),
-                "Profiles: RFM histogram",
-                KeyBatcher::new,
-            )
-        })
+        .pipe(|c| arrange_by_self_at(c, |k: &RfmKey| u64::from(k.0), "Profiles: RFM histogram"))
 }
 
 /// One input session per difference type.

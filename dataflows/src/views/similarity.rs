@@ -69,19 +69,16 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::rc::Rc;
 
 use differential_dataflow::input::InputSession;
-use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::Arranged;
-use differential_dataflow::trace::implementations::{
-    KeyBatcher, KeySpine, ValBatcher, ValBuilder, ValSpine,
-};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 
 use crate::read::{
-    arrange_local_by_key, compact, cursor_at, for_each_key, for_each_val, read_key, Pipe,
+    arrange_by_key_at, arrange_by_self_at, arrange_local_by_key, compact, cursor_at, for_each_key,
+    for_each_val, read_key,
 };
 use crate::read_key_at;
 use crate::types::*;
@@ -349,21 +346,11 @@ pub fn similarity<'scope>(
 ) -> SimilarityArrangements<'scope> {
     let peers = scope.peers();
     let me = scope.index() as u32;
-    let touches = inputs.touches.to_collection(scope).inner.pipe(|s| {
-        arrange_core::<
-            _,
-            _,
-            ValBatcher<UserId, (Recency, ItemId), Time, Diff>,
-            ValSpine<UserId, (Recency, ItemId), Time, Diff>,
-        >(
-            s,
-            Exchange::new(move |u: &((UserId, (Recency, ItemId)), Time, Diff)| {
-                owner((u.0).0, peers) as u64
-            }),
-            "Similarity: interactions",
-            ValBatcher::new,
-        )
-    });
+    let touches = arrange_by_key_at(
+        inputs.touches.to_collection(scope),
+        move |u: &UserId| owner(*u, peers) as u64,
+        "Similarity: interactions",
+    );
     let (cap, limit) = (settings.history_items, settings.max_user_events_per_day);
     let history = touches
         .reduce_abelian::<_, ValBuilder<UserId, Entry, Time, Diff>, ValSpine<UserId, Entry, Time, Diff>, _, _>(
@@ -405,21 +392,11 @@ pub fn similarity<'scope>(
     let bought = live.clone().join_core(live.clone(), |_o, a, b| {
         (a != b && *a != UNIT && *b != UNIT).then_some(((BOUGHT, *a), *b))
     });
-    let pairs = viewed.concat(bought).inner.pipe(|s| {
-        arrange_core::<
-            _,
-            _,
-            ValBatcher<(Kind, ItemId), ItemId, Time, Diff>,
-            ValSpine<(Kind, ItemId), ItemId, Time, Diff>,
-        >(
-            s,
-            Exchange::new(move |u: &(((Kind, ItemId), ItemId), Time, Diff)| {
-                owner(((u.0).0).1, peers) as u64
-            }),
-            "Similarity: pairs",
-            ValBatcher::new,
-        )
-    });
+    let pairs = arrange_by_key_at(
+        viewed.concat(bought),
+        move |k: &(Kind, ItemId)| owner(k.1, peers) as u64,
+        "Similarity: pairs",
+    );
     // n(a) and N per kind, to every worker; the ignored users to this worker only.
     let counts = entries
         .flat_map(|(_, e)| match e {
@@ -429,24 +406,22 @@ pub fn similarity<'scope>(
         })
         .concat(live.as_collection(|_o, i| (BOUGHT, *i)))
         .flat_map(move |(kind, item)| {
-            let to: Vec<u32> = if kind == IGNORED {
-                vec![me]
+            let to = if kind == IGNORED {
+                me..me + 1
             } else {
-                (0..peers as u32).collect()
+                0..peers as u32
             };
-            to.into_iter().map(move |w| ((w, kind, item), ()))
+            to.map(move |w| (w, kind, item))
         });
-    let stats = arrange_core::<_, _, KeyBatcher<StatKey, Time, Diff>, KeySpine<StatKey, Time, Diff>>(
-        counts.inner,
-        Exchange::new(|u: &((StatKey, ()), Time, Diff)| u64::from(((u.0).0).0)),
+    let stats = arrange_by_self_at(
+        counts,
+        |k: &StatKey| u64::from(k.0),
         "Similarity: item counts",
-        KeyBatcher::new,
     );
-    let seen = arrange_core::<_, _, KeyBatcher<ItemId, Time, Diff>, KeySpine<ItemId, Time, Diff>>(
-        inputs.seen.to_collection(scope).map(|i| (i, ())).inner,
-        Exchange::new(move |u: &((ItemId, ()), Time, Diff)| owner((u.0).0, peers) as u64),
+    let seen = arrange_by_self_at(
+        inputs.seen.to_collection(scope),
+        move |i: &ItemId| owner(*i, peers) as u64,
         "Similarity: items seen",
-        KeyBatcher::new,
     );
     SimilarityArrangements {
         history,
