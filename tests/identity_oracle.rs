@@ -25,9 +25,8 @@
 mod model;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 
-use model::{check_restarts, event, identity_graph, op, oracle, Op, T0};
+use model::{check_restarts, event, identity_graph, op, oracle, runtime, start_engine, Op, T0};
 use proptest::prelude::*;
 use shopstream::catalog::segments::{segment_id, KIND};
 use shopstream::catalog::{Control, Source};
@@ -46,11 +45,7 @@ const IDS: usize = 10;
 const MAX_IDS: usize = 2;
 
 fn id_name(i: usize) -> String {
-    if i < KNOWN {
-        format!("u{i}")
-    } else {
-        format!("a{}", i - KNOWN)
-    }
+    model::id_name(i, KNOWN)
 }
 
 /// One message: an event of id `id`, or a link of `from` to user `to`.
@@ -282,17 +277,8 @@ fn config(dir: &std::path::Path, workers: usize) -> Config {
 
 fn check(plan: &[(i64, Vec<Step>)], workers: usize) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine: Arc<Engine> = Engine::start(
-        config(dir.path(), workers),
-        &shopstream::serve::all_hosts(),
-        |_, _| {},
-    )
-    .expect("engine starts");
+    let rt = runtime();
+    let engine = start_engine(config(dir.path(), workers));
     let mut feed = hub(&engine).subscribe(None).expect("subscribe").live;
     let mut names: HashMap<Sym, String> = HashMap::new();
     for s in [

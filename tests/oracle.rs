@@ -35,13 +35,8 @@ fn check(workload: &[(i64, Vec<Op>)], workers: usize) -> Result<(), TestCaseErro
     config.fsync = shopstream::log::FsyncPolicy::Never;
     // Every step is reread in the past at the end.
     config.as_of_history = 1_024;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine: Arc<Engine> =
-        Engine::start(config, &shopstream::serve::all_hosts(), |_, _| {}).expect("engine starts");
+    let rt = model::runtime();
+    let engine = model::start_engine(config);
     let total: usize = workload.iter().map(|(_, ops)| ops.len()).sum();
     let ids: Vec<u64> = (0..total.max(1))
         .map(|i| shopstream::event::message_id_hash(&format!("m{i}")))

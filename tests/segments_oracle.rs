@@ -233,14 +233,8 @@ fn check(plan: &Plan, workers: usize) -> Result<(), TestCaseError> {
         c.fsync = shopstream::log::FsyncPolicy::Never;
         c
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine: Arc<Engine> =
-        Engine::start(config(workers), &shopstream::serve::all_hosts(), |_, _| {})
-            .expect("engine starts");
+    let rt = model::runtime();
+    let engine = model::start_engine(config(workers));
     let mut feed = hub(&engine).subscribe(None).expect("subscribe").live;
     let total: usize = plan.iter().map(|(_, _, ops)| ops.len()).sum();
     let ids: Vec<u64> = (0..total.max(1))

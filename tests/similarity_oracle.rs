@@ -14,12 +14,11 @@
 //! be compared exactly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 
 #[path = "util/oracle.rs"]
 mod model;
 
-use model::{check_restarts, identity_graph};
+use model::{check_restarts, identity_graph, runtime, start_engine};
 use proptest::prelude::*;
 use shopstream::config::Config;
 use shopstream::event::{Event, Kind, Product, Str};
@@ -39,11 +38,7 @@ const ORDER_ITEMS: usize = 3;
 const MAX_IDS: usize = 2;
 
 fn id_name(i: usize) -> String {
-    if i < KNOWN {
-        format!("u{i}")
-    } else {
-        format!("a{}", i - KNOWN)
-    }
+    model::id_name(i, KNOWN)
 }
 
 #[derive(Clone, Debug)]
@@ -458,17 +453,8 @@ fn config(dir: &std::path::Path, workers: usize) -> Config {
 
 fn check(plan: &[(i64, Vec<Step>)], workers: usize) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let engine: Arc<Engine> = Engine::start(
-        config(dir.path(), workers),
-        &shopstream::serve::all_hosts(),
-        |_, _| {},
-    )
-    .expect("engine starts");
+    let rt = runtime();
+    let engine = start_engine(config(dir.path(), workers));
     let mut logged: Vec<(u64, Event)> = Vec::new();
     let mut clock = i64::MIN;
     let mut base = T0;

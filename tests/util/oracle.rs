@@ -329,6 +329,33 @@ pub fn add(a: &mut WindowCounts, b: &WindowCounts) {
     a.revenue += b.revenue;
 }
 
+/// The tokio runtime an oracle test reads through (two threads, as small as the
+/// engine's reads need).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An engine with every view, on `config`.
+pub fn start_engine(
+    config: shopstream::config::Config,
+) -> std::sync::Arc<shopstream::runtime::Engine> {
+    shopstream::runtime::Engine::start(config, &shopstream::serve::all_hosts(), |_, _| {})
+        .expect("engine starts")
+}
+
+/// Id `i` of a stream of `known` users `u0..` followed by anonymous visitors `a0..`.
+pub fn id_name(i: usize, known: usize) -> String {
+    if i < known {
+        format!("u{i}")
+    } else {
+        format!("a{}", i - known)
+    }
+}
+
 /// The identity graph of the links in `logged`, by the README's rules, written
 /// here again rather than taken from `src/identity.rs`: each merged id → its
 /// user. The first link of an id wins; an id that is a user (the target of a
@@ -373,12 +400,7 @@ pub fn check_restarts(
         if !from_snapshot {
             let _ = std::fs::remove_dir_all(dir.join(shopstream::snapshot::DIR));
         }
-        let engine = shopstream::runtime::Engine::start(
-            config(dir, 1 + workers % 3),
-            &shopstream::serve::all_hosts(),
-            |_, _| {},
-        )
-        .expect("engine restarts");
+        let engine = start_engine(config(dir, 1 + workers % 3));
         let what = if from_snapshot {
             "from the snapshot"
         } else {
