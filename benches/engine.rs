@@ -16,7 +16,9 @@
 //! Environment: `SHOPSTREAM_BENCH_INPUT` (default `/tmp/w1m.ndjson`, made by
 //! `python3 ../shared/peers/gen.py 1000000 /tmp/w1m`), `ENGINE_BENCH_ROUNDS` (5),
 //! `SHOPSTREAM_BENCH_WORKERS` (2), `ENGINE_BENCH_RECORD_EVENTS` (the configured
-//! `engine.max_record_events`, 65,536). Output: a table, then one `BENCH_JSON` line.
+//! `engine.max_record_events`, 65,536), `ENGINE_BENCH_OFF` (views to switch off,
+//! comma-separated: `recommend`, `similarity`; what a view costs is the difference).
+//! Output: a table, then one `BENCH_JSON` line.
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
@@ -71,6 +73,21 @@ fn round(rt: &tokio::runtime::Runtime, events: &[Event], workers: usize) -> Roun
         config.max_record_events = v
             .parse()
             .unwrap_or_else(|_| bad_env("ENGINE_BENCH_RECORD_EVENTS", &v));
+    }
+    if let Ok(off) = std::env::var("ENGINE_BENCH_OFF") {
+        for view in off.split(',').filter(|v| !v.is_empty()) {
+            match view {
+                "recommend" => config.recommend.enabled = false,
+                "similarity" => {
+                    config.similarity.enabled = false;
+                    config.recommend.enabled = false;
+                }
+                other => {
+                    eprintln!("bench: ENGINE_BENCH_OFF: no view {other:?} (recommend, similarity)");
+                    std::process::exit(2)
+                }
+            }
+        }
     }
     config.fsync = shopstream::log::FsyncPolicy::Never;
     config.tcp_addr = "127.0.0.1:0".parse().expect("addr");

@@ -197,6 +197,7 @@ pub struct RawConfig {
     pub snapshot: SnapshotConfig,
     pub identity: RawIdentity,
     pub similarity: RawSimilarity,
+    pub recommend: RawRecommend,
     pub auth: RawAuth,
     pub tls: RawTls,
 }
@@ -243,6 +244,88 @@ impl Default for RawSimilarity {
             history_days: 30,
             max_user_events_per_day: 1_000,
             max_order_items: 100,
+        }
+    }
+}
+
+/// `[recommend]`: popular and trending items and personal recommendations (see
+/// `shopstream_dataflows::views::recommend` and `crate::serve::recommend`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRecommend {
+    /// Whether the view is maintained (off: its endpoints answer 404 saying so).
+    pub enabled: bool,
+    /// Items a user's recent history needs for personal recommendations; below
+    /// it (or unknown) a user gets popular items.
+    pub min_history: usize,
+    /// Half-life of an interaction's weight in personal scores, in days.
+    pub half_life_days: f64,
+    /// Similar items read per history item.
+    pub neighbours: usize,
+    /// Co-occurrence kind and measure personal scores use.
+    pub kind: String,
+    pub measure: String,
+    /// Window of the popular items a recommendation falls back on.
+    pub popular_window: String,
+    /// Least 1-day popularity of a trending item.
+    pub trending_min: i64,
+    pub weights: RawWeights,
+    /// Items whose scores are multiplied by a factor, e.g. `{ "sku-1" = 1.5 }`.
+    pub boost: std::collections::BTreeMap<String, f64>,
+    /// Items never recommended.
+    pub block: Vec<String>,
+}
+
+/// `[recommend.weights]`: what each interaction weighs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWeights {
+    pub view: i64,
+    pub click: i64,
+    pub wishlist: i64,
+    pub cart_add: i64,
+    pub purchase: i64,
+}
+
+impl Default for RawWeights {
+    fn default() -> Self {
+        RawWeights {
+            view: 1,
+            click: 2,
+            wishlist: 2,
+            cart_add: 3,
+            purchase: 5,
+        }
+    }
+}
+
+impl RawWeights {
+    /// View, click, wishlist, cart add, purchase.
+    pub fn as_array(&self) -> [i64; 5] {
+        [
+            self.view,
+            self.click,
+            self.wishlist,
+            self.cart_add,
+            self.purchase,
+        ]
+    }
+}
+
+impl Default for RawRecommend {
+    fn default() -> Self {
+        RawRecommend {
+            enabled: true,
+            min_history: 3,
+            half_life_days: 30.0,
+            neighbours: 20,
+            kind: "viewed".into(),
+            measure: "cosine".into(),
+            popular_window: "7d".into(),
+            trending_min: 5,
+            weights: RawWeights::default(),
+            boost: Default::default(),
+            block: Vec::new(),
         }
     }
 }
@@ -435,6 +518,7 @@ pub struct Config {
     /// Ids merged into one user at most (`identity.max_ids_per_user`).
     pub max_ids_per_user: usize,
     pub similarity: RawSimilarity,
+    pub recommend: RawRecommend,
     /// API tokens; access control is on when there is at least one.
     pub auth: crate::auth::Auth,
     /// Listening on a non-loopback address without tokens is allowed.
@@ -449,6 +533,71 @@ pub struct Config {
     /// Not a setting: the tests of disk faults arm it to make log writes or fsyncs
     /// fail (see [`crate::log::Faults`]); inert otherwise.
     pub log_faults: std::sync::Arc<crate::log::Faults>,
+}
+
+/// The `[recommend]` values that can be wrong.
+fn check_recommend(r: &RawRecommend, s: &RawSimilarity) -> Result<(), ConfigError> {
+    let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+    if r.enabled && !s.enabled {
+        return bad(
+            "recommend.enabled",
+            "recommendations read similar items: set similarity.enabled = true too, or \
+             recommend.enabled = false"
+                .into(),
+        );
+    }
+    if !(r.half_life_days > 0.0 && r.half_life_days.is_finite()) {
+        return bad(
+            "recommend.half_life_days",
+            format!(
+                "must be a positive number of days, got {}",
+                r.half_life_days
+            ),
+        );
+    }
+    if r.neighbours == 0 || r.neighbours > 100 {
+        return bad(
+            "recommend.neighbours",
+            format!("must be 1 to 100, got {}", r.neighbours),
+        );
+    }
+    if !matches!(r.kind.as_str(), "viewed" | "bought") {
+        return bad(
+            "recommend.kind",
+            format!("expected viewed or bought, got {:?}", r.kind),
+        );
+    }
+    if !matches!(
+        r.measure.as_str(),
+        "count" | "jaccard" | "cosine" | "lift" | "llr"
+    ) {
+        return bad(
+            "recommend.measure",
+            format!(
+                "expected count, jaccard, cosine, lift or llr, got {:?}",
+                r.measure
+            ),
+        );
+    }
+    if !matches!(r.popular_window.as_str(), "1d" | "7d" | "30d" | "all") {
+        return bad(
+            "recommend.popular_window",
+            format!("expected 1d, 7d, 30d or all, got {:?}", r.popular_window),
+        );
+    }
+    if r.weights.as_array().iter().any(|w| *w <= 0) {
+        return bad(
+            "recommend.weights",
+            "every weight must be greater than 0".into(),
+        );
+    }
+    if let Some((item, f)) = r.boost.iter().find(|(_, f)| !(**f > 0.0 && f.is_finite())) {
+        return bad(
+            "recommend.boost",
+            format!("{item:?}: the factor must be a positive number, got {f}"),
+        );
+    }
+    Ok(())
 }
 
 impl RawConfig {
@@ -490,6 +639,8 @@ impl RawConfig {
         let snapshot = self.snapshot;
         let max_ids_per_user = self.identity.max_ids_per_user;
         let similarity = self.similarity;
+        let recommend = self.recommend;
+        check_recommend(&recommend, &similarity)?;
         for (key, v) in [
             ("similarity.history_items", similarity.history_items as u64),
             (
@@ -648,6 +799,7 @@ impl RawConfig {
             snapshot,
             max_ids_per_user,
             similarity,
+            recommend,
             auth,
             insecure: self.auth.insecure,
             tls,

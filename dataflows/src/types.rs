@@ -57,6 +57,22 @@ pub struct ShopEvent {
     pub traits: Vec<(Sym, Sym)>,
 }
 
+impl ShopEvent {
+    /// The distinct items of the event's lines, sorted (a line without a product
+    /// id left out).
+    pub fn distinct_items(&self) -> Vec<ItemId> {
+        let mut items: Vec<ItemId> = self
+            .lines
+            .iter()
+            .map(|l| l.item)
+            .filter(|i| *i != 0)
+            .collect();
+        items.sort_unstable();
+        items.dedup();
+        items
+    }
+}
+
 /// A product line of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {

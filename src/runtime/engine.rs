@@ -60,6 +60,48 @@ pub enum Route {
     All,
 }
 
+/// One epoch pinned for several reads ([`Engine::pinned`]).
+pub struct PinnedRead<'e> {
+    engine: &'e Engine,
+    /// What the reads are as of.
+    pub as_of: Readable,
+    pin: Option<Pin>,
+    _permit: tokio::sync::SemaphorePermit<'e>,
+}
+
+impl PinnedRead<'_> {
+    /// Whether anything is readable (else every read answers nothing).
+    pub fn readable(&self) -> bool {
+        self.pin.is_some()
+    }
+
+    /// The interned canonical id of the user `id` names at this epoch, with its
+    /// identity (`None`: no link names it).
+    pub fn user(&self, id: &str) -> (u64, Option<crate::identity::Identity>) {
+        let identity = self.engine.identity(id, self.as_of.seq);
+        let key = intern(identity.as_ref().map_or(id, |i| i.canonical.as_str()));
+        (key, identity)
+    }
+
+    /// Runs `read` against the views of the workers `route` names, at the pinned
+    /// epoch; no answers before anything is readable.
+    pub async fn ask<A, F>(&self, route: Route, read: F) -> Result<Vec<A>, EngineError>
+    where
+        A: Send + 'static,
+        F: Fn(&mut shopstream_dataflows::view::Views, ReadCtx) -> A + Send + Sync + 'static,
+    {
+        let Some(pin) = &self.pin else {
+            return Ok(Vec::new());
+        };
+        let peers = self.engine.requests.len();
+        let workers: Vec<usize> = match route {
+            Route::Owner(key) => vec![owner(key, peers)],
+            Route::All => (0..peers).collect(),
+        };
+        self.engine.ask_views(pin.at, workers, read).await
+    }
+}
+
 /// The running engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     shared: Arc<Shared>,
@@ -549,6 +591,30 @@ impl Engine {
         A: Send + 'static,
         F: Fn(&mut V, ReadCtx) -> A + Send + Sync + 'static,
     {
+        let answers = self
+            .ask_views(at, workers, move |views, cx| {
+                views.get::<V>().map(|v| read(v, cx))
+            })
+            .await?;
+        answers
+            .into_iter()
+            .map(|a| a.ok_or(EngineError::NoSuchView(std::any::type_name::<V>())))
+            .collect()
+    }
+
+    /// Runs `read` against every view of each of `workers` at the pinned epoch
+    /// `at` (a read that combines views, e.g. a user's history with the profile's
+    /// cart); the answers in worker order.
+    async fn ask_views<A, F>(
+        &self,
+        at: Time,
+        workers: Vec<usize>,
+        read: F,
+    ) -> Result<Vec<A>, EngineError>
+    where
+        A: Send + 'static,
+        F: Fn(&mut shopstream_dataflows::view::Views, ReadCtx) -> A + Send + Sync + 'static,
+    {
         let read = Arc::new(read);
         let mut replies = Vec::with_capacity(workers.len());
         for w in workers {
@@ -557,7 +623,7 @@ impl Engine {
             let request = Request {
                 at,
                 read: Box::new(move |views, cx| {
-                    let _ = tx.send(views.get::<V>().map(|v| read(v, cx)));
+                    let _ = tx.send(read(views, cx));
                 }),
             };
             self.requests[w].send(request).map_err(|_| self.gone())?;
@@ -566,12 +632,26 @@ impl Engine {
         }
         let mut answers = Vec::with_capacity(replies.len());
         for rx in replies {
-            match rx.recv_async().await.map_err(|_| self.gone())? {
-                Some(a) => answers.push(a),
-                None => return Err(EngineError::NoSuchView(std::any::type_name::<V>())),
-            }
+            answers.push(rx.recv_async().await.map_err(|_| self.gone())?);
         }
         Ok(answers)
+    }
+
+    /// Pins one complete epoch (as [`read`](Self::read) does) for a question that
+    /// takes several reads: every read of the [`PinnedRead`] is at that epoch, so
+    /// the answer is as of one time. `None` before anything is readable.
+    pub async fn pinned(&self, at: impl Into<ReadAt>) -> Result<PinnedRead<'_>, EngineError> {
+        let permit = self
+            .read_permits
+            .try_acquire()
+            .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
+        let (as_of, pin) = self.pin_for(at.into(), None).await?;
+        Ok(PinnedRead {
+            engine: self,
+            as_of,
+            pin,
+            _permit: permit,
+        })
     }
 
     /// What a read reports when its worker went away.

@@ -43,7 +43,7 @@ mod sequencer;
 mod shared;
 mod worker;
 
-pub use engine::{Defined, Engine, ReadAt, Route};
+pub use engine::{Defined, Engine, PinnedRead, ReadAt, Route};
 pub use epoch::{Epoch, Readable};
 pub use error::{EngineError, ReplayError, Unavailable};
 pub use host::{HostContext, ViewHost};

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod health;
 pub mod identity;
 pub mod profile;
+pub mod recommend;
 pub mod segments;
 pub mod similarity;
 mod view;
@@ -35,6 +36,7 @@ pub fn views() -> Vec<Arc<dyn ServeView>> {
         Arc::new(profile::Profiles),
         Arc::new(segments::Segments),
         Arc::new(similarity::Similarity),
+        Arc::new(recommend::Recommend),
     ]
 }
 

@@ -62,7 +62,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-fn parse_kind(s: &str) -> Option<Kind> {
+pub(crate) fn parse_kind(s: &str) -> Option<Kind> {
     match s {
         "viewed" => Some(VIEWED),
         "bought" => Some(BOUGHT),
@@ -110,7 +110,7 @@ struct SimilarQuery {
 }
 
 /// `k`: 10 by default, 1 to [`MAX_K`].
-fn parse_k(params: &HashMap<String, String>) -> Result<usize, Response> {
+pub(crate) fn parse_k(params: &HashMap<String, String>) -> Result<usize, Response> {
     match params.get("k") {
         None => Ok(10),
         Some(v) => match v.parse::<usize>() {
@@ -124,7 +124,10 @@ fn parse_k(params: &HashMap<String, String>) -> Result<usize, Response> {
 }
 
 /// A ranked list as JSON: `[{"item_id", "score", "count"}]`, with item names.
-fn render_ranked(engine: &Engine, list: &[(ItemId, f64, i64)]) -> Vec<serde_json::Value> {
+pub(crate) fn render_ranked(
+    engine: &Engine,
+    list: &[(ItemId, f64, i64)],
+) -> Vec<serde_json::Value> {
     list.iter()
         .map(|(item, score, count)| {
             json!({
@@ -137,7 +140,7 @@ fn render_ranked(engine: &Engine, list: &[(ItemId, f64, i64)]) -> Vec<serde_json
 }
 
 /// A 400 naming the first parameter not in `known`: a typo is told, not ignored.
-fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
+pub(crate) fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
         None => Ok(()),
         Some(key) => Err(error(

@@ -173,8 +173,10 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 32, alias = "query-threads")]
     pub query_connections: usize,
     /// What the queries read: a user's profile (`GET /v1/users/u{N}/profile`, users
-    /// skewed as the generator's) or an item's similar items (`GET
-    /// /v1/items/i{N}/similar`, items skewed towards the popular ones).
+    /// skewed as the generator's), an item's similar items (`GET
+    /// /v1/items/i{N}/similar`, items skewed towards the popular ones), a user's
+    /// recommendations (`GET /v1/users/u{N}/recommendations`) or the popular items
+    /// of the week (`GET /v1/items/popular`).
     #[arg(long, value_enum, default_value_t = QueryKind::Profile)]
     pub query: QueryKind,
     /// Seconds to send for.
@@ -234,6 +236,8 @@ impl LoadArgs {
 pub enum QueryKind {
     Profile,
     Similar,
+    Recommend,
+    Popular,
 }
 
 /// What [`run`] does.
@@ -960,7 +964,8 @@ fn pace_queries(shared: &Shared, opts: &LoadOptions, start: Instant, tx: flume::
         }
         n = n.saturating_add(1);
         let key = match opts.query {
-            QueryKind::Profile => rng.skewed(opts.gen.users, 2.0),
+            QueryKind::Profile | QueryKind::Recommend => rng.skewed(opts.gen.users, 2.0),
+            QueryKind::Popular => 0,
             QueryKind::Similar => rng.skewed(opts.gen.items, 3.0),
         };
         if tx.send(Due { intended, key }).is_err() {
@@ -1002,6 +1007,8 @@ async fn query_connection(
             let path = match query {
                 QueryKind::Profile => format!("/v1/users/u{}/profile", due.key),
                 QueryKind::Similar => format!("/v1/items/i{}/similar", due.key),
+                QueryKind::Recommend => format!("/v1/users/u{}/recommendations", due.key),
+                QueryKind::Popular => "/v1/items/popular".to_owned(),
             };
             let sent = Instant::now();
             let outcome = ask(&mut sender, &host, &path, shared.authorization.as_deref()).await;

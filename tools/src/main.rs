@@ -292,6 +292,8 @@ async fn demo(mut config: Config, rate: u64, seconds: u64) -> anyhow::Result<()>
     println!(
         "      curl -s 'http://{http}/v1/items/i0/similar?measure=llr' | python3 -m json.tool"
     );
+    println!("      curl -s http://{http}/v1/users/u1/recommendations | python3 -m json.tool");
+    println!("      curl -s 'http://{http}/v1/items/trending' | python3 -m json.tool");
     println!("      curl -sN http://{http}/v1/stream/segments   # live segment enters and exits");
     let stop =
         Instant::now() + Duration::from_secs(if seconds == 0 { u64::MAX / 4 } else { seconds });

@@ -7,6 +7,7 @@
 //! view can read the arrangements of any view above it.
 
 pub mod profiles;
+pub mod recommend;
 pub mod segments;
 pub mod similarity;
 
@@ -22,5 +23,6 @@ pub fn build<'scope>(scope: Scope<'scope, Time>, env: &Env, probe: &ProbeHandle<
     let profiles = views.add(profiles::build(scope, env, probe));
     views.add(segments::build(scope, env, probe, &profiles));
     views.add(similarity::build(scope, env, probe));
+    views.add(recommend::build(scope, env, probe));
     views
 }

@@ -41,19 +41,6 @@ impl Basket {
     }
 }
 
-/// The distinct items of an event's lines, sorted.
-fn distinct_items(ev: &ShopEvent) -> Vec<ItemId> {
-    let mut items: Vec<ItemId> = ev
-        .lines
-        .iter()
-        .map(|l| l.item)
-        .filter(|i| *i != 0)
-        .collect();
-    items.sort_unstable();
-    items.dedup();
-    items
-}
-
 /// The unit key of an order without an order id: its own sequence number.
 fn loose_order(seq: u64) -> Sym {
     intern(&format!("\u{0}order@{seq}"))
@@ -166,7 +153,7 @@ impl SimilarityFeeder {
             return;
         }
         // Read once: the history's records and the order book both want them.
-        let items = distinct_items(ev);
+        let items = ev.distinct_items();
         let expires = ev.ts.saturating_add(self.settings.history_ms);
         if interaction && expires > clock {
             for item in &items {

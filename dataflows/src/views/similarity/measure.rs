@@ -95,6 +95,15 @@ fn by_score(a: &Scored, b: &Scored) -> std::cmp::Ordering {
 /// groups of equal `(score, count)` that reach into the first `k` are sorted by
 /// name, so a long tail of ties costs no name lookups.
 pub fn rank(mut scored: Vec<Scored>, k: usize, names: &Names) -> Vec<Scored> {
+    // Many candidates (the popular items of a shop): keep the first `k` and what
+    // ties with the `k`-th before sorting, in linear time.
+    if k > 0 && scored.len() > 2 * k {
+        scored.select_nth_unstable_by(k - 1, by_score);
+        let pivot = scored[k - 1];
+        let mut tail = scored.split_off(k);
+        tail.retain(|s| by_score(s, &pivot).is_eq());
+        scored.extend(tail);
+    }
     scored.sort_unstable_by(by_score);
     let mut out = Vec::with_capacity(k.min(scored.len()));
     let mut i = 0;

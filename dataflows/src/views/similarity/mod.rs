@@ -190,6 +190,8 @@ pub fn history(records: &[(&(Recency, ItemId), Diff)], cap: usize, limit: i64) -
 
 /// The arrangements of the view.
 pub struct SimilarityArrangements<'scope> {
+    /// `(user, (recency, item))`: the admitted interaction records, on the user's owner.
+    pub touches: Arranged<'scope, UserValTrace<(Recency, ItemId), Diff>>,
     /// `(user, entry)`: each user's history and marks, on the user's owner.
     pub history: Arranged<'scope, UserValTrace<Entry, Diff>>,
     /// `((kind, a), b)` with `c(a, b)`, on the owner of `a`.
@@ -244,6 +246,7 @@ pub fn similarity<'scope>(
     );
     let (cap, limit) = (settings.history_items, settings.max_user_events_per_day);
     let history = touches
+        .clone()
         .reduce_abelian::<_, ValBuilder<UserId, Entry, Time, Diff>, ValSpine<UserId, Entry, Time, Diff>, _, _>(
             "Similarity: histories",
             move |_user, input, output| {
@@ -315,6 +318,7 @@ pub fn similarity<'scope>(
         "Similarity: items seen",
     );
     SimilarityArrangements {
+        touches,
         history,
         pairs,
         stats,
@@ -325,6 +329,7 @@ pub fn similarity<'scope>(
 
 /// Handles on the view's traces.
 pub struct SimilarityTraces {
+    pub touches: UserValTrace<(Recency, ItemId), Diff>,
     pub history: UserValTrace<Entry, Diff>,
     pub pairs: TraceAgent2<(Kind, ItemId), ItemId>,
     pub stats: KeyTrace<StatKey>,
@@ -334,6 +339,7 @@ pub struct SimilarityTraces {
 
 impl SimilarityTraces {
     fn compact_to(&mut self, frontier: Time) {
+        compact(&mut self.touches, frontier);
         compact(&mut self.history, frontier);
         compact(&mut self.pairs, frontier);
         compact(&mut self.stats, frontier);
@@ -360,12 +366,14 @@ pub fn build<'scope>(
         seen: InputSession::new(),
     };
     let a = similarity(scope, &mut inputs, settings);
+    a.touches.stream.clone().probe_with(probe);
     a.history.stream.clone().probe_with(probe);
     a.pairs.stream.clone().probe_with(probe);
     a.stats.stream.clone().probe_with(probe);
     a.baskets.stream.clone().probe_with(probe);
     a.seen.stream.clone().probe_with(probe);
     let traces = SimilarityTraces {
+        touches: a.touches.trace,
         history: a.history.trace,
         pairs: a.pairs.trace,
         stats: a.stats.trace,
@@ -429,6 +437,11 @@ pub struct Similar {
 }
 
 impl SimilarityView {
+    /// Whether this worker owns `item` (answers for it).
+    pub fn owns(&self, item: ItemId) -> bool {
+        self.place.owns(item)
+    }
+
     /// The `k` items most similar to `item` by `measure` in co-occurrence `kind`,
     /// at `cx.at`, on the owner of `item`.
     pub fn similar(
@@ -525,6 +538,23 @@ impl SimilarityView {
             });
         }
         out
+    }
+
+    /// The latest interaction time of each item of `user`'s records inside the
+    /// history window at `at` (on the user's owner), in item order.
+    pub fn latest(&mut self, user: UserId, at: Time) -> Vec<(ItemId, Millis)> {
+        let mut latest: Vec<(ItemId, Millis)> = Vec::new();
+        let (mut c, s) = cursor_at(&mut self.traces.touches);
+        let key = &user;
+        let mut each = |(rec, item): &(Recency, ItemId), d: Diff| {
+            if d > 0 {
+                latest.push((*item, rec.0));
+            }
+        };
+        read_key_at!(c, s, key, at, each, val => val);
+        latest.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        latest.dedup_by_key(|l| l.0);
+        latest
     }
 
     /// The history of `user` at `at` (its items, unordered), and whether the user
