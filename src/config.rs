@@ -546,6 +546,12 @@ fn check_recommend(r: &RawRecommend, s: &RawSimilarity) -> Result<(), ConfigErro
                 .into(),
         );
     }
+    if r.min_history == 0 {
+        return bad(
+            "recommend.min_history",
+            "must be at least 1 (a user with no history gets popular items)".into(),
+        );
+    }
     if !(r.half_life_days > 0.0 && r.half_life_days.is_finite()) {
         return bad(
             "recommend.half_life_days",

@@ -11,9 +11,9 @@
 //!
 //! `personal`, at epoch `E` with clock `c`, for a user `u`:
 //!
-//! * each history item `h` (an item with a live class in the last 30 days, see
-//!   `shopstream_dataflows::views::recommend`, and an interaction inside
-//!   `similarity.history_days`) weighs `w(h) = strength(h) · 2^(−(c − t_h) /
+//! * each history item `h` (an item of the user's `viewed` history, see
+//!   `shopstream_dataflows::views::similarity`, with a live class in the last 30
+//!   days, see `shopstream_dataflows::views::recommend`) weighs `w(h) = strength(h) · 2^(−(c − t_h) /
 //!   half_life)`, where `strength` is the weight of the strongest live class and
 //!   `t_h` the time of the latest interaction with `h`;
 //! * each `h` contributes its `recommend.neighbours` most similar *eligible* items
@@ -41,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use shopstream_dataflows::types::{intern, ItemId, Sym, DAY_MS};
+use shopstream_dataflows::types::{intern, IdSet, ItemId, Sym, DAY_MS};
 use shopstream_dataflows::view::{Env, Names};
 use shopstream_dataflows::views::profiles::{ProfileView, FACET_CART, FACET_CATEGORY};
 use shopstream_dataflows::views::recommend::{
@@ -122,7 +122,7 @@ async fn popular_at(
     window: Window,
     filter: ItemFilter,
     k: usize,
-    exclude: Arc<Vec<ItemId>>,
+    exclude: Arc<IdSet>,
 ) -> Result<Vec<Scored>, EngineError> {
     let parts = pinned
         .ask(Route::All, move |views, cx| {
@@ -251,6 +251,8 @@ pub struct RecommendRead {
 #[derive(Default)]
 struct UserSide {
     items: Vec<(ItemId, Masks)>,
+    /// The user's `viewed` history (capped, empty for a busy user).
+    history: Vec<ItemId>,
     latest: Vec<(ItemId, i64)>,
     cart: Vec<ItemId>,
     categories: Vec<(Sym, i64)>,
@@ -273,6 +275,7 @@ fn user_side(
             .collect();
     }
     if let Some(v) = views.get::<SimilarityView>() {
+        side.history = v.history_of(user, cx.at).0;
         side.latest = v.latest(user, cx.at);
     }
     if let Some(v) = views.get::<ProfileView>() {
@@ -309,14 +312,17 @@ pub async fn recommendations(
     let clock = pinned.as_of.clock;
     let half_life = cfg.half_life_days * DAY_MS as f64;
     let latest: HashMap<ItemId, i64> = side.latest.iter().copied().collect();
+    let in_history: HashSet<ItemId> = side.history.iter().copied().collect();
     let history: Vec<(ItemId, f64)> = side
         .items
         .iter()
+        .filter(|(item, _)| in_history.contains(item))
         .filter_map(|(item, _)| {
             let strength = side.strengths.get(item).copied().unwrap_or(0);
             let t = latest.get(item)?;
             (strength > 0).then(|| {
-                let age = (clock - t) as f64;
+                // Not negative: with the wall clock an event may be a little ahead.
+                let age = (clock - t).max(0) as f64;
                 (*item, strength as f64 * 0.5f64.powf(age / half_life))
             })
         })
@@ -388,7 +394,7 @@ async fn fill(
         return Ok(());
     }
     let window = parse_window(&engine.config.recommend.popular_window).unwrap_or(WEEK);
-    let mut skip: Vec<ItemId> = exclude.iter().copied().collect();
+    let mut skip: IdSet = exclude.iter().copied().collect();
     skip.extend(items.iter().map(|r| r.item));
     let want = k - items.len();
     let found = popular_at(engine, pinned, window, filter, want, Arc::new(skip)).await?;

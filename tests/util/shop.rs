@@ -260,6 +260,11 @@ pub type Units = Vec<BTreeSet<String>>;
 
 /// The `viewed` units: each canonical user's history at `clock`.
 pub fn histories(logged: &[(u64, Event)], clock: i64) -> Units {
+    user_histories(logged, clock).into_values().collect()
+}
+
+/// Each canonical user's non-empty history at `clock`.
+pub fn user_histories(logged: &[(u64, Event)], clock: i64) -> BTreeMap<String, BTreeSet<String>> {
     let owner = super::model::identity_graph(logged, MAX_IDS);
     // Recency `(ts, seq)`; the items of one event by their interned id.
     type Record = ((i64, u64, u64), String);
@@ -280,8 +285,8 @@ pub fn histories(logged: &[(u64, Event)], clock: i64) -> Units {
                 .push(((e.ts, *seq, intern(&item)), item));
         }
     }
-    let mut units = Vec::new();
-    for (_, mut recs) in records {
+    let mut units = BTreeMap::new();
+    for (user, mut recs) in records {
         // Interaction events per day: the items of one event count once.
         let mut per_day: HashMap<i64, BTreeSet<u64>> = HashMap::new();
         for ((ts, seq, _), _) in &recs {
@@ -301,7 +306,7 @@ pub fn histories(logged: &[(u64, Event)], clock: i64) -> Units {
             }
             history.insert(item.clone());
         }
-        units.push(history);
+        units.insert(user, history);
     }
     units
 }

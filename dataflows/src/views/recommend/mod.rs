@@ -5,12 +5,16 @@
 //!
 //! * A *signal* is one line of an interaction, classed: `Product Viewed` (view),
 //!   `Product Clicked` (click), `Product Added to Wishlist` (wishlist), `Product
-//!   Added` (cart), the distinct items of an `Order Completed` (purchase; only the
-//!   first `Order Completed` of an order id), `Product Removed` (removed), and the
-//!   refunded items (refunded): those an `Order Refunded` names in its lines, or,
-//!   for a refund without lines or an `Order Cancelled`, the items of the order
-//!   the engine remembers (the last `engine.order_horizon` orders per worker; of
-//!   an order it does not know, nothing). A signal is in `W` while
+//!   Added` (cart), `Product Removed` (removed), the distinct items of an `Order
+//!   Completed` (purchase) and refunded items (refunded), of the event's user.
+//!   Orders with an order id go through the order book, as in the similarity
+//!   view: the first `Order Completed` of an id counts, its items less those
+//!   refunded before it came (none if it was cancelled or refunded whole
+//!   before); an `Order Refunded` naming products refunds those still live in the
+//!   order, one without products or an `Order Cancelled` every item still live;
+//!   a refund is a signal of the *order's* user, at the refund's time. The book
+//!   remembers the last `engine.order_horizon` orders per worker. A refund or
+//!   cancellation without an order id changes nothing. A signal is in `W` while
 //!   `ts + W > c(E)`.
 //! * For a user `u` (canonical, as everywhere) and an item `i`, the *live classes*
 //!   in `W` are view, click and wishlist when `u` has such a signal of `i` in `W`;
@@ -20,17 +24,18 @@
 //! * `popularity(W, i)` = Σ over users of their strength with `i` in `W`: distinct
 //!   users, each weighted by what they did (a user who viewed an item fifty times
 //!   counts once; one who bought it counts as a purchase).
-//! * An item's category and brand are those of the first line (in log order) that
-//!   named the item with a category or a brand.
+//! * An item's category is that of the first line (in log order) that named the
+//!   item with a category; its brand likewise.
 //!
 //! ## How it is maintained
 //!
-//! The [`RecommendFeeder`] turns each line into one signal record per window it
-//! is still in, `((user, item), (window, class))`, and schedules its retraction
-//! from each finite window when the clock reaches `ts + W` (one heap entry per
-//! signal, which moves on to the next window when it fires). Records of one
-//! class consolidate in the arrangement, so its size is that of the distinct
-//! `(user, item, window, class)`, not of the events. One reduction per `(user,
+//! The [`RecommendFeeder`] turns signals into records `((user, item), (window,
+//! class))`, one per window the signal is still in, and retracts them from each
+//! finite window when the clock reaches `ts + W` (a scheduled exit, as the
+//! profile windows leave). View, click and wishlist count by presence, so the
+//! feeder keeps one record per `(user, item, class)` and window, moved on by
+//! later signals (a repeated view costs no update); cart, removal, purchase and
+//! refund records count one per signal (see `feeder.rs`). One reduction per `(user,
 //! item)` turns the counts into the live classes of each window (a bit mask), on
 //! the user's owner; the strengths, as the difference of `(window, item)`, sum
 //! into the popularity arrangement on the item's owner (a monoid: no reduction
@@ -41,8 +46,7 @@
 //! and keep the ranked first [`POPULAR_CACHE`] per `(window, category, brand)`
 //! for the epoch read, so a page of popular items is a lookup after the first.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use differential_dataflow::input::InputSession;
@@ -60,6 +64,11 @@ use crate::view::{
     decode_part, encode_part, Env, EpochBatch, Names, Place, ReadCtx, RestoreError, View,
 };
 use crate::views::similarity::{rank, Scored};
+
+mod feeder;
+
+use feeder::FeederState;
+pub use feeder::RecommendFeeder;
 
 /// A window: an index into [`WINDOWS`], or [`ALL_TIME`].
 pub type Window = u8;
@@ -81,8 +90,8 @@ pub const CLICK: Class = 1;
 pub const WISHLIST: Class = 2;
 pub const CART: Class = 3;
 pub const PURCHASE: Class = 4;
-const REMOVED: Class = 5;
-const REFUNDED: Class = 6;
+pub const REMOVED: Class = 5;
+pub const REFUNDED: Class = 6;
 
 /// The live classes of a `(user, item)` in a window, one bit per class below
 /// [`REMOVED`].
@@ -159,13 +168,14 @@ pub fn masks(records: &[(&(Window, Class), Diff)]) -> Vec<(Window, Mask)> {
 /// A signal record: `((user, item), (window, class))`.
 pub type Signal = ((UserId, ItemId), (Window, Class));
 
-/// A scheduled exit: `(leaves at, user, item, class, window)`, the user it was
-/// admitted under (resolved when it fires).
-type Exit = (Millis, UserId, ItemId, Class, Window);
-
 /// A replicated attribute claim: `(worker, item)` → `(seq, category, brand)`.
-type AttrKey = (u32, ItemId);
-type AttrVal = (u64, Sym, Sym);
+/// A replicated attribute claim: `(worker, item, attribute)` → `(seq, value)`;
+/// attribute [`CATEGORY`] or [`BRAND`].
+type AttrKey = (u32, ItemId, u8);
+type AttrVal = (u64, Sym);
+/// The attributes of an item.
+pub const CATEGORY: u8 = 0;
+pub const BRAND: u8 = 1;
 
 /// The inputs, fed by the [`RecommendFeeder`].
 pub struct RecommendInputs {
@@ -246,187 +256,6 @@ pub fn recommend<'scope>(
     }
 }
 
-/// Turns events into signal records and their scheduled retractions.
-///
-/// Keeps, per worker: the counts of the records it admitted, by canonical user
-/// (to move them at a merge, and for the snapshot); the schedule of their
-/// retractions, one entry per signal for the next finite window it leaves; the
-/// items of the last `order_horizon` orders (for whole refunds); the items whose
-/// attributes it claimed.
-pub struct RecommendFeeder {
-    settings: RecommendSettings,
-    tracked: IdMap<FastMap<(ItemId, Window, Class), i64>>,
-    /// `(leaves at, user, item, class, window)`.
-    schedule: BinaryHeap<Reverse<Exit>>,
-    /// Order id → its items (`None`: refunded whole or cancelled already).
-    book: FastMap<Sym, Option<Vec<ItemId>>>,
-    fifo: VecDeque<Sym>,
-    claimed: IdSet,
-}
-
-impl RecommendFeeder {
-    pub fn new(settings: RecommendSettings) -> Self {
-        RecommendFeeder {
-            settings,
-            tracked: IdMap::default(),
-            schedule: BinaryHeap::new(),
-            book: FastMap::default(),
-            fifo: VecDeque::new(),
-            claimed: IdSet::default(),
-        }
-    }
-
-    /// Counts one record update and sends it. A count may go below zero here:
-    /// after a restart the retraction of a record moved at a merge fires on the
-    /// owner of the merged id, not where the record was restored; the input
-    /// exchanges by user, so the dataflow sees both, and the next snapshot's
-    /// parts add up again on the user's owner.
-    fn record(
-        &mut self,
-        user: UserId,
-        item: ItemId,
-        w: Window,
-        c: Class,
-        d: Diff,
-        inputs: &mut RecommendInputs,
-    ) {
-        let counts = self.tracked.entry(user).or_default();
-        let n = counts.entry((item, w, c)).or_insert(0);
-        *n += d;
-        if *n == 0 {
-            counts.remove(&(item, w, c));
-            if counts.is_empty() {
-                self.tracked.remove(&user);
-            }
-        }
-        inputs.signals.update(((user, item), (w, c)), d);
-    }
-
-    /// Admits one signal of time `ts` into every window it is still in at
-    /// `clock`, and schedules its first exit.
-    fn signal(
-        &mut self,
-        user: UserId,
-        item: ItemId,
-        c: Class,
-        ts: Millis,
-        clock: Millis,
-        inputs: &mut RecommendInputs,
-    ) {
-        let first = WINDOWS.iter().position(|w| ts.saturating_add(*w) > clock);
-        let from = first.unwrap_or(WINDOWS.len()) as Window;
-        for w in from..=ALL_TIME {
-            self.record(user, item, w, c, 1, inputs);
-        }
-        if let Some(w) = first {
-            self.schedule.push(Reverse((
-                ts.saturating_add(WINDOWS[w]),
-                user,
-                item,
-                c,
-                w as Window,
-            )));
-        }
-    }
-
-    /// Moves the records admitted under `id` to `user`.
-    fn merge(&mut self, id: UserId, user: UserId, inputs: &mut RecommendInputs) {
-        let Some(counts) = self.tracked.remove(&id) else {
-            return;
-        };
-        for ((item, w, c), n) in counts {
-            inputs.signals.update(((id, item), (w, c)), -n);
-            self.record(user, item, w, c, n, inputs);
-        }
-    }
-
-    /// Retracts the signals whose windows the clock has left.
-    fn expire(&mut self, clock: Millis, aliases: &Aliases, inputs: &mut RecommendInputs) {
-        while let Some(Reverse((at, user, item, c, w))) = self.schedule.peek().copied() {
-            if at > clock {
-                break;
-            }
-            self.schedule.pop();
-            let user = aliases.resolve(user);
-            self.record(user, item, w, c, -1, inputs);
-            let next = w as usize + 1;
-            if next < WINDOWS.len() {
-                let ts = at - WINDOWS[w as usize];
-                self.schedule.push(Reverse((
-                    ts.saturating_add(WINDOWS[next]),
-                    user,
-                    item,
-                    c,
-                    next as Window,
-                )));
-            }
-        }
-    }
-
-    /// Feeds one event of an epoch whose clock is `clock`.
-    fn event(&mut self, ev: &ShopEvent, clock: Millis, peers: usize, inputs: &mut RecommendInputs) {
-        for line in &ev.lines {
-            if line.item != 0
-                && (line.category != 0 || line.brand != 0)
-                && self.claimed.insert(line.item)
-            {
-                for w in 0..peers as u32 {
-                    inputs
-                        .attrs
-                        .update(((w, line.item), (ev.seq, line.category, line.brand)), 1);
-                }
-            }
-        }
-        let class = match ev.kind {
-            EventKind::ProductViewed => VIEW,
-            EventKind::ProductClicked => CLICK,
-            EventKind::ProductAddedToWishlist => WISHLIST,
-            EventKind::ProductAdded => CART,
-            EventKind::ProductRemoved => REMOVED,
-            EventKind::OrderCompleted => PURCHASE,
-            EventKind::OrderRefunded | EventKind::OrderCancelled => REFUNDED,
-            _ => return,
-        };
-        let mut items = ev.distinct_items();
-        match ev.kind {
-            EventKind::OrderCompleted if ev.order != 0 => {
-                if self.book.contains_key(&ev.order) || items.is_empty() {
-                    // A duplicate of an order already counted, or one without lines.
-                    return;
-                }
-                self.remember(ev.order, Some(items.clone()));
-            }
-            EventKind::OrderRefunded | EventKind::OrderCancelled
-                if items.is_empty() || ev.kind == EventKind::OrderCancelled =>
-            {
-                // The whole order: its items, once.
-                items = match self.book.get_mut(&ev.order) {
-                    Some(known) if ev.order != 0 => known.take().unwrap_or_default(),
-                    _ => Vec::new(),
-                };
-            }
-            _ => {}
-        }
-        for item in items {
-            self.signal(ev.user, item, class, ev.ts, clock, inputs);
-        }
-    }
-
-    fn remember(&mut self, order: Sym, items: Option<Vec<ItemId>>) {
-        if self.settings.order_horizon == 0 {
-            return;
-        }
-        if self.book.insert(order, items).is_none() {
-            self.fifo.push_back(order);
-            if self.fifo.len() > self.settings.order_horizon {
-                if let Some(old) = self.fifo.pop_front() {
-                    self.book.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// Handles on the view's traces.
 pub struct RecommendTraces {
     pub masks: ValTrace<(UserId, ItemId), (Window, Mask)>,
@@ -467,6 +296,7 @@ pub fn build<'scope>(
         names,
         cache: HashMap::new(),
         cache_at: None,
+        trends: None,
     };
     (view, ())
 }
@@ -502,6 +332,8 @@ pub struct RecommendView {
     names: Names,
     cache: HashMap<(Window, ItemFilter), Rc<Vec<Scored>>>,
     cache_at: Option<Time>,
+    /// Trending items (all of this worker's, ranked) at `cache_at`.
+    trends: Option<Rc<Vec<Trend>>>,
 }
 
 impl RecommendView {
@@ -526,19 +358,23 @@ impl RecommendView {
         out
     }
 
-    /// The category and brand of `item` (`(0, 0)` when never named), from this
+    /// The category and brand of `item` (`0` when never named), from this
     /// worker's copy.
     pub fn attributes(&mut self, item: ItemId, at: Time) -> (Sym, Sym) {
-        let mut first: Option<AttrVal> = None;
-        let key = &(self.place.worker as u32, item);
         let (mut c, s) = cursor_at(&mut self.traces.attrs);
-        let mut each = |v: &AttrVal, d: Diff| {
-            if d > 0 && first.is_none_or(|f| v.0 < f.0) {
-                first = Some(*v);
-            }
-        };
-        read_key_at!(c, s, key, at, each, val => val);
-        first.map_or((0, 0), |f| (f.1, f.2))
+        let mut out = [0; 2];
+        for attr in [CATEGORY, BRAND] {
+            let mut first: Option<AttrVal> = None;
+            let key = &(self.place.worker as u32, item, attr);
+            let mut each = |v: &AttrVal, d: Diff| {
+                if d > 0 && first.is_none_or(|f| v.0 < f.0) {
+                    first = Some(*v);
+                }
+            };
+            read_key_at!(c, s, key, at, each, val => val);
+            out[attr as usize] = first.map_or(0, |f| f.1);
+        }
+        (out[0], out[1])
     }
 
     /// Whether `item` passes `filter`.
@@ -583,17 +419,20 @@ impl RecommendView {
         window: Window,
         filter: ItemFilter,
         k: usize,
-        exclude: &[ItemId],
+        exclude: &IdSet,
         cx: ReadCtx,
     ) -> Vec<Scored> {
-        if self.cache_at != Some(cx.at) || self.cache.len() > 1024 {
-            self.cache.clear();
-            self.cache_at = Some(cx.at);
-        }
+        self.cache_for(cx.at);
         let cached = match self.cache.get(&(window, filter)) {
             Some(list) => list.clone(),
             None => {
-                let list = Rc::new(self.rank_popular(window, filter, POPULAR_CACHE, &[], cx.at));
+                let list = Rc::new(self.rank_popular(
+                    window,
+                    filter,
+                    POPULAR_CACHE,
+                    &IdSet::default(),
+                    cx.at,
+                ));
                 self.cache.insert((window, filter), list.clone());
                 list
             }
@@ -611,12 +450,22 @@ impl RecommendView {
         kept
     }
 
+    /// Empties the read caches unless they are of `at` (or too full: a client
+    /// asking for ever other filters gets scans, not memory).
+    fn cache_for(&mut self, at: Time) {
+        if self.cache_at != Some(at) || self.cache.len() > 1024 {
+            self.cache.clear();
+            self.trends = None;
+            self.cache_at = Some(at);
+        }
+    }
+
     fn rank_popular(
         &mut self,
         window: Window,
         filter: ItemFilter,
         k: usize,
-        exclude: &[ItemId],
+        exclude: &IdSet,
         at: Time,
     ) -> Vec<Scored> {
         let all = self.popularity(window, at);
@@ -633,6 +482,10 @@ impl RecommendView {
     /// popularity of at least `min_day` in the last day; ties by the day's
     /// popularity, then name.
     pub fn trending(&mut self, k: usize, min_day: i64, cx: ReadCtx) -> Vec<Trend> {
+        self.cache_for(cx.at);
+        if let Some(t) = &self.trends {
+            return t.iter().take(k).copied().collect();
+        }
         let day = self.popularity(DAY, cx.at);
         let week: HashMap<ItemId, i64> = self.popularity(WEEK, cx.at).into_iter().collect();
         let mut trends: HashMap<ItemId, Trend> = HashMap::new();
@@ -651,12 +504,18 @@ impl RecommendView {
             );
             scored.push((item, growth, d));
         }
-        rank(scored, k, &self.names)
+        let ranked: Vec<Trend> = rank(scored, MAX_TRENDS, &self.names)
             .into_iter()
             .map(|(item, _, _)| trends[&item])
-            .collect()
+            .collect();
+        let ranked = Rc::new(ranked);
+        self.trends = Some(ranked.clone());
+        ranked.iter().take(k).copied().collect()
     }
 }
+
+/// The most trending items one answer lists (the most `k`).
+const MAX_TRENDS: usize = 100;
 
 impl View for RecommendView {
     fn name(&self) -> &'static str {
@@ -672,7 +531,13 @@ impl View for RecommendView {
             }
             f.expire(epoch.clock, epoch.aliases, &mut self.inputs);
             for ev in epoch.events {
-                f.event(ev, epoch.clock, self.place.peers, &mut self.inputs);
+                f.event(
+                    ev,
+                    epoch.clock,
+                    epoch.aliases,
+                    self.place.peers,
+                    &mut self.inputs,
+                );
             }
         }
         self.inputs.advance_to(epoch.epoch + 1);
@@ -693,51 +558,36 @@ impl View for RecommendView {
         )]
     }
 
-    /// The feeder's state: its record counts by user, its schedule, its order book, and the attribute claims of the items
-    /// this worker owns. Masks and popularity are derived again.
+    /// The feeder's state (presence states, counted records and their exits,
+    /// the order book) and the attribute claims of the items this worker owns.
+    /// Masks and popularity are derived again.
     fn snapshot(&mut self, at: Time) -> Vec<u8> {
-        let f = &self.feeder;
-        let mut state = RecommendState {
-            enabled: self.settings.enabled,
-            records: Vec::new(),
-            schedule: f.schedule.iter().map(|Reverse(entry)| *entry).collect(),
-            orders: f
-                .fifo
-                .iter()
-                .filter_map(|o| f.book.get(o).map(|b| (*o, b.clone())))
-                .collect(),
-            attrs: Vec::new(),
-        };
-        for (user, counts) in &f.tracked {
-            state
-                .records
-                .extend(counts.iter().map(|((i, w, c), n)| (*user, *i, *w, *c, *n)));
-        }
-        state.records.sort_unstable();
-        state.schedule.sort_unstable();
         let place = self.place;
         let me = place.worker as u32;
-        let mut last: Option<(ItemId, AttrVal)> = None;
+        let mut last: Option<((ItemId, u8), AttrVal)> = None;
         let mut claims = Vec::new();
-        for_each_val(&mut self.traces.attrs, at, |(w, item), v, d| {
+        for_each_val(&mut self.traces.attrs, at, |(w, item, attr), v, d| {
             if *w != me || d <= 0 || !place.owns(*item) {
                 return;
             }
             match &mut last {
-                Some((i, first)) if i == item => {
+                Some((i, first)) if *i == (*item, *attr) => {
                     if v.0 < first.0 {
                         *first = *v;
                     }
                 }
                 _ => {
                     claims.extend(last.take());
-                    last = Some((*item, *v));
+                    last = Some(((*item, *attr), *v));
                 }
             }
         });
         claims.extend(last);
-        state.attrs = claims;
-        encode_part(&state)
+        encode_part(&RecommendState {
+            enabled: self.settings.enabled,
+            feeder: self.feeder.save(),
+            attrs: claims,
+        })
     }
 
     fn restore(&mut self, parts: &[Vec<u8>], at: Time, place: Place) -> Result<(), RestoreError> {
@@ -755,9 +605,10 @@ impl View for RecommendView {
             });
         }
         let f = &mut self.feeder;
-        let mut claims: HashMap<ItemId, AttrVal> = HashMap::new();
+        let mut claims: HashMap<(ItemId, u8), AttrVal> = HashMap::new();
+        let mut orders = Vec::new();
         for part in parts {
-            let state: RecommendState = decode_part("recommend", part)?;
+            let mut state: RecommendState = decode_part("recommend", part)?;
             if !state.enabled {
                 return Err(RestoreError {
                     view: "recommend",
@@ -766,23 +617,8 @@ impl View for RecommendView {
                         .into(),
                 });
             }
-            for (user, item, w, c, n) in state.records {
-                if place.owns(user) {
-                    let counts = f.tracked.entry(user).or_default();
-                    *counts.entry((item, w, c)).or_insert(0) += n;
-                    self.inputs.signals.update_at(((user, item), (w, c)), at, n);
-                }
-            }
-            for (t, u, i, c, w) in state.schedule {
-                if place.owns(u) {
-                    f.schedule.push(Reverse((t, u, i, c, w)));
-                }
-            }
-            for (order, items) in state.orders {
-                if place.owns(order) {
-                    f.remember(order, items);
-                }
-            }
+            orders.append(&mut state.feeder.orders);
+            f.restore(state.feeder, |k| place.owns(k), at, &mut self.inputs);
             for (item, v) in state.attrs {
                 let e = claims.entry(item).or_insert(v);
                 if v.0 < e.0 {
@@ -790,11 +626,12 @@ impl View for RecommendView {
                 }
             }
         }
-        for (item, v) in claims {
-            f.claimed.insert(item);
+        f.restore_orders(orders, |k| place.owns(k));
+        for ((item, attr), v) in claims {
+            f.claimed[attr as usize].insert(item);
             if place.owns(item) {
                 for w in 0..place.peers as u32 {
-                    self.inputs.attrs.update_at(((w, item), v), at, 1);
+                    self.inputs.attrs.update_at(((w, item, attr), v), at, 1);
                 }
             }
         }
@@ -806,12 +643,9 @@ impl View for RecommendView {
 #[derive(Serialize, Deserialize)]
 struct RecommendState {
     enabled: bool,
-    /// `(canonical user, item, window, class, count)`.
-    records: Vec<(UserId, ItemId, Window, Class, i64)>,
-    schedule: Vec<Exit>,
-    orders: Vec<(Sym, Option<Vec<ItemId>>)>,
-    /// The earliest claim of each item this worker owns.
-    attrs: Vec<(ItemId, AttrVal)>,
+    feeder: FeederState,
+    /// The earliest claim of each attribute of each item this worker owns.
+    attrs: Vec<((ItemId, u8), AttrVal)>,
 }
 
 #[cfg(test)]
