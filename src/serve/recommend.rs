@@ -432,8 +432,14 @@ async fn personal(
                 }
             }
             if let Some(rec) = views.get::<RecommendView>() {
+                let candidates: Vec<ItemId> = lists
+                    .iter()
+                    .flat_map(|(_, l)| l.iter().map(|s| s.0))
+                    .filter(|b| !excluded.contains(b))
+                    .collect();
+                let pass = rec.passing(&candidates, filter, cx.at);
                 for (_, list) in &mut lists {
-                    list.retain(|(b, _, _)| !excluded.contains(b) && rec.passes(*b, filter, cx.at));
+                    list.retain(|(b, _, _)| pass.contains(b));
                     list.truncate(neighbours);
                 }
             }

@@ -358,33 +358,48 @@ impl RecommendView {
         out
     }
 
-    /// The category and brand of `item` (`0` when never named), from this
-    /// worker's copy.
-    pub fn attributes(&mut self, item: ItemId, at: Time) -> (Sym, Sym) {
+    /// The category and brand of each of `items` (`0` when never named), from
+    /// this worker's copy, in one forward pass (`items` sorted).
+    pub fn attributes(&mut self, items: &[ItemId], at: Time) -> Vec<(Sym, Sym)> {
         let (mut c, s) = cursor_at(&mut self.traces.attrs);
-        let mut out = [0; 2];
-        for attr in [CATEGORY, BRAND] {
-            let mut first: Option<AttrVal> = None;
-            let key = &(self.place.worker as u32, item, attr);
-            let mut each = |v: &AttrVal, d: Diff| {
-                if d > 0 && first.is_none_or(|f| v.0 < f.0) {
-                    first = Some(*v);
-                }
-            };
-            read_key_at!(c, s, key, at, each, val => val);
-            out[attr as usize] = first.map_or(0, |f| f.1);
+        let me = self.place.worker as u32;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let mut found = [0; 2];
+            for attr in [CATEGORY, BRAND] {
+                let mut first: Option<AttrVal> = None;
+                let key = &(me, *item, attr);
+                let mut each = |v: &AttrVal, d: Diff| {
+                    if d > 0 && first.is_none_or(|f| v.0 < f.0) {
+                        first = Some(*v);
+                    }
+                };
+                read_key_at!(c, s, key, at, each, val => val);
+                found[attr as usize] = first.map_or(0, |f| f.1);
+            }
+            out.push((found[0], found[1]));
         }
-        (out[0], out[1])
+        out
     }
 
-    /// Whether `item` passes `filter`.
-    pub fn passes(&mut self, item: ItemId, filter: ItemFilter, at: Time) -> bool {
+    /// Those of `items` that pass `filter` (all of them for no filter).
+    pub fn passing(&mut self, items: &[ItemId], filter: ItemFilter, at: Time) -> IdSet {
         if filter == ItemFilter::default() {
-            return true;
+            return items.iter().copied().collect();
         }
-        let (category, brand) = self.attributes(item, at);
-        (filter.category == 0 || filter.category == category)
-            && (filter.brand == 0 || filter.brand == brand)
+        let mut sorted = items.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let attrs = self.attributes(&sorted, at);
+        sorted
+            .into_iter()
+            .zip(attrs)
+            .filter(|(_, (category, brand))| {
+                (filter.category == 0 || filter.category == *category)
+                    && (filter.brand == 0 || filter.brand == *brand)
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The popularity of every item this worker owns in `window` with a score
@@ -468,13 +483,26 @@ impl RecommendView {
         exclude: &IdSet,
         at: Time,
     ) -> Vec<Scored> {
-        let all = self.popularity(window, at);
-        let mut scored = Vec::with_capacity(all.len());
-        for (item, score) in all {
-            if !exclude.contains(&item) && self.passes(item, filter, at) {
-                scored.push((item, score as f64, score));
-            }
-        }
+        let all: Vec<(ItemId, i64)> = self
+            .popularity(window, at)
+            .into_iter()
+            .filter(|(i, _)| !exclude.contains(i))
+            .collect();
+        let scored: Vec<Scored> = if filter == ItemFilter::default() {
+            all.into_iter().map(|(i, s)| (i, s as f64, s)).collect()
+        } else {
+            // In item order already: one forward pass over the attributes.
+            let items: Vec<ItemId> = all.iter().map(|(i, _)| *i).collect();
+            let attrs = self.attributes(&items, at);
+            all.into_iter()
+                .zip(attrs)
+                .filter(|(_, (category, brand))| {
+                    (filter.category == 0 || filter.category == *category)
+                        && (filter.brand == 0 || filter.brand == *brand)
+                })
+                .map(|((i, s), _)| (i, s as f64, s))
+                .collect()
+        };
         rank(scored, k, &self.names)
     }
 

@@ -52,8 +52,9 @@
 //! * Reads of a popular item: the partners of `a` are read in one forward pass
 //!   over the pair trace and, in step, the `n` trace (both in item order), scored
 //!   and ranked. A ranked list of an item with many partners is kept for the
-//!   epoch it was read at ([`RANK_CACHE_MIN_PARTNERS`]), so the next reads of that
-//!   item at that epoch cost a lookup.
+//!   epoch it was read at ([`RANK_CACHE_MIN_PARTNERS`]), and so is every list read
+//!   whole (the recommendations' reads), so the next reads of that item at that
+//!   epoch cost a lookup.
 //!
 //! ## Identities
 //!
@@ -386,7 +387,7 @@ pub fn build<'scope>(
         feeder: SimilarityFeeder::new(settings),
         place,
         names,
-        ranked: HashMap::new(),
+        ranked: TwoGenerations::new(RANK_CACHE_SCORED),
         ranked_at: None,
         ignored_users: 0,
     };
@@ -395,8 +396,61 @@ pub fn build<'scope>(
 
 /// Partner count from which a ranked list is kept for the epoch it was read at.
 pub const RANK_CACHE_MIN_PARTNERS: usize = 512;
-/// Ranked lists kept at once (then the cache starts again).
-const RANK_CACHE_ENTRIES: usize = 4_096;
+/// Scored entries the cache of ranked lists holds at most (in two generations):
+/// about 24 MiB per worker.
+const RANK_CACHE_SCORED: usize = 1_000_000;
+
+/// A cache that forgets the least recently used half at a time: entries go into
+/// the young generation; when it holds half the budget, the old one is dropped
+/// and the young one becomes old; a hit in the old one moves back to the young.
+/// (Cheap, and keeps what is hot, where clearing everything when full would make
+/// a working set just over the budget miss every time.)
+pub struct TwoGenerations<K, V> {
+    /// Values with their sizes.
+    young: HashMap<K, (V, usize)>,
+    old: HashMap<K, (V, usize)>,
+    young_size: usize,
+    budget: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TwoGenerations<K, V> {
+    pub fn new(budget: usize) -> Self {
+        TwoGenerations {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            young_size: 0,
+            budget,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+        self.young_size = 0;
+    }
+
+    /// The value of `key` (moved to the young generation).
+    pub fn get(&mut self, key: &K) -> Option<V>
+    where
+        K: Clone,
+    {
+        if let Some((v, _)) = self.young.get(key) {
+            return Some(v.clone());
+        }
+        let (v, size) = self.old.remove(key)?;
+        self.insert(key.clone(), v.clone(), size);
+        Some(v)
+    }
+
+    pub fn insert(&mut self, key: K, value: V, size: usize) {
+        if self.young_size + size > self.budget / 2 {
+            self.old = std::mem::take(&mut self.young);
+            self.young_size = 0;
+        }
+        self.young_size += size;
+        self.young.insert(key, (value, size));
+    }
+}
 /// The most partners one answer lists.
 pub const MAX_K: usize = 100;
 
@@ -407,8 +461,9 @@ pub struct SimilarityView {
     feeder: SimilarityFeeder,
     place: Place,
     names: Names,
-    /// Ranked lists (the first [`MAX_K`]) of items with many partners, at `ranked_at`.
-    ranked: HashMap<(Kind, ItemId, Measure), Rc<Vec<Scored>>>,
+    /// Answers (the first [`MAX_K`]) of items with many partners and of reads of
+    /// whole lists, at `ranked_at`.
+    ranked: TwoGenerations<(Kind, ItemId, Measure), Rc<Similar>>,
     ranked_at: Option<Time>,
     /// Users of this worker over the daily limit, at the last completed epoch.
     ignored_users: i64,
@@ -453,36 +508,45 @@ impl SimilarityView {
         cx: ReadCtx,
     ) -> Similar {
         let at = cx.at;
+        if self.ranked_at != Some(at) {
+            self.ranked.clear();
+            self.ranked_at = Some(at);
+        }
+        if let Some(hit) = self.ranked.get(&(kind, item, measure)) {
+            return Similar {
+                similar: hit.similar.iter().take(k).copied().collect(),
+                ..*hit.as_ref()
+            };
+        }
         let seen = read_key(&mut self.traces.seen, &item, at).is_some_and(|n| n > 0);
         let me = self.place.worker as u32;
         let n = read_key(&mut self.traces.stats, &(me, kind, item), at).unwrap_or(0);
         let units = read_key(&mut self.traces.stats, &(me, kind, UNIT), at).unwrap_or(0);
-        if self.ranked_at != Some(at) || self.ranked.len() >= RANK_CACHE_ENTRIES {
-            self.ranked.clear();
-            self.ranked_at = Some(at);
-        }
-        let list = match self.ranked.get(&(kind, item, measure)) {
-            Some(list) => list.clone(),
-            None => {
-                let partners = self.partners(kind, item, at);
-                let many = partners.len() >= RANK_CACHE_MIN_PARTNERS;
-                let scored = partners
-                    .into_iter()
-                    .map(|(b, c, nb)| (b, measure.score(c, n, nb, units), c))
-                    .collect();
-                let list = Rc::new(rank(scored, if many { MAX_K } else { k }, &self.names));
-                if many {
-                    self.ranked.insert((kind, item, measure), list.clone());
-                }
-                list
-            }
-        };
-        Similar {
+        let partners = self.partners(kind, item, at);
+        // Kept: the lists of items with many partners, and every list read whole
+        // (recommendations read the same history items' lists again and again).
+        let keep = partners.len() >= RANK_CACHE_MIN_PARTNERS || k == MAX_K;
+        let scored = partners
+            .into_iter()
+            .map(|(b, c, nb)| (b, measure.score(c, n, nb, units), c))
+            .collect();
+        let answer = Similar {
             seen,
             n,
             units,
-            similar: list.iter().take(k).copied().collect(),
+            similar: rank(scored, if keep { MAX_K } else { k }, &self.names),
+        };
+        if keep {
+            let answer = Rc::new(answer);
+            let size = answer.similar.len() + 1;
+            self.ranked
+                .insert((kind, item, measure), answer.clone(), size);
+            return Similar {
+                similar: answer.similar.iter().take(k).copied().collect(),
+                ..*answer.as_ref()
+            };
         }
+        answer
     }
 
     /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
@@ -777,6 +841,22 @@ mod tests {
             ]
         );
         assert!(history(&[], 3, 100).is_empty());
+    }
+
+    #[test]
+    fn the_cache_forgets_the_least_recently_used_half() {
+        let mut c = TwoGenerations::new(4);
+        c.insert(1, "a", 1);
+        c.insert(2, "b", 1);
+        // Young is full (2 of 4): the next insert makes it old.
+        c.insert(3, "c", 1);
+        assert_eq!(c.get(&1), Some("a")); // from old, back to young
+        c.insert(4, "d", 1); // young full again: {3, 1} old, 2 dropped
+        assert_eq!(c.get(&2), None);
+        assert_eq!(c.get(&1), Some("a"));
+        assert_eq!(c.get(&4), Some("d"));
+        c.clear();
+        assert_eq!(c.get(&4), None);
     }
 
     #[test]
