@@ -17,7 +17,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `"SSNP"` |
-//! | 4 | 4 | format version, 2 |
+//! | 4 | 4 | format version (`VERSION`) |
 //! | 8 | 8 | epoch |
 //! | 16 | 8 | body length |
 //! | 24 | 4 | CRC-32 (IEEE) of the body |
@@ -45,10 +45,10 @@ use crate::catalog::SavedCatalog;
 pub const DIR: &str = "snapshots";
 const MAGIC: &[u8; 4] = b"SSNP";
 /// 2: profile lifetimes carry the identity-merge mark. 3: the similarity view's
-/// parts (an older snapshot has none, and would restore it empty). A snapshot of
-/// another version is passed over like a damaged one (the log is replayed
-/// instead).
-const VERSION: u32 = 3;
+/// parts (an older snapshot has none, and would restore it empty). 4: the
+/// recommend view's parts (likewise). A snapshot of another version is passed
+/// over like a damaged one (the log is replayed instead).
+const VERSION: u32 = 4;
 const HEADER_LEN: usize = 32;
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
