@@ -35,11 +35,13 @@
 //! profile windows leave). View, click and wishlist count by presence, so the
 //! feeder keeps one record per `(user, item, class)` and window, moved on by
 //! later signals (a repeated view costs no update); cart, removal, purchase and
-//! refund records count one per signal (see `feeder.rs`). One reduction per `(user,
-//! item)` turns the counts into the live classes of each window (a bit mask), on
-//! the user's owner; the strengths, as the difference of `(window, item)`, sum
-//! into the popularity arrangement on the item's owner (a monoid: no reduction
-//! over an item's users). Categories and brands are claimed by each worker on
+//! refund records count one per signal (see `feeder.rs`). On the user's owner,
+//! one operator (`live_classes`: time is an epoch number, totally ordered, so
+//! it needs no general reduction) turns each `(user, item)`'s counts into the live
+//! classes of each window (a bit mask) and says when they change; the changes of
+//! strength, as the difference of `(window, item)`, sum into the popularity
+//! arrangement on the item's owner (a monoid: no reduction over an item's
+//! users). Categories and brands are claimed by each worker on
 //! first sight, replicated to every worker, and read as the earliest claim.
 //!
 //! Reads of popularity scan the window's items on every worker (each its own)
@@ -52,12 +54,15 @@ use std::rc::Rc;
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::trace::cursor::Cursor;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 
-use crate::read::{arrange_by_key_at, arrange_by_self_at, compact, cursor_at, for_each_val};
+use crate::read::{
+    arrange_by_key_at, arrange_by_self_at, arrange_local_by_key, compact, cursor_at, for_each_val,
+};
 use crate::read_key_at;
 use crate::types::*;
 use crate::view::{
@@ -149,26 +154,12 @@ pub fn live(counts: &[i64; 7]) -> Mask {
     mask
 }
 
-/// The masks of one `(user, item)` from its signal records (sorted by
-/// `(window, class)`, with their counts): `(window, mask)` for each window with
-/// a live class.
-pub fn masks(records: &[(&(Window, Class), Diff)]) -> Vec<(Window, Mask)> {
-    let mut counts = [[0i64; 7]; 4];
-    for ((w, c), d) in records {
-        counts[*w as usize][*c as usize] += d;
-    }
-    (0..4u8)
-        .filter_map(|w| {
-            let m = live(&counts[w as usize]);
-            (m != 0).then_some((w, m))
-        })
-        .collect()
-}
-
 /// A signal record: `((user, item), (window, class))`.
 pub type Signal = ((UserId, ItemId), (Window, Class));
 
-/// A replicated attribute claim: `(worker, item)` → `(seq, category, brand)`.
+/// A change of live classes: `((user, item), (window, before, after))`.
+pub type MaskChange = ((UserId, ItemId), (Window, Mask, Mask));
+
 /// A replicated attribute claim: `(worker, item, attribute)` → `(seq, value)`;
 /// attribute [`CATEGORY`] or [`BRAND`].
 type AttrKey = (u32, ItemId, u8);
@@ -210,6 +201,106 @@ pub struct RecommendArrangements<'scope> {
     pub attrs: Arranged<'scope, ValTrace<AttrKey, AttrVal>>,
 }
 
+/// The changes of the live classes of each `(user, item)` from its signal
+/// counts, as `((user, item), (window, mask before, mask after))`: for totally
+/// ordered time (an
+/// epoch), the counts before a batch come from the signals' trace and the
+/// batch's updates are applied in time order, each time's mask changes given as
+/// they happen (as differential's `count_total` does). Cheaper than a general
+/// reduction, which keeps its own output trace and replays a key's history.
+fn live_classes<'scope>(
+    signals: Arranged<'scope, ValTrace<(UserId, ItemId), (Window, Class)>>,
+) -> VecCollection<'scope, Time, MaskChange, Diff> {
+    use differential_dataflow::trace::cursor::cursor_list;
+    use differential_dataflow::trace::TraceReader;
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::{CapabilitySet, Operator};
+    use timely::progress::frontier::Antichain;
+
+    let mut trace = signals.trace.clone();
+    signals
+        .stream
+        .unary_frontier(Pipeline, "Recommend: live classes", move |_, _| {
+            let mut lower = Antichain::from_elem(0 as Time);
+            let mut upper = Antichain::from_elem(0 as Time);
+            let mut updates: Vec<(Time, Window, Class, Diff)> = Vec::new();
+            move |(input, _frontier), output| {
+                let mut spans = Vec::new();
+                lower.clone_from(&upper);
+                let mut caps = CapabilitySet::new();
+                input.for_each(|cap, data| {
+                    for c in cap.retain_stamp(0).iter() {
+                        caps.insert(c.clone());
+                    }
+                    for span in data.drain(..) {
+                        // Spans arrive in order.
+                        upper.clone_from(span.upper());
+                        spans.push(span);
+                    }
+                });
+                if !caps.is_empty() {
+                    let mut session = output.session(&caps);
+                    let (mut bc, bs) =
+                        cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+                    let (mut tc, ts) = cursor_list(
+                        trace
+                            .batches_through(lower.borrow())
+                            .expect("the trace is not compacted past what was read"),
+                    );
+                    while let Some(key) = bc.get_key(&bs) {
+                        let mut counts = [[0i64; 7]; 4];
+                        tc.seek_key(&ts, key);
+                        if tc.get_key(&ts) == Some(key) {
+                            while let Some(&(w, c)) = tc.get_val(&ts) {
+                                tc.map_times(&ts, |_, d| counts[w as usize][c as usize] += *d);
+                                tc.step_val(&ts);
+                            }
+                        }
+                        updates.clear();
+                        while let Some(&(w, c)) = bc.get_val(&bs) {
+                            bc.map_times(&bs, |t, d| updates.push((*t, w, c, *d)));
+                            bc.step_val(&bs);
+                        }
+                        updates.sort_unstable_by_key(|u| u.0);
+                        let mut i = 0;
+                        while i < updates.len() {
+                            let t = updates[i].0;
+                            let before = window_masks(&counts);
+                            while i < updates.len() && updates[i].0 == t {
+                                let (_, w, c, d) = updates[i];
+                                counts[w as usize][c as usize] += d;
+                                i += 1;
+                            }
+                            let after = window_masks(&counts);
+                            for w in 0..4u8 {
+                                let (b, a) = (before[w as usize], after[w as usize]);
+                                if b != a {
+                                    session.give(((*key, (w, b, a)), t, 1));
+                                }
+                            }
+                        }
+                        bc.step_key(&bs);
+                    }
+                }
+                trace.advance_upper(&mut upper);
+                trace.set_logical_compaction(upper.borrow());
+                trace.set_physical_compaction(upper.borrow());
+            }
+        })
+        .as_collection()
+}
+
+/// The live classes of each window from a `(user, item)`'s signal counts.
+fn window_masks(counts: &[[i64; 7]; 4]) -> Masks {
+    [
+        live(&counts[0]),
+        live(&counts[1]),
+        live(&counts[2]),
+        live(&counts[3]),
+    ]
+}
+
 /// The dataflow: masks, popularity, attributes.
 pub fn recommend<'scope>(
     scope: timely::dataflow::Scope<'scope, Time>,
@@ -222,23 +313,20 @@ pub fn recommend<'scope>(
         move |k: &(UserId, ItemId)| owner(k.0, peers) as u64,
         "Recommend: signals",
     );
-    type Key = (UserId, ItemId);
-    let masks = signals
-        .clone()
-        .reduce_abelian::<_, ValBuilder<Key, (Window, Mask), Time, Diff>, ValSpine<Key, (Window, Mask), Time, Diff>, _, _>(
-            "Recommend: live classes",
-            |_key, input, output| {
-                output.extend(masks(input).into_iter().map(|m| (m, 1)));
-            },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
-        );
-    let strengths = masks
-        .clone()
-        .as_collection(|(_u, i), (w, m)| (*w, *i, *m))
-        .explode(move |(w, i, m)| Some(((w, i), settings.strength(m))));
+    let changes = live_classes(signals);
+    let masks = arrange_local_by_key(
+        changes.clone().explode(|(k, (w, before, after))| {
+            let out = [((k, (w, before)), -1), ((k, (w, after)), 1)];
+            out.into_iter().filter(|((_, (_, m)), _)| *m != 0)
+        }),
+        "Recommend: live classes",
+    );
+    // A user's strength with an item changes less often than the classes: only
+    // the changes of strength travel to the item's owner.
+    let strengths = changes.explode(move |((_u, i), (w, before, after))| {
+        let d = settings.strength(after) - settings.strength(before);
+        (d != 0).then_some(((w, i), d))
+    });
     let popularity = arrange_by_self_at(
         strengths,
         move |k: &(Window, ItemId)| owner(k.1, peers) as u64,
