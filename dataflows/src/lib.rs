@@ -5,7 +5,7 @@
 //! * [`view`]: the interface every view implements and the host drives
 //!   (feed per epoch, completion, compaction, reads at a pinned time).
 //! * [`views`]: the views ([`views::profiles`], [`views::segments`],
-//!   [`views::similarity`]) and the one
+//!   [`views::similarity`], [`views::recommend`]) and the one
 //!   list that builds them ([`views::build`]).
 //! * [`read`]: trace helpers the views share (local arrangements, cursor reads at
 //!   a time, compaction).
