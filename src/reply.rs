@@ -24,6 +24,17 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(error_body(status, message.into()))).into_response()
 }
 
+/// The 404 of an endpoint whose view is switched off by `switch` (a config key),
+/// saying so; `None` when it is on.
+pub fn switched_off(on: bool, what: &str, switch: &str) -> Option<Response> {
+    (!on).then(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("{what} are switched off ({switch} = false)"),
+        )
+    })
+}
+
 /// A 404 for a key unknown at a read's epoch, saying which epoch
 /// (`x-shopstream-as-of`), so that a client can wait for a later one.
 pub fn not_found_at(message: impl Into<String>, as_of: u64) -> Response {

@@ -100,6 +100,25 @@ impl PinnedRead<'_> {
         };
         self.engine.ask_views(pin.at, workers, read).await
     }
+
+    /// Runs `read` against view `V` of the workers `route` names, at the pinned
+    /// epoch (`NoSuchView` when `V` is not registered).
+    pub async fn ask_view<V, A, F>(&self, route: Route, read: F) -> Result<Vec<A>, EngineError>
+    where
+        V: View,
+        A: Send + 'static,
+        F: Fn(&mut V, ReadCtx) -> A + Send + Sync + 'static,
+    {
+        let answers = self
+            .ask(route, move |views, cx| {
+                views.get::<V>().map(|v| read(v, cx))
+            })
+            .await?;
+        answers
+            .into_iter()
+            .map(|a| a.ok_or(EngineError::NoSuchView(std::any::type_name::<V>())))
+            .collect()
+    }
 }
 
 /// The running engine. Cheap to share behind an `Arc`.
@@ -368,6 +387,12 @@ impl Engine {
         *self.shared.readable.borrow()
     }
 
+    /// The symbol table as a view sees it (ids to names, e.g. to break ties by
+    /// name): the one the views were given.
+    pub fn names(&self) -> Names {
+        self.env.expect::<Names>()
+    }
+
     /// Last sequence number in the log.
     pub fn logged_seq(&self) -> u64 {
         self.shared.logged_seq.load(Ordering::Relaxed)
@@ -523,24 +548,9 @@ impl Engine {
         A: Send + 'static,
         F: Fn(&mut V, ReadCtx) -> A + Send + Sync + 'static,
     {
-        let at = at.into();
-        // Reads waiting on `min_seq` count against the limit too.
-        let _permit = self
-            .read_permits
-            .try_acquire()
-            .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
-        let (as_of, pin) = self.pin_for(at, defined).await?;
-        let Some(pin) = pin else {
-            return Ok((as_of, Vec::new()));
-        };
-        let peers = self.requests.len();
-        let workers: Vec<usize> = match route {
-            Route::Owner(key) => vec![owner(key, peers)],
-            Route::All => (0..peers).collect(),
-        };
-        let answers = self.ask(pin.at, workers, read).await?;
-        drop(pin);
-        Ok((as_of, answers))
+        let pinned = self.pinned_for(at.into(), defined).await?;
+        let answers = pinned.ask_view(route, read).await?;
+        Ok((pinned.as_of, answers))
     }
 
     /// Reads view `V` for the user `id` names, at one complete epoch (as
@@ -560,46 +570,15 @@ impl Engine {
         A: Send + 'static,
         F: Fn(&mut V, u64, ReadCtx) -> A + Send + Sync + 'static,
     {
-        let _permit = self
-            .read_permits
-            .try_acquire()
-            .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
-        let (as_of, pin) = self.pin_for(at.into(), defined).await?;
-        let Some(pin) = pin else {
-            return Ok((as_of, None, None));
-        };
-        let identity = self.identity(id, as_of.seq);
-        let key = intern(identity.as_ref().map_or(id, |i| i.canonical.as_str()));
-        let worker = owner(key, self.requests.len());
-        let answers = self
-            .ask(pin.at, vec![worker], move |v: &mut V, cx| read(v, key, cx))
+        let pinned = self.pinned_for(at.into(), defined).await?;
+        if !pinned.readable() {
+            return Ok((pinned.as_of, None, None));
+        }
+        let (key, identity) = pinned.user(id);
+        let answers = pinned
+            .ask_view(Route::Owner(key), move |v: &mut V, cx| read(v, key, cx))
             .await?;
-        drop(pin);
-        Ok((as_of, identity, answers.into_iter().next()))
-    }
-
-    /// Runs `read` on each of `workers` at the pinned epoch `at`; the answers in
-    /// worker order.
-    async fn ask<V, A, F>(
-        &self,
-        at: Time,
-        workers: Vec<usize>,
-        read: F,
-    ) -> Result<Vec<A>, EngineError>
-    where
-        V: View,
-        A: Send + 'static,
-        F: Fn(&mut V, ReadCtx) -> A + Send + Sync + 'static,
-    {
-        let answers = self
-            .ask_views(at, workers, move |views, cx| {
-                views.get::<V>().map(|v| read(v, cx))
-            })
-            .await?;
-        answers
-            .into_iter()
-            .map(|a| a.ok_or(EngineError::NoSuchView(std::any::type_name::<V>())))
-            .collect()
+        Ok((pinned.as_of, identity, answers.into_iter().next()))
     }
 
     /// Runs `read` against every view of each of `workers` at the pinned epoch
@@ -639,13 +618,24 @@ impl Engine {
 
     /// Pins one complete epoch (as [`read`](Self::read) does) for a question that
     /// takes several reads: every read of the [`PinnedRead`] is at that epoch, so
-    /// the answer is as of one time. `None` before anything is readable.
+    /// the answer is as of one time. Its reads answer nothing before anything is
+    /// readable.
     pub async fn pinned(&self, at: impl Into<ReadAt>) -> Result<PinnedRead<'_>, EngineError> {
+        self.pinned_for(at.into(), None).await
+    }
+
+    /// [`pinned`](Self::pinned), at or after `defined`'s epoch. Reads waiting on
+    /// `min_seq` count against the limit of pending reads too.
+    async fn pinned_for(
+        &self,
+        at: ReadAt,
+        defined: Option<Defined>,
+    ) -> Result<PinnedRead<'_>, EngineError> {
         let permit = self
             .read_permits
             .try_acquire()
             .map_err(|_| EngineError::Overloaded(self.config.max_pending_reads))?;
-        let (as_of, pin) = self.pin_for(at.into(), None).await?;
+        let (as_of, pin) = self.pin_for(at, defined).await?;
         Ok(PinnedRead {
             engine: self,
             as_of,

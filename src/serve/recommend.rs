@@ -99,19 +99,9 @@ pub fn parse_window(s: &str) -> Option<Window> {
         .find(|w| window_name(*w) == s)
 }
 
-fn names(engine: &Engine) -> Names {
-    let symbols = engine.symbols.clone();
-    Arc::new(move |i| symbols.resolve(i))
-}
-
-/// The 404 of every endpoint of the view when it is switched off.
+/// The 404 of every endpoint of this view when it is switched off.
 fn switched_off(engine: &Engine, what: &str) -> Option<Response> {
-    (!engine.config.recommend.enabled).then(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("{what} are switched off (recommend.enabled = false)"),
-        )
-    })
+    crate::reply::switched_off(engine.config.recommend.enabled, what, "recommend.enabled")
 }
 
 /// The first `k` popular items of `window` passing `filter` and not in
@@ -135,7 +125,7 @@ async fn popular_at(
     Ok(rank(
         parts.into_iter().flatten().collect(),
         k,
-        &names(engine),
+        &engine.names(),
     ))
 }
 
@@ -204,7 +194,7 @@ pub async fn trending(
     let all: Vec<Trend> = parts.into_iter().flatten().collect();
     let by_item: HashMap<ItemId, Trend> = all.iter().map(|t| (t.item, *t)).collect();
     let scored = all.iter().map(|t| (t.item, t.growth, t.day)).collect();
-    let items = rank(scored, k, &names(engine))
+    let items = rank(scored, k, &engine.names())
         .into_iter()
         .map(|(i, _, _)| by_item[&i])
         .collect();
@@ -256,7 +246,8 @@ struct UserSide {
     latest: Vec<(ItemId, i64)>,
     cart: Vec<ItemId>,
     categories: Vec<(Sym, i64)>,
-    strengths: HashMap<ItemId, i64>,
+    /// The view's settings (the weights of a strength).
+    settings: RecommendSettings,
 }
 
 fn user_side(
@@ -267,19 +258,14 @@ fn user_side(
     let mut side = UserSide::default();
     if let Some(v) = views.get::<RecommendView>() {
         side.items = v.user_items(user, cx.at);
-        let s = v.settings;
-        side.strengths = side
-            .items
-            .iter()
-            .map(|(i, m)| (*i, s.strength(m[MONTH as usize])))
-            .collect();
+        side.settings = v.settings;
     }
     if let Some(v) = views.get::<SimilarityView>() {
         side.history = v.history_of(user, cx.at).0;
         side.latest = v.latest(user, cx.at);
     }
     if let Some(v) = views.get::<ProfileView>() {
-        for ((kind, id), n) in v.read(user, cx).profile.facets {
+        for ((kind, id), n) in v.facets(user, cx.at) {
             match kind {
                 FACET_CART if n > 0 => side.cart.push(id),
                 FACET_CATEGORY if n > 0 => side.categories.push((id, n)),
@@ -308,7 +294,7 @@ pub async fn recommendations(
         .into_iter()
         .next()
         .unwrap_or_default();
-    let names = names(engine);
+    let names = engine.names();
     let clock = pinned.as_of.clock;
     let half_life = cfg.half_life_days * DAY_MS as f64;
     let latest: HashMap<ItemId, i64> = side.latest.iter().copied().collect();
@@ -317,8 +303,8 @@ pub async fn recommendations(
         .items
         .iter()
         .filter(|(item, _)| in_history.contains(item))
-        .filter_map(|(item, _)| {
-            let strength = side.strengths.get(item).copied().unwrap_or(0);
+        .filter_map(|(item, masks)| {
+            let strength = side.settings.strength(masks[MONTH as usize]);
             let t = latest.get(item)?;
             (strength > 0).then(|| {
                 // Not negative: with the wall clock an event may be a little ahead.
@@ -327,7 +313,7 @@ pub async fn recommendations(
             })
         })
         .collect();
-    let mut exclude: HashSet<ItemId> = side.cart.iter().copied().collect();
+    let mut exclude: IdSet = side.cart.iter().copied().collect();
     if q.exclude_purchased {
         exclude.extend(
             side.items
@@ -340,6 +326,7 @@ pub async fn recommendations(
         exclude.extend(history.iter().map(|(h, _)| *h));
     }
     exclude.extend(cfg.block.iter().map(|b| intern(b)));
+    let exclude = Arc::new(exclude);
     let filter = ItemFilter {
         category: sym(&q.category),
         brand: sym(&q.brand),
@@ -347,7 +334,7 @@ pub async fn recommendations(
     let k = q.k;
     let mut items: Vec<Recommended> = Vec::new();
     let strategy = if history.len() >= cfg.min_history {
-        items = personal(engine, &pinned, &history, &exclude, filter).await?;
+        items = personal(engine, &pinned, &history, exclude.clone(), filter).await?;
         items.truncate(k);
         "personal"
     } else {
@@ -386,7 +373,7 @@ async fn fill(
     engine: &Engine,
     pinned: &crate::runtime::PinnedRead<'_>,
     items: &mut Vec<Recommended>,
-    exclude: &HashSet<ItemId>,
+    exclude: &IdSet,
     filter: ItemFilter,
     k: usize,
 ) -> Result<(), EngineError> {
@@ -394,7 +381,7 @@ async fn fill(
         return Ok(());
     }
     let window = parse_window(&engine.config.recommend.popular_window).unwrap_or(WEEK);
-    let mut skip: IdSet = exclude.iter().copied().collect();
+    let mut skip = exclude.clone();
     skip.extend(items.iter().map(|r| r.item));
     let want = k - items.len();
     let found = popular_at(engine, pinned, window, filter, want, Arc::new(skip)).await?;
@@ -412,7 +399,7 @@ async fn personal(
     engine: &Engine,
     pinned: &crate::runtime::PinnedRead<'_>,
     history: &[(ItemId, f64)],
-    exclude: &HashSet<ItemId>,
+    excluded: Arc<IdSet>,
     filter: ItemFilter,
 ) -> Result<Vec<Recommended>, EngineError> {
     let cfg = &engine.config.recommend;
@@ -420,7 +407,6 @@ async fn personal(
     let measure = Measure::parse(&cfg.measure).unwrap_or(Measure::Cosine);
     let neighbours = cfg.neighbours;
     let asked: Arc<Vec<ItemId>> = Arc::new(history.iter().map(|(h, _)| *h).collect());
-    let excluded: Arc<HashSet<ItemId>> = Arc::new(exclude.clone());
     let parts = pinned
         .ask(Route::All, move |views, cx| {
             let mut lists: Vec<(ItemId, Vec<Scored>)> = Vec::new();
@@ -457,7 +443,7 @@ async fn personal(
             by_item.entry(*b).or_default().push((*h, w * sim));
         }
     }
-    let names = names(engine);
+    let names = engine.names();
     let mut scored: Vec<Scored> = Vec::new();
     let mut because: HashMap<ItemId, Vec<ItemId>> = HashMap::new();
     for (b, contributions) in by_item {

@@ -124,10 +124,7 @@ pub(crate) fn parse_k(params: &HashMap<String, String>) -> Result<usize, Respons
 }
 
 /// A ranked list as JSON: `[{"item_id", "score", "count"}]`, with item names.
-pub(crate) fn render_ranked(
-    engine: &Engine,
-    list: &[(ItemId, f64, i64)],
-) -> Vec<serde_json::Value> {
+fn render_ranked(engine: &Engine, list: &[(ItemId, f64, i64)]) -> Vec<serde_json::Value> {
     list.iter()
         .map(|(item, score, count)| {
             json!({
@@ -150,14 +147,9 @@ pub(crate) fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(
     }
 }
 
-/// The 404 of every endpoint of the view when `similarity.enabled` is false.
+/// The 404 of every endpoint of this view when it is switched off.
 fn switched_off(engine: &Engine, what: &str) -> Option<Response> {
-    (!engine.config.similarity.enabled).then(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("{what} are switched off (similarity.enabled = false)"),
-        )
-    })
+    crate::reply::switched_off(engine.config.similarity.enabled, what, "similarity.enabled")
 }
 
 fn parse_query(params: &HashMap<String, String>) -> Result<SimilarQuery, Response> {
@@ -275,11 +267,9 @@ pub async fn bundles(
         .filter(|(b, t)| t.2 == ids.len() && !ids.contains(b))
         .map(|(b, (sum, least, _))| (b, sum as f64, least))
         .collect();
-    let symbols = engine.symbols.clone();
-    let names: shopstream_dataflows::view::Names = Arc::new(move |i| symbols.resolve(i));
     Ok(BundlesRead {
         as_of,
-        bundles: Ok(rank(scored, k, &names)),
+        bundles: Ok(rank(scored, k, &engine.names())),
     })
 }
 

@@ -395,6 +395,18 @@ impl ProfileView {
 }
 
 impl ProfileView {
+    /// The facets of `user` (a user this worker owns) at `at`, with what merges
+    /// moved in: a read for views that need the cart or the affinities and
+    /// nothing else of the profile (no traits, no RFM ranks).
+    pub fn facets(&mut self, user: UserId, at: Time) -> Vec<(Facet, Diff)> {
+        let mut out = Vec::new();
+        self.traces
+            .read_users(&[user], at, true, false, |_, p| out = p.facets);
+        out
+    }
+}
+
+impl ProfileView {
     /// Moves what each id merged at epoch `E` had accumulated (here, on the
     /// worker owning it) to its user, at `E`, once the users' own state is
     /// complete through `E - 1` here (so that the traces hold all of the id's:
