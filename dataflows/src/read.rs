@@ -19,7 +19,7 @@ use differential_dataflow::trace::implementations::{KeyBatcher, ValBatcher};
 use differential_dataflow::trace::implementations::{KeySpine, ValSpine};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{ExchangeData, VecCollection};
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::progress::frontier::{Antichain, AntichainRef};
 
 use crate::types::Time;
@@ -34,12 +34,7 @@ where
     K: ExchangeData,
     R: ExchangeData + Semigroup,
 {
-    arrange_core::<_, _, KeyBatcher<K, Time, R>, KeySpine<K, Time, R>>(
-        c.map(|k| (k, ())).inner,
-        Pipeline,
-        name,
-        KeyBatcher::new,
-    )
+    arrange_keys(c, Pipeline, name)
 }
 
 /// Arranges a `(key, value)` collection by key on the worker it is on.
@@ -52,12 +47,7 @@ where
     V: ExchangeData,
     R: ExchangeData + Semigroup,
 {
-    arrange_core::<_, _, ValBatcher<K, V, Time, R>, ValSpine<K, V, Time, R>>(
-        c.inner,
-        Pipeline,
-        name,
-        ValBatcher::new,
-    )
+    arrange_vals(c, Pipeline, name)
 }
 
 /// Arranges a keyed collection with no value on the worker `worker_of(key)` names
@@ -72,12 +62,8 @@ where
     K: ExchangeData,
     R: ExchangeData + Semigroup,
 {
-    arrange_core::<_, _, KeyBatcher<K, Time, R>, KeySpine<K, Time, R>>(
-        c.map(|k| (k, ())).inner,
-        Exchange::new(move |u: &((K, ()), Time, R)| worker_of(&(u.0).0)),
-        name,
-        KeyBatcher::new,
-    )
+    let pact = Exchange::new(move |u: &((K, ()), Time, R)| worker_of(&(u.0).0));
+    arrange_keys(c, pact, name)
 }
 
 /// Arranges a `(key, value)` collection by key on the worker `worker_of(key)`
@@ -92,9 +78,44 @@ where
     V: ExchangeData,
     R: ExchangeData + Semigroup,
 {
+    let pact = Exchange::new(move |u: &((K, V), Time, R)| worker_of(&(u.0).0));
+    arrange_vals(c, pact, name)
+}
+
+/// A key-only arrangement of `c` where `pact` sends its updates.
+fn arrange_keys<'scope, K, R, P>(
+    c: VecCollection<'scope, Time, K, R>,
+    pact: P,
+    name: &str,
+) -> Arranged<'scope, TraceAgent<KeySpine<K, Time, R>>>
+where
+    K: ExchangeData,
+    R: ExchangeData + Semigroup,
+    P: ParallelizationContract<Time, Vec<((K, ()), Time, R)>>,
+{
+    arrange_core::<_, _, KeyBatcher<K, Time, R>, KeySpine<K, Time, R>>(
+        c.map(|k| (k, ())).inner,
+        pact,
+        name,
+        KeyBatcher::new,
+    )
+}
+
+/// A `(key, value)` arrangement of `c` where `pact` sends its updates.
+fn arrange_vals<'scope, K, V, R, P>(
+    c: VecCollection<'scope, Time, (K, V), R>,
+    pact: P,
+    name: &str,
+) -> Arranged<'scope, TraceAgent<ValSpine<K, V, Time, R>>>
+where
+    K: ExchangeData,
+    V: ExchangeData,
+    R: ExchangeData + Semigroup,
+    P: ParallelizationContract<Time, Vec<((K, V), Time, R)>>,
+{
     arrange_core::<_, _, ValBatcher<K, V, Time, R>, ValSpine<K, V, Time, R>>(
         c.inner,
-        Exchange::new(move |u: &((K, V), Time, R)| worker_of(&(u.0).0)),
+        pact,
         name,
         ValBatcher::new,
     )

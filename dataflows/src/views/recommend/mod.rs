@@ -399,6 +399,14 @@ pub struct ItemFilter {
     pub brand: Sym,
 }
 
+impl ItemFilter {
+    /// Whether an item of `category` and `brand` passes.
+    pub fn admits(&self, category: Sym, brand: Sym) -> bool {
+        (self.category == 0 || self.category == category)
+            && (self.brand == 0 || self.brand == brand)
+    }
+}
+
 /// One item's entry in a trending answer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Trend {
@@ -482,10 +490,7 @@ impl RecommendView {
         sorted
             .into_iter()
             .zip(attrs)
-            .filter(|(_, (category, brand))| {
-                (filter.category == 0 || filter.category == *category)
-                    && (filter.brand == 0 || filter.brand == *brand)
-            })
+            .filter(|(_, (category, brand))| filter.admits(*category, *brand))
             .map(|(i, _)| i)
             .collect()
     }
@@ -584,10 +589,7 @@ impl RecommendView {
             let attrs = self.attributes(&items, at);
             all.into_iter()
                 .zip(attrs)
-                .filter(|(_, (category, brand))| {
-                    (filter.category == 0 || filter.category == *category)
-                        && (filter.brand == 0 || filter.brand == *brand)
-                })
+                .filter(|(_, (category, brand))| filter.admits(*category, *brand))
                 .map(|((i, s), _)| (i, s as f64, s))
                 .collect()
         };
