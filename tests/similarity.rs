@@ -298,3 +298,68 @@ fn forgotten_orders_keep_their_counts_across_a_restart() {
     assert_eq!(answer(s.http, sent.seq()), live, "replayed");
     s.shutdown();
 }
+
+/// The value of a counter in `/metrics` (0 before it is first counted).
+fn counter(http: std::net::SocketAddr, name: &str) -> u64 {
+    let (status, text) = get_text(http, "/metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn a_popular_items_top_partners_are_read_without_reading_all_of_them() {
+    // 1,000 users view "hit" and an item of their own; top-j is viewed also by
+    // the first 40 + 15 j of them. "hit" has 1,010 partners.
+    let s = TestServer::start_with(|c| c.builtin_segments = false);
+    let view = |user: usize, item: String, n: usize| {
+        json!({"type": "track", "userId": format!("u-{user}"), "event": "Product Viewed",
+               "timestamp": T0 + n as i64, "messageId": format!("v{n}"),
+               "properties": {"product_id": item}})
+    };
+    let mut messages = Vec::new();
+    for user in 0..1_000 {
+        messages.push(view(user, "hit".into(), messages.len()));
+        messages.push(view(user, format!("once-{user}"), messages.len()));
+        for j in (0..10).filter(|j| user < 40 + 15 * j) {
+            messages.push(view(user, format!("top-{j}"), messages.len()));
+        }
+    }
+    let sent = send_messages(s.tcp, &messages);
+    assert_eq!(sent.accepted(), messages.len() as u64);
+    let metric = "shopstream_similar_partners_read_total";
+    let top = |js: &[usize]| -> Vec<(String, i64)> {
+        js.iter()
+            .map(|j| (format!("top-{j}"), 40 + 15 * *j as i64))
+            .collect()
+    };
+    // cosine(hit, top-j) = m / sqrt(1000 m) with m = 40 + 15 j; a partner seen
+    // once scores 1 / sqrt(1000): the read stops at the first of those.
+    let before = counter(s.http, metric);
+    let cosine = similar(s.http, "hit", "k=5", sent.seq());
+    assert_eq!(listed(&cosine), top(&[9, 8, 7, 6, 5]), "{cosine}");
+    let score = cosine["similar"][0]["score"].as_f64().expect("score");
+    assert!((score - (175f64 / 1000.0).sqrt()).abs() < 1e-12, "{cosine}");
+    let read = counter(s.http, metric) - before;
+    assert!(read < 100, "read {read} of 1,010 partners for a top 5");
+    let count = similar(s.http, "hit", "k=3&measure=count", sent.seq());
+    assert_eq!(listed(&count), top(&[9, 8, 7]), "{count}");
+    let jaccard = similar(s.http, "hit", "k=10&measure=jaccard", sent.seq());
+    assert_eq!(
+        listed(&jaccard),
+        top(&[9, 8, 7, 6, 5, 4, 3, 2, 1, 0]),
+        "{jaccard}"
+    );
+    let bounded = counter(s.http, metric) - before;
+    assert!(
+        bounded < 200,
+        "read {bounded} partners in three bounded reads"
+    );
+    // lift is not bounded by the count: it reads every partner (here they all
+    // score 1, everyone who saw one saw "hit", and the greatest count wins).
+    let lift = similar(s.http, "hit", "k=1&measure=lift", sent.seq());
+    assert_eq!(listed(&lift), top(&[9]), "{lift}");
+    assert!(counter(s.http, metric) - before >= bounded + 1_010);
+    s.shutdown();
+}

@@ -9,6 +9,7 @@
 //!   list that builds them ([`views::build`]).
 //! * [`read`]: trace helpers the views share (local arrangements, cursor reads at
 //!   a time, compaction).
+//! * [`operators`]: operators the views share beyond differential's own.
 //! * [`rules`]: the segment rule language (compiled once, evaluated per user).
 //!
 //! The host (`shopstream`'s `runtime`) hands each view its epochs, steps the
@@ -16,6 +17,7 @@
 //! reads against them at pinned times, knowing them only through [`view::View`];
 //! each view feeds its own inputs and reads its own traces.
 
+pub mod operators;
 pub mod read;
 pub mod rules;
 pub mod types;

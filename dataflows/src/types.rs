@@ -217,6 +217,8 @@ pub type UserKeyTrace<R> = TraceAgent<KeySpine<UserId, Time, R>>;
 pub type UserValTrace<V, R> = TraceAgent<ValSpine<UserId, V, Time, R>>;
 /// A trace keyed by an arbitrary key with no value, counted.
 pub type KeyTrace<K> = TraceAgent<KeySpine<K, Time, Diff>>;
+/// A trace of `(key, value)` with no more than a count in its difference.
+pub type ValTrace<K, V> = TraceAgent<ValSpine<K, V, Time, Diff>>;
 
 /// The worker that owns key `key` (a user, an item) out of `peers`: the host feeds
 /// a user's events to that worker, user-keyed arrangements hold the user there,

@@ -194,6 +194,9 @@ async fn get_similar(
         Ok(r) => r,
         Err(e) => return engine_error(e),
     };
+    // How far reads go down the partner lists (see the view's `index`).
+    metrics::counter!("shopstream_similar_partners_read_total")
+        .increment(read.similar.examined as u64);
     let response = if !read.similar.seen {
         not_found_at(format!("unknown item {id:?}"), read.as_of.seq)
     } else {

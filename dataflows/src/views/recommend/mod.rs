@@ -54,12 +54,12 @@ use std::rc::Rc;
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::trace::cursor::Cursor;
-use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 
+use crate::operators::after_trace;
 use crate::read::{
     arrange_by_key_at, arrange_by_self_at, arrange_local_by_key, compact, cursor_at, for_each_val,
 };
@@ -187,10 +187,6 @@ impl RecommendInputs {
     }
 }
 
-/// A trace of `(key, value)` counted by `i64`.
-type ValTrace<K, V> =
-    differential_dataflow::operators::arrange::TraceAgent<ValSpine<K, V, Time, Diff>>;
-
 /// The arrangements of the view.
 pub struct RecommendArrangements<'scope> {
     /// `((user, item), (window, mask))`, on the user's owner.
@@ -211,84 +207,50 @@ pub struct RecommendArrangements<'scope> {
 fn live_classes<'scope>(
     signals: Arranged<'scope, ValTrace<(UserId, ItemId), (Window, Class)>>,
 ) -> VecCollection<'scope, Time, MaskChange, Diff> {
-    use differential_dataflow::trace::cursor::cursor_list;
-    use differential_dataflow::trace::TraceReader;
-    use differential_dataflow::AsCollection;
-    use timely::dataflow::channels::pact::Pipeline;
-    use timely::dataflow::operators::{CapabilitySet, Operator};
-    use timely::progress::frontier::Antichain;
+    use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 
-    let mut trace = signals.trace.clone();
-    signals
-        .stream
-        .unary_frontier(Pipeline, "Recommend: live classes", move |_, _| {
-            let mut lower = Antichain::from_elem(0 as Time);
-            let mut upper = Antichain::from_elem(0 as Time);
-            let mut updates: Vec<(Time, Window, Class, Diff)> = Vec::new();
-            move |(input, _frontier), output| {
-                let mut spans = Vec::new();
-                lower.clone_from(&upper);
-                let mut caps = CapabilitySet::new();
-                input.for_each(|cap, data| {
-                    for c in cap.retain_stamp(0).iter() {
-                        caps.insert(c.clone());
-                    }
-                    for span in data.drain(..) {
-                        // Spans arrive in order.
-                        upper.clone_from(span.upper());
-                        spans.push(span);
-                    }
-                });
-                if !caps.is_empty() {
-                    let mut session = output.session(&caps);
-                    let (mut bc, bs) =
-                        cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-                    let (mut tc, ts) = cursor_list(
-                        trace
-                            .batches_through(lower.borrow())
-                            .expect("the trace is not compacted past what was read"),
-                    );
-                    while let Some(key) = bc.get_key(&bs) {
-                        let mut counts = [[0i64; 7]; 4];
-                        tc.seek_key(&ts, key);
-                        if tc.get_key(&ts) == Some(key) {
-                            while let Some(&(w, c)) = tc.get_val(&ts) {
-                                tc.map_times(&ts, |_, d| counts[w as usize][c as usize] += *d);
-                                tc.step_val(&ts);
-                            }
-                        }
-                        updates.clear();
-                        while let Some(&(w, c)) = bc.get_val(&bs) {
-                            bc.map_times(&bs, |t, d| updates.push((*t, w, c, *d)));
-                            bc.step_val(&bs);
-                        }
-                        updates.sort_unstable_by_key(|u| u.0);
-                        let mut i = 0;
-                        while i < updates.len() {
-                            let t = updates[i].0;
-                            let before = window_masks(&counts);
-                            while i < updates.len() && updates[i].0 == t {
-                                let (_, w, c, d) = updates[i];
-                                counts[w as usize][c as usize] += d;
-                                i += 1;
-                            }
-                            let after = window_masks(&counts);
-                            for w in 0..4u8 {
-                                let (b, a) = (before[w as usize], after[w as usize]);
-                                if b != a {
-                                    session.give(((*key, (w, b, a)), t, 1));
-                                }
-                            }
-                        }
-                        bc.step_key(&bs);
+    let mut updates: Vec<(Time, Window, Class, Diff)> = Vec::new();
+    after_trace(
+        signals,
+        "Recommend: live classes",
+        move |bc, bs, before, out| {
+            let (mut tc, ts) = cursor_list(before);
+            while let Some(key) = bc.get_key(bs) {
+                let mut counts = [[0i64; 7]; 4];
+                tc.seek_key(&ts, key);
+                if tc.get_key(&ts) == Some(key) {
+                    while let Some(&(w, c)) = tc.get_val(&ts) {
+                        tc.map_times(&ts, |_, d| counts[w as usize][c as usize] += *d);
+                        tc.step_val(&ts);
                     }
                 }
-                trace.advance_upper(&mut upper);
-                trace.set_logical_compaction(upper.borrow());
-                trace.set_physical_compaction(upper.borrow());
+                updates.clear();
+                while let Some(&(w, c)) = bc.get_val(bs) {
+                    bc.map_times(bs, |t, d| updates.push((*t, w, c, *d)));
+                    bc.step_val(bs);
+                }
+                updates.sort_unstable_by_key(|u| u.0);
+                let mut i = 0;
+                while i < updates.len() {
+                    let t = updates[i].0;
+                    let before = window_masks(&counts);
+                    while i < updates.len() && updates[i].0 == t {
+                        let (_, w, c, d) = updates[i];
+                        counts[w as usize][c as usize] += d;
+                        i += 1;
+                    }
+                    let after = window_masks(&counts);
+                    for w in 0..4u8 {
+                        let (b, a) = (before[w as usize], after[w as usize]);
+                        if b != a {
+                            out.push(((*key, (w, b, a)), t, 1));
+                        }
+                    }
+                }
+                bc.step_key(bs);
             }
-        })
-        .as_collection()
+        },
+    )
 }
 
 /// The live classes of each window from a `(user, item)`'s signal counts.

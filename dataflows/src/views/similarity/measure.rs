@@ -52,6 +52,29 @@ impl Measure {
             Measure::Llr => llr(c, na - c, nb - c, n - na - nb + c),
         }
     }
+
+    /// Whether the count bounds this measure's scores ([`bound`](Self::bound)).
+    pub fn bounded(self) -> bool {
+        self.bound(0, 1).is_some()
+    }
+
+    /// The greatest score any partner of an item in `na` units can have with at
+    /// most `c` units together, or `None` where `c` bounds nothing. The bounds
+    /// use only `n(b) ≥ c`: `jaccard` = c/(na + nb − c) ≤ c/na and `cosine` =
+    /// c/√(na·nb) ≤ √(c/na), both growing with `c`, so a read in count order can
+    /// stop once the bound falls below its `k`-th score. `lift` is greatest for
+    /// the rarest partners (c = nb gives N/na whatever `c`), and `llr`, unsigned,
+    /// is great for partners that avoid the item as well as for those that go
+    /// with it: neither is bounded by the count.
+    pub fn bound(self, c: i64, na: i64) -> Option<f64> {
+        let (c, na) = (c as f64, na as f64);
+        match self {
+            Measure::Count => Some(c),
+            Measure::Jaccard if na > 0.0 => Some(c / na),
+            Measure::Cosine if na > 0.0 => Some((c / na).sqrt()),
+            _ => None,
+        }
+    }
 }
 
 fn x_log_x(x: f64) -> f64 {
@@ -86,7 +109,7 @@ pub type Scored = (ItemId, f64, i64);
 
 /// Orders `(score desc, count desc)`; ties are broken by the item's name by the
 /// caller ([`rank`]).
-fn by_score(a: &Scored, b: &Scored) -> std::cmp::Ordering {
+pub(crate) fn by_score(a: &Scored, b: &Scored) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(b.2.cmp(&a.2))
 }
 

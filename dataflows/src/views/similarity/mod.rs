@@ -49,12 +49,16 @@
 //!   `n` and `N` (and the ignored users) are small and change rarely compared
 //!   with pairs, so they are replicated to every worker: the owner of `a` scores
 //!   every partner `b` without asking the owner of `b`.
-//! * Reads of a popular item: the partners of `a` are read in one forward pass
-//!   over the pair trace and, in step, the `n` trace (both in item order), scored
-//!   and ranked. A ranked list of an item with many partners is kept for the
-//!   epoch it was read at ([`RANK_CACHE_MIN_PARTNERS`]), and so is every list read
-//!   whole (the recommendations' reads), so the next reads of that item at that
-//!   epoch cost a lookup.
+//! * Reads of a popular item: each pair is also kept as data in count order
+//!   (`by_count`, see [`index`]), so a top-`k` read by `count`, `jaccard` or
+//!   `cosine` walks an item's partners from the strongest down and stops once no
+//!   partner left can reach the `k`-th score: the items seen once together, the
+//!   bulk of a popular item's partners, are not read. `lift` and `llr` are not
+//!   bounded by the count; their reads take one forward pass over the pair trace
+//!   and, in step, the `n` trace (both in item order). A ranked list that took
+//!   many partners to rank ([`RANK_CACHE_MIN_PARTNERS`]), and every list read
+//!   whole (the recommendations' reads), is kept for the epoch it was read at,
+//!   so the next reads of that item at that epoch cost a lookup.
 //!
 //! ## Identities
 //!
@@ -87,10 +91,12 @@ use crate::view::{
 };
 
 mod feeder;
+mod index;
 mod measure;
 
 use feeder::Basket;
 pub use feeder::SimilarityFeeder;
+use index::{can_stop, CountOrder};
 pub use measure::{llr, rank, Measure, Scored};
 
 /// Which co-occurrence.
@@ -196,18 +202,16 @@ pub struct SimilarityArrangements<'scope> {
     /// `(user, entry)`: each user's history and marks, on the user's owner.
     pub history: Arranged<'scope, UserValTrace<Entry, Diff>>,
     /// `((kind, a), b)` with `c(a, b)`, on the owner of `a`.
-    pub pairs: Arranged<'scope, TraceAgent2<(Kind, ItemId), ItemId>>,
+    pub pairs: Arranged<'scope, ValTrace<(Kind, ItemId), ItemId>>,
+    /// `((kind, a), (order, b))`: the pairs again, partners in count order ([`index`]).
+    pub by_count: Arranged<'scope, index::ByCount>,
     /// `(worker, kind, item)` with `n(item)` (`item` 0: `N`), on every worker.
     pub stats: Arranged<'scope, KeyTrace<StatKey>>,
     /// `(order, item)` live in the order (item 0: the order has items).
-    pub baskets: Arranged<'scope, TraceAgent2<Sym, ItemId>>,
+    pub baskets: Arranged<'scope, ValTrace<Sym, ItemId>>,
     /// Items seen in any event, on their owner.
     pub seen: Arranged<'scope, KeyTrace<ItemId>>,
 }
-
-/// A `(key, value)` trace counted by `i64`.
-pub type TraceAgent2<K, V> =
-    differential_dataflow::operators::arrange::TraceAgent<ValSpine<K, V, Time, Diff>>;
 
 /// The inputs, fed by the [`SimilarityFeeder`].
 pub struct SimilarityInputs {
@@ -292,6 +296,7 @@ pub fn similarity<'scope>(
         move |k: &(Kind, ItemId)| owner(k.1, peers) as u64,
         "Similarity: pairs",
     );
+    let by_count = index::by_count(pairs.clone());
     // n(a) and N per kind, to every worker; the ignored users to this worker only.
     let counts = entries
         .flat_map(|(_, e)| match e {
@@ -322,6 +327,7 @@ pub fn similarity<'scope>(
         touches,
         history,
         pairs,
+        by_count,
         stats,
         baskets,
         seen,
@@ -332,9 +338,10 @@ pub fn similarity<'scope>(
 pub struct SimilarityTraces {
     pub touches: UserValTrace<(Recency, ItemId), Diff>,
     pub history: UserValTrace<Entry, Diff>,
-    pub pairs: TraceAgent2<(Kind, ItemId), ItemId>,
+    pub pairs: ValTrace<(Kind, ItemId), ItemId>,
+    pub by_count: index::ByCount,
     pub stats: KeyTrace<StatKey>,
-    pub baskets: TraceAgent2<Sym, ItemId>,
+    pub baskets: ValTrace<Sym, ItemId>,
     pub seen: KeyTrace<ItemId>,
 }
 
@@ -343,6 +350,7 @@ impl SimilarityTraces {
         compact(&mut self.touches, frontier);
         compact(&mut self.history, frontier);
         compact(&mut self.pairs, frontier);
+        compact(&mut self.by_count, frontier);
         compact(&mut self.stats, frontier);
         compact(&mut self.baskets, frontier);
         compact(&mut self.seen, frontier);
@@ -370,6 +378,7 @@ pub fn build<'scope>(
     a.touches.stream.clone().probe_with(probe);
     a.history.stream.clone().probe_with(probe);
     a.pairs.stream.clone().probe_with(probe);
+    a.by_count.stream.clone().probe_with(probe);
     a.stats.stream.clone().probe_with(probe);
     a.baskets.stream.clone().probe_with(probe);
     a.seen.stream.clone().probe_with(probe);
@@ -377,6 +386,7 @@ pub fn build<'scope>(
         touches: a.touches.trace,
         history: a.history.trace,
         pairs: a.pairs.trace,
+        by_count: a.by_count.trace,
         stats: a.stats.trace,
         baskets: a.baskets.trace,
         seen: a.seen.trace,
@@ -463,7 +473,8 @@ pub struct SimilarityView {
     names: Names,
     /// Answers (the first [`MAX_K`]) of items with many partners and of reads of
     /// whole lists, at `ranked_at`.
-    ranked: TwoGenerations<(Kind, ItemId, Measure), Rc<Similar>>,
+    /// Each with the `k` it was read for.
+    ranked: TwoGenerations<(Kind, ItemId, Measure), (Rc<Similar>, usize)>,
     ranked_at: Option<Time>,
     /// Users of this worker over the daily limit, at the last completed epoch.
     ignored_users: i64,
@@ -489,6 +500,9 @@ pub struct Similar {
     pub units: i64,
     /// Partners, ranked, at most the `k` asked for.
     pub similar: Vec<Scored>,
+    /// Partners this read looked at (0 for an answer kept from an earlier read
+    /// at the same epoch).
+    pub examined: usize,
 }
 
 impl SimilarityView {
@@ -512,35 +526,52 @@ impl SimilarityView {
             self.ranked.clear();
             self.ranked_at = Some(at);
         }
-        if let Some(hit) = self.ranked.get(&(kind, item, measure)) {
-            return Similar {
-                similar: hit.similar.iter().take(k).copied().collect(),
-                ..*hit.as_ref()
-            };
+        if let Some((hit, read)) = self.ranked.get(&(kind, item, measure)) {
+            // A list of the first `read` answers any `k` up to it, and any `k`
+            // at all when it holds fewer (every partner there is).
+            if k <= read || hit.similar.len() < read {
+                return Similar {
+                    similar: hit.similar.iter().take(k).copied().collect(),
+                    examined: 0,
+                    ..*hit.as_ref()
+                };
+            }
         }
         let seen = read_key(&mut self.traces.seen, &item, at).is_some_and(|n| n > 0);
         let me = self.place.worker as u32;
         let n = read_key(&mut self.traces.stats, &(me, kind, item), at).unwrap_or(0);
         let units = read_key(&mut self.traces.stats, &(me, kind, UNIT), at).unwrap_or(0);
-        let partners = self.partners(kind, item, at);
-        // Kept: the lists of items with many partners, and every list read whole
-        // (recommendations read the same history items' lists again and again).
-        let keep = partners.len() >= RANK_CACHE_MIN_PARTNERS || k == MAX_K;
-        let scored = partners
-            .into_iter()
-            .map(|(b, c, nb)| (b, measure.score(c, n, nb, units), c))
-            .collect();
+        let score = |(b, c, nb): (ItemId, i64, i64)| (b, measure.score(c, n, nb, units), c);
+        let (similar, examined, read) = if measure.bounded() {
+            let (similar, examined) = self.top_by_count(kind, item, measure, k, at, (n, units));
+            (similar, examined, k)
+        } else {
+            // Every partner is scored: the list is worth keeping whole (the first
+            // MAX_K) when it was long.
+            let partners = self.partners(kind, item, at);
+            let examined = partners.len();
+            let read = if examined >= RANK_CACHE_MIN_PARTNERS {
+                MAX_K
+            } else {
+                k
+            };
+            let scored = partners.into_iter().map(score).collect();
+            (rank(scored, read, &self.names), examined, read)
+        };
         let answer = Similar {
             seen,
             n,
             units,
-            similar: rank(scored, if keep { MAX_K } else { k }, &self.names),
+            similar,
+            examined,
         };
-        if keep {
+        // Kept: the lists that took many partners to rank, and every list read
+        // whole (recommendations read the same history items' lists again and again).
+        if examined >= RANK_CACHE_MIN_PARTNERS || k == MAX_K {
             let answer = Rc::new(answer);
             let size = answer.similar.len() + 1;
             self.ranked
-                .insert((kind, item, measure), answer.clone(), size);
+                .insert((kind, item, measure), (answer.clone(), read), size);
             return Similar {
                 similar: answer.similar.iter().take(k).copied().collect(),
                 ..*answer.as_ref()
@@ -549,10 +580,62 @@ impl SimilarityView {
         answer
     }
 
+    /// The first `k` partners of `item` by a measure the count bounds, read in
+    /// count order in chunks (the first `k`, then twice as many each time) until
+    /// no partner left can reach the `k`-th score ([`index`]); with the number of
+    /// partners read. `counts` are `n(item)` and `N`.
+    fn top_by_count(
+        &mut self,
+        kind: Kind,
+        item: ItemId,
+        measure: Measure,
+        k: usize,
+        at: Time,
+        (n, units): (i64, i64),
+    ) -> (Vec<Scored>, usize) {
+        let Some(mut walk) = CountOrder::new(&mut self.traces.by_count, (kind, item), at) else {
+            return (Vec::new(), 0);
+        };
+        let mut scored = Vec::new();
+        let mut want = k.max(1);
+        loop {
+            let mut chunk = Vec::with_capacity(want);
+            walk.take(want, &mut chunk);
+            chunk.sort_unstable_by_key(|p| p.0);
+            let counted = self.with_counts(kind, chunk, at);
+            scored.extend(
+                counted
+                    .into_iter()
+                    .map(|(b, c, nb)| (b, measure.score(c, n, nb, units), c)),
+            );
+            if walk.ended() {
+                break;
+            }
+            if let Some(last) = walk.last {
+                if can_stop(&scored, k, measure, last, n) {
+                    break;
+                }
+            }
+            want *= 2;
+        }
+        (rank(scored, k, &self.names), walk.taken)
+    }
+
     /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
     /// forward pass over the pairs and, in step, over the counts.
     pub fn partners(&mut self, kind: Kind, item: ItemId, at: Time) -> Vec<(ItemId, i64, i64)> {
         let pairs = self.pair_counts(kind, item, at);
+        self.with_counts(kind, pairs, at)
+    }
+
+    /// `(b, c, n(b))` for each `(b, c)` of `pairs` (in `b` order): one forward
+    /// pass over the counts.
+    fn with_counts(
+        &mut self,
+        kind: Kind,
+        pairs: Vec<(ItemId, i64)>,
+        at: Time,
+    ) -> Vec<(ItemId, i64, i64)> {
         let me = self.place.worker as u32;
         let (mut c, s) = cursor_at(&mut self.traces.stats);
         pairs
