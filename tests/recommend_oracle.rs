@@ -36,6 +36,9 @@ const WINDOW_MS: [i64; 3] = [DAY_MS, 7 * DAY_MS, 30 * DAY_MS];
 const WEIGHTS: [i64; 5] = [1, 2, 2, 3, 5];
 const TRENDING_MIN: i64 = 2;
 const HALF_LIFE_DAYS: f64 = 3.0;
+/// Few, so that which neighbours are eligible matters (the engine reads twice
+/// as many first, and a whole list only when too few of those are eligible).
+const NEIGHBOURS: usize = 2;
 
 /// Signal counts per window: view, click, wishlist, cart, purchase, removed, refunded.
 type Counts = [[i64; 7]; 4];
@@ -290,7 +293,7 @@ impl Model {
                     .filter(|(b, _, _)| {
                         !exclude.contains(b) && self.passes(b, &q.category, &q.brand)
                     })
-                    .take(20);
+                    .take(NEIGHBOURS);
                 for (b, sim, _) in eligible {
                     by.entry(b).or_default().push((h.clone(), w * sim));
                 }
@@ -432,6 +435,7 @@ fn recommend_config(dir: &std::path::Path, workers: usize) -> Config {
     let mut c = config(dir, workers);
     c.recommend.trending_min = TRENDING_MIN;
     c.recommend.half_life_days = HALF_LIFE_DAYS;
+    c.recommend.neighbours = NEIGHBOURS;
     c
 }
 

@@ -394,6 +394,28 @@ async fn fill(
     Ok(())
 }
 
+/// Keeps of each list its first `neighbours` eligible items: not excluded, and
+/// passing `filter` (read on this worker in one pass for all the lists).
+fn eligible(
+    rec: &mut RecommendView,
+    lists: &mut [(ItemId, Vec<Scored>)],
+    excluded: &IdSet,
+    filter: ItemFilter,
+    neighbours: usize,
+    at: shopstream_dataflows::types::Time,
+) {
+    let candidates: Vec<ItemId> = lists
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|s| s.0))
+        .filter(|b| !excluded.contains(b))
+        .collect();
+    let pass = rec.passing(&candidates, filter, at);
+    for (_, list) in lists.iter_mut() {
+        list.retain(|(b, _, _)| pass.contains(b));
+        list.truncate(neighbours);
+    }
+}
+
 /// The personal candidates of a history, scored and ranked (all of them).
 async fn personal(
     engine: &Engine,
@@ -407,27 +429,54 @@ async fn personal(
     let measure = Measure::parse(&cfg.measure).unwrap_or(Measure::Cosine);
     let neighbours = cfg.neighbours;
     let asked: Arc<Vec<ItemId>> = Arc::new(history.iter().map(|(h, _)| *h).collect());
+    // Each history item's list is read for twice the neighbours first, and
+    // again whole (MAX_K) only when too few of those are eligible: the same
+    // answer as reading every list whole, from fewer partners.
+    let first = (2 * neighbours).clamp(1, MAX_K);
     let parts = pinned
         .ask(Route::All, move |views, cx| {
             let mut lists: Vec<(ItemId, Vec<Scored>)> = Vec::new();
             if let Some(sim) = views.get::<SimilarityView>() {
                 for h in asked.iter() {
                     if sim.owns(*h) {
-                        lists.push((*h, sim.similar(*h, kind, measure, MAX_K, cx).similar));
+                        lists.push((
+                            *h,
+                            sim.similar_kept(*h, kind, measure, first, cx, true).similar,
+                        ));
                     }
                 }
             }
+            let short = |l: &[(ItemId, Vec<Scored>)], read: &[usize]| -> Vec<ItemId> {
+                l.iter()
+                    .zip(read)
+                    .filter(|((_, list), read)| list.len() < neighbours && **read == first)
+                    .map(|((h, _), _)| *h)
+                    .collect()
+            };
+            let read: Vec<usize> = lists.iter().map(|(_, l)| l.len()).collect();
             if let Some(rec) = views.get::<RecommendView>() {
-                let candidates: Vec<ItemId> = lists
-                    .iter()
-                    .flat_map(|(_, l)| l.iter().map(|s| s.0))
-                    .filter(|b| !excluded.contains(b))
-                    .collect();
-                let pass = rec.passing(&candidates, filter, cx.at);
-                for (_, list) in &mut lists {
-                    list.retain(|(b, _, _)| pass.contains(b));
-                    list.truncate(neighbours);
+                eligible(rec, &mut lists, &excluded, filter, neighbours, cx.at);
+            }
+            let again = if first < MAX_K {
+                short(&lists, &read)
+            } else {
+                Vec::new()
+            };
+            if !again.is_empty() {
+                let mut more: Vec<(ItemId, Vec<Scored>)> = Vec::new();
+                if let Some(sim) = views.get::<SimilarityView>() {
+                    for h in &again {
+                        more.push((
+                            *h,
+                            sim.similar_kept(*h, kind, measure, MAX_K, cx, true).similar,
+                        ));
+                    }
                 }
+                if let Some(rec) = views.get::<RecommendView>() {
+                    eligible(rec, &mut more, &excluded, filter, neighbours, cx.at);
+                }
+                lists.retain(|(h, _)| !again.contains(h));
+                lists.extend(more);
             }
             lists
         })

@@ -56,9 +56,11 @@
 //!   bulk of a popular item's partners, are not read. `lift` and `llr` are not
 //!   bounded by the count; their reads take one forward pass over the pair trace
 //!   and, in step, the `n` trace (both in item order). A ranked list that took
-//!   many partners to rank ([`RANK_CACHE_MIN_PARTNERS`]), and every list read
-//!   whole (the recommendations' reads), is kept for the epoch it was read at,
-//!   so the next reads of that item at that epoch cost a lookup.
+//!   many partners to rank ([`RANK_CACHE_MIN_PARTNERS`]), and every list a
+//!   recommendation reads ([`SimilarityView::similar_kept`]), is kept for the epoch
+//!   it was read at, so the next reads of that item at that epoch cost a lookup;
+//!   so are the `n(b)` looked up at that epoch (a popular item's partners are
+//!   mostly the same popular items).
 //!
 //! ## Identities
 //!
@@ -398,6 +400,7 @@ pub fn build<'scope>(
         place,
         names,
         ranked: TwoGenerations::new(RANK_CACHE_SCORED),
+        n_of: FastMap::default(),
         ranked_at: None,
         ignored_users: 0,
     };
@@ -461,6 +464,9 @@ impl<K: std::hash::Hash + Eq, V: Clone> TwoGenerations<K, V> {
         self.young.insert(key, (value, size));
     }
 }
+/// Counts `n(b)` kept per epoch at most (then forgotten all at once).
+const N_OF_MAX: usize = 1 << 20;
+
 /// The most partners one answer lists.
 pub const MAX_K: usize = 100;
 
@@ -475,6 +481,8 @@ pub struct SimilarityView {
     /// whole lists, at `ranked_at`.
     /// Each with the `k` it was read for.
     ranked: TwoGenerations<(Kind, ItemId, Measure), (Rc<Similar>, usize)>,
+    /// `n(b)` of the items looked up at `ranked_at`.
+    n_of: FastMap<(Kind, ItemId), i64>,
     ranked_at: Option<Time>,
     /// Users of this worker over the daily limit, at the last completed epoch.
     ignored_users: i64,
@@ -521,11 +529,32 @@ impl SimilarityView {
         k: usize,
         cx: ReadCtx,
     ) -> Similar {
-        let at = cx.at;
+        self.similar_kept(item, kind, measure, k, cx, false)
+    }
+
+    /// Forgets what was kept for another epoch than `at`.
+    fn at_epoch(&mut self, at: Time) {
         if self.ranked_at != Some(at) {
             self.ranked.clear();
+            self.n_of.clear();
             self.ranked_at = Some(at);
         }
+    }
+
+    /// As [`similar`](Self::similar); `keep`: the answer is kept for the epoch
+    /// whatever it took (recommendations read the same history items' lists
+    /// again and again).
+    pub fn similar_kept(
+        &mut self,
+        item: ItemId,
+        kind: Kind,
+        measure: Measure,
+        k: usize,
+        cx: ReadCtx,
+        keep: bool,
+    ) -> Similar {
+        let at = cx.at;
+        self.at_epoch(at);
         if let Some((hit, read)) = self.ranked.get(&(kind, item, measure)) {
             // A list of the first `read` answers any `k` up to it, and any `k`
             // at all when it holds fewer (every partner there is).
@@ -565,9 +594,8 @@ impl SimilarityView {
             similar,
             examined,
         };
-        // Kept: the lists that took many partners to rank, and every list read
-        // whole (recommendations read the same history items' lists again and again).
-        if examined >= RANK_CACHE_MIN_PARTNERS || k == MAX_K {
+        // Kept: the lists that took many partners to rank, and those asked to be.
+        if keep || examined >= RANK_CACHE_MIN_PARTNERS {
             let answer = Rc::new(answer);
             let size = answer.similar.len() + 1;
             self.ranked
@@ -624,12 +652,15 @@ impl SimilarityView {
     /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
     /// forward pass over the pairs and, in step, over the counts.
     pub fn partners(&mut self, kind: Kind, item: ItemId, at: Time) -> Vec<(ItemId, i64, i64)> {
+        self.at_epoch(at);
         let pairs = self.pair_counts(kind, item, at);
         self.with_counts(kind, pairs, at)
     }
 
-    /// `(b, c, n(b))` for each `(b, c)` of `pairs` (in `b` order): one forward
-    /// pass over the counts.
+    /// `(b, c, n(b))` for each `(b, c)` of `pairs` (in `b` order), at the epoch
+    /// of [`at_epoch`](Self::at_epoch): the counts not yet looked up at it in one
+    /// forward pass over the counts. (The partners of popular items are mostly
+    /// the same popular items: looked up once per epoch, not once per list.)
     fn with_counts(
         &mut self,
         kind: Kind,
@@ -637,16 +668,28 @@ impl SimilarityView {
         at: Time,
     ) -> Vec<(ItemId, i64, i64)> {
         let me = self.place.worker as u32;
-        let (mut c, s) = cursor_at(&mut self.traces.stats);
-        pairs
-            .into_iter()
-            .map(|(b, d)| {
+        let n_of = &mut self.n_of;
+        if n_of.len() > N_OF_MAX {
+            n_of.clear();
+        }
+        let missing: Vec<ItemId> = pairs
+            .iter()
+            .map(|(b, _)| *b)
+            .filter(|b| !n_of.contains_key(&(kind, *b)))
+            .collect();
+        if !missing.is_empty() {
+            let (mut c, s) = cursor_at(&mut self.traces.stats);
+            for b in missing {
                 let key = &(me, kind, b);
                 let mut nb = 0;
                 let mut each = |_: (), r: Diff| nb = r;
                 read_key_at!(c, s, key, at, each, _v => ());
-                (b, d, nb)
-            })
+                n_of.insert((kind, b), nb);
+            }
+        }
+        pairs
+            .into_iter()
+            .map(|(b, d)| (b, d, n_of[&(kind, b)]))
             .collect()
     }
 
