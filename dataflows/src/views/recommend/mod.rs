@@ -47,6 +47,10 @@
 //! Reads of popularity scan the window's items on every worker (each its own)
 //! and keep the ranked first [`POPULAR_CACHE`] per `(window, category, brand)`
 //! for the epoch read, so a page of popular items is a lookup after the first.
+//! A read by category alone (what a recommendation for a new user asks, by the
+//! user's top category) or by brand alone ranks every category (brand) of the
+//! window in the one scan, so that an epoch costs one scan per window and
+//! attribute, not one per category asked.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -345,11 +349,15 @@ pub fn build<'scope>(
         place,
         names,
         cache: HashMap::new(),
+        by_attribute: HashMap::new(),
         cache_at: None,
         trends: None,
     };
     (view, ())
 }
+
+/// Ranked popular items of each category (or brand).
+type Ranked = HashMap<Sym, Rc<Vec<Scored>>>;
 
 /// Ranked popular items kept per `(window, category, brand)` for the epoch read.
 pub const POPULAR_CACHE: usize = 200;
@@ -389,6 +397,9 @@ pub struct RecommendView {
     place: Place,
     names: Names,
     cache: HashMap<(Window, ItemFilter), Rc<Vec<Scored>>>,
+    /// The ranked lists of every category (brand: attribute [`BRAND`]) of a
+    /// window, at `cache_at`.
+    by_attribute: HashMap<(Window, u8), Ranked>,
     cache_at: Option<Time>,
     /// Trending items (all of this worker's, ranked) at `cache_at`.
     trends: Option<Rc<Vec<Trend>>>,
@@ -493,9 +504,19 @@ impl RecommendView {
         cx: ReadCtx,
     ) -> Vec<Scored> {
         self.cache_for(cx.at);
-        let cached = match self.cache.get(&(window, filter)) {
-            Some(list) => list.clone(),
-            None => {
+        let one = match (filter.category, filter.brand) {
+            (0, 0) => None,
+            (c, 0) => Some((CATEGORY, c)),
+            (0, b) => Some((BRAND, b)),
+            _ => None,
+        };
+        let cached = match (self.cache.get(&(window, filter)), one) {
+            (Some(list), _) => list.clone(),
+            (None, Some((attr, value))) => {
+                let all = self.rank_by_attribute(window, attr, cx.at);
+                all.get(&value).cloned().unwrap_or_default()
+            }
+            (None, None) => {
                 let list = Rc::new(self.rank_popular(
                     window,
                     filter,
@@ -525,9 +546,36 @@ impl RecommendView {
     fn cache_for(&mut self, at: Time) {
         if self.cache_at != Some(at) || self.cache.len() > 1024 {
             self.cache.clear();
+            self.by_attribute.clear();
             self.trends = None;
             self.cache_at = Some(at);
         }
+    }
+
+    /// The first [`POPULAR_CACHE`] items of each value of `attr` in `window`
+    /// (kept for the epoch), from one scan.
+    fn rank_by_attribute(&mut self, window: Window, attr: u8, at: Time) -> &Ranked {
+        if !self.by_attribute.contains_key(&(window, attr)) {
+            let all = self.popularity(window, at);
+            let items: Vec<ItemId> = all.iter().map(|(i, _)| *i).collect();
+            let attrs = self.attributes(&items, at);
+            let mut groups: HashMap<Sym, Vec<Scored>> = HashMap::new();
+            for ((item, score), (category, brand)) in all.into_iter().zip(attrs) {
+                let value = if attr == BRAND { brand } else { category };
+                if value != 0 {
+                    groups
+                        .entry(value)
+                        .or_default()
+                        .push((item, score as f64, score));
+                }
+            }
+            let ranked = groups
+                .into_iter()
+                .map(|(v, scored)| (v, Rc::new(rank(scored, POPULAR_CACHE, &self.names))))
+                .collect();
+            self.by_attribute.insert((window, attr), ranked);
+        }
+        &self.by_attribute[&(window, attr)]
     }
 
     fn rank_popular(
