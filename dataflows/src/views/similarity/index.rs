@@ -14,7 +14,10 @@
 //!
 //! The index is derived from the pair counts by [`count_changes`] (each change of
 //! a count retracts the pair at its old order and adds it at its new one), on the
-//! worker that owns `a`, as the pairs are.
+//! worker that owns `a`, as the pairs are. It holds the pairs seen together at
+//! least [`INDEXED_FROM`] times: when the indexed partners are all read and the
+//! `k`-th score is still within reach of a pair seen once, the read takes those
+//! from the pairs trace (one pass over the item's partners, as `lift` does).
 
 use differential_dataflow::operators::arrange::Arranged;
 use differential_dataflow::trace::cursor::Cursor;
@@ -24,6 +27,13 @@ use super::Kind;
 use crate::operators::count_changes;
 use crate::read::{arrange_local_by_key, SpineCursor};
 use crate::types::{Diff, ItemId, Time, ValTrace};
+
+/// The least count a pair is indexed with. The pairs seen together once are
+/// most of a popular item's partners and most of the pairs' churn (each comes
+/// and goes with one history); they are left out of the index, and a read that
+/// reaches down to them (an item without `k` stronger partners) takes them from
+/// the pairs trace.
+pub const INDEXED_FROM: Diff = 2;
 
 /// A pair's place in its item's list: the greater the count, the smaller.
 pub type Order = u32;
@@ -38,7 +48,7 @@ pub fn count_of(order: Order) -> Diff {
     Diff::from(u32::MAX - order)
 }
 
-/// `((kind, a), (order, b))` for each pair with `c(a, b) > 0`.
+/// `((kind, a), (order, b))` for each pair with `c(a, b) ≥ INDEXED_FROM`.
 pub type ByCount = ValTrace<(Kind, ItemId), (Order, ItemId)>;
 
 /// The pairs by count, from the pairs by partner, on the same worker.
@@ -52,7 +62,7 @@ pub fn by_count<'scope>(
                 ((key, (order_of(before), b)), -1),
                 ((key, (order_of(after), b)), 1),
             ];
-            let live = [before > 0, after > 0];
+            let live = [before >= INDEXED_FROM, after >= INDEXED_FROM];
             out.into_iter()
                 .zip(live)
                 .filter(|(_, l)| *l)

@@ -53,7 +53,8 @@
 //!   (`by_count`, see [`index`]), so a top-`k` read by `count`, `jaccard` or
 //!   `cosine` walks an item's partners from the strongest down and stops once no
 //!   partner left can reach the `k`-th score: the items seen once together, the
-//!   bulk of a popular item's partners, are not read. `lift` and `llr` are not
+//!   bulk of a popular item's partners, are not read (nor indexed: a read whose
+//!   answer reaches down to them takes them from the pairs). `lift` and `llr` are not
 //!   bounded by the count; their reads take one forward pass over the pair trace
 //!   and, in step, the `n` trace (both in item order). A ranked list that took
 //!   many partners to rank ([`RANK_CACHE_MIN_PARTNERS`]), and every list a
@@ -621,32 +622,41 @@ impl SimilarityView {
         at: Time,
         (n, units): (i64, i64),
     ) -> (Vec<Scored>, usize) {
-        let Some(mut walk) = CountOrder::new(&mut self.traces.by_count, (kind, item), at) else {
-            return (Vec::new(), 0);
-        };
+        let score = |(b, c, nb): (ItemId, i64, i64)| (b, measure.score(c, n, nb, units), c);
         let mut scored = Vec::new();
-        let mut want = k.max(1);
-        loop {
-            let mut chunk = Vec::with_capacity(want);
-            walk.take(want, &mut chunk);
-            chunk.sort_unstable_by_key(|p| p.0);
-            let counted = self.with_counts(kind, chunk, at);
-            scored.extend(
-                counted
-                    .into_iter()
-                    .map(|(b, c, nb)| (b, measure.score(c, n, nb, units), c)),
-            );
-            if walk.ended() {
-                break;
-            }
-            if let Some(last) = walk.last {
-                if can_stop(&scored, k, measure, last, n) {
+        let mut examined = 0;
+        if let Some(mut walk) = CountOrder::new(&mut self.traces.by_count, (kind, item), at) {
+            let mut want = k.max(1);
+            loop {
+                let mut chunk = Vec::with_capacity(want);
+                walk.take(want, &mut chunk);
+                chunk.sort_unstable_by_key(|p| p.0);
+                let counted = self.with_counts(kind, chunk, at);
+                scored.extend(counted.into_iter().map(score));
+                if walk.ended() {
                     break;
                 }
+                if let Some(last) = walk.last {
+                    if can_stop(&scored, k, measure, last, n) {
+                        return (rank(scored, k, &self.names), walk.taken);
+                    }
+                }
+                want *= 2;
             }
-            want *= 2;
+            examined = walk.taken;
         }
-        (rank(scored, k, &self.names), walk.taken)
+        // Every indexed partner is scored; those seen together fewer times are
+        // read from the pairs unless none of them can reach the k-th score.
+        if !can_stop(&scored, k, measure, index::INDEXED_FROM - 1, n) {
+            let all = self.pair_counts(kind, item, at);
+            examined += all.len();
+            let rest = all
+                .into_iter()
+                .filter(|(_, c)| *c < index::INDEXED_FROM)
+                .collect();
+            scored.extend(self.with_counts(kind, rest, at).into_iter().map(score));
+        }
+        (rank(scored, k, &self.names), examined)
     }
 
     /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
