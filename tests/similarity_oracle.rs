@@ -23,8 +23,10 @@ mod shop;
 use proptest::prelude::*;
 use shop::*;
 use shopstream::event::Event;
-use shopstream::runtime::Engine;
-use shopstream_dataflows::views::similarity::{Measure, BOUGHT, MAX_K, VIEWED};
+use shopstream::runtime::{Engine, Route};
+use shopstream::serve::similarity::SimilarRead;
+use shopstream_dataflows::types::intern;
+use shopstream_dataflows::views::similarity::{Measure, SimilarityView, BOUGHT, MAX_K, VIEWED};
 
 /// The expected bundles of `given`: the items (not given) in a unit with every
 /// given item, by the sum of their counts with them, then the least count, then
@@ -64,6 +66,32 @@ fn expected_bundles(
     Ok(out)
 }
 
+/// One similar read at `seq` on the item's owner, kept for the epoch or not.
+async fn read(
+    engine: &Engine,
+    item: &str,
+    kind: u8,
+    measure: Measure,
+    k: usize,
+    keep: bool,
+    seq: u64,
+) -> SimilarRead {
+    let id = intern(item);
+    let (as_of, answers) = engine
+        .read(
+            Some(seq),
+            None,
+            Route::Owner(id),
+            move |v: &mut SimilarityView, cx| v.similar_kept(id, kind, measure, k, cx, keep),
+        )
+        .await
+        .expect("read");
+    SimilarRead {
+        as_of,
+        similar: answers.into_iter().next().expect("the owner answers"),
+    }
+}
+
 async fn compare(
     engine: &Engine,
     logged: &[(u64, Event)],
@@ -99,21 +127,13 @@ async fn compare(
             let item = format!("i{i}");
             for (m, measure) in Measure::ALL.into_iter().enumerate() {
                 let (n, total, want) = expected(&units, &item, measure);
-                // A few k, so that reads in count order stop early; then every
-                // partner (MAX_K, which the view keeps for the epoch), and the
-                // few again (now from what was kept).
+                // A few k, so that reads in count order stop early; then kept for
+                // the epoch (as recommendations keep theirs), every partner (a
+                // kept list of a few answers it only when it holds them all), and
+                // the few again (from what was kept).
                 let few = [1, 2, 3, 10][(i as usize + m + seq as usize) % 4];
-                for k in [few, MAX_K, few] {
-                    let got = shopstream::serve::similarity::read(
-                        engine,
-                        &item,
-                        kind,
-                        measure,
-                        k,
-                        Some(seq),
-                    )
-                    .await
-                    .expect("read");
+                for (k, keep) in [(few, false), (few, true), (MAX_K, true), (few, false)] {
+                    let got = read(engine, &item, kind, measure, k, keep, seq).await;
                     prop_assert_eq!(got.as_of.seq, seq);
                     prop_assert_eq!(
                         got.similar.seen,

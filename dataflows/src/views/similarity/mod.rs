@@ -408,7 +408,9 @@ pub fn build<'scope>(
     (view, ())
 }
 
-/// Partner count from which a ranked list is kept for the epoch it was read at.
+/// Partners examined from which a ranked list is kept for the epoch it was read
+/// at (a read in count order rarely examines as many; a scan of a popular item
+/// does).
 pub const RANK_CACHE_MIN_PARTNERS: usize = 512;
 /// Scored entries the cache of ranked lists holds at most (in two generations):
 /// about 24 MiB per worker.
@@ -462,7 +464,9 @@ impl<K: std::hash::Hash + Eq, V: Clone> TwoGenerations<K, V> {
             self.young_size = 0;
         }
         self.young_size += size;
-        self.young.insert(key, (value, size));
+        if let Some((_, replaced)) = self.young.insert(key, (value, size)) {
+            self.young_size -= replaced;
+        }
     }
 }
 /// Counts `n(b)` kept per epoch at most (then forgotten all at once).
@@ -478,9 +482,8 @@ pub struct SimilarityView {
     feeder: SimilarityFeeder,
     place: Place,
     names: Names,
-    /// Answers (the first [`MAX_K`]) of items with many partners and of reads of
-    /// whole lists, at `ranked_at`.
-    /// Each with the `k` it was read for.
+    /// Answers that examined many partners or were asked to be kept, at
+    /// `ranked_at`, each with the `k` it was read for.
     ranked: TwoGenerations<(Kind, ItemId, Measure), (Rc<Similar>, usize)>,
     /// `n(b)` of the items looked up at `ranked_at`.
     n_of: FastMap<(Kind, ItemId), i64>,
@@ -510,7 +513,8 @@ pub struct Similar {
     /// Partners, ranked, at most the `k` asked for.
     pub similar: Vec<Scored>,
     /// Partners this read looked at (0 for an answer kept from an earlier read
-    /// at the same epoch).
+    /// at the same epoch; a read in count order that goes on to the pairs seen
+    /// once counts the indexed partners twice, walked and scanned).
     pub examined: usize,
 }
 
@@ -622,11 +626,14 @@ impl SimilarityView {
         at: Time,
         (n, units): (i64, i64),
     ) -> (Vec<Scored>, usize) {
+        if k == 0 {
+            return (Vec::new(), 0);
+        }
         let score = |(b, c, nb): (ItemId, i64, i64)| (b, measure.score(c, n, nb, units), c);
         let mut scored = Vec::new();
         let mut examined = 0;
         if let Some(mut walk) = CountOrder::new(&mut self.traces.by_count, (kind, item), at) {
-            let mut want = k.max(1);
+            let mut want = k;
             loop {
                 let mut chunk = Vec::with_capacity(want);
                 walk.take(want, &mut chunk);
