@@ -549,23 +549,9 @@ fn regression_line_longer_than_the_read_chunk_spun_forever() {
     let server = TestServer::start_with(|c| c.max_line_bytes = 1 << 20);
     let big = "x".repeat(300 * 1024);
     let line = ndjson(&[track("long", "Custom Thing", T0, json!({ "blob": big }))]);
-    let mut stream = TcpStream::connect(server.tcp).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let (head, tail) = line.split_at(line.len() / 2);
-    stream.write_all(head).expect("first half");
-    stream.flush().expect("flush");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    stream.write_all(tail).expect("second half");
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    let answers = read_answers(stream);
-    assert_eq!(
-        (answers.accepted(), answers.rejected()),
-        (1, 0),
-        "{:?}",
-        answers.lines
-    );
+    let answers = send_in_parts(server.tcp, &[head, tail], 200);
+    assert_one_accepted(&answers);
     let (status, _) = get_json(server.http, "/healthz");
     assert_eq!(status, 200);
     server.shutdown();
@@ -579,24 +565,36 @@ fn regression_crlf_line_at_the_limit_split_across_reads_was_refused() {
     let body = &message[..message.len() - 1];
     let limit = body.len();
     let server = TestServer::start_with(|c| c.max_line_bytes = limit);
-    let mut stream = TcpStream::connect(server.tcp).expect("connect");
+    let answers = send_in_parts(server.tcp, &[&[body, b"\r"].concat(), b"\n"], 100);
+    assert_one_accepted(&answers);
+    server.shutdown();
+}
+
+/// Sends `parts` on one connection, flushing and pausing `pause_ms` between them
+/// (so that they arrive in separate reads), and reads the answers.
+fn send_in_parts(addr: std::net::SocketAddr, parts: &[&[u8]], pause_ms: u64) -> Answers {
+    let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    stream.write_all(body).expect("line");
-    stream.write_all(b"\r").expect("cr");
-    stream.flush().expect("flush");
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    stream.write_all(b"\n").expect("lf");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            stream.flush().expect("flush");
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        }
+        stream.write_all(part).expect("part");
+    }
     stream
         .shutdown(std::net::Shutdown::Write)
         .expect("shutdown");
-    let answers = read_answers(stream);
+    read_answers(stream)
+}
+
+fn assert_one_accepted(answers: &Answers) {
     assert_eq!(
         (answers.accepted(), answers.rejected()),
         (1, 0),
         "{:?}",
         answers.lines
     );
-    server.shutdown();
 }
 
 /// Over `max_connections`, a connection gets one fatal error line and is closed;
