@@ -42,7 +42,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use shopstream_dataflows::types::{intern, IdSet, ItemId, Sym, DAY_MS};
-use shopstream_dataflows::view::{Env, Names};
+use shopstream_dataflows::view::{Env, Names, Views};
 use shopstream_dataflows::views::profiles::{ProfileView, FACET_CART, FACET_CATEGORY};
 use shopstream_dataflows::views::recommend::{
     ItemFilter, Masks, RecommendSettings, RecommendView, Trend, Window, ALL_TIME, DAY, MONTH,
@@ -435,48 +435,36 @@ async fn personal(
     let first = (2 * neighbours).clamp(1, MAX_K);
     let parts = pinned
         .ask(Route::All, move |views, cx| {
-            let mut lists: Vec<(ItemId, Vec<Scored>)> = Vec::new();
-            if let Some(sim) = views.get::<SimilarityView>() {
-                for h in asked.iter() {
-                    if sim.owns(*h) {
-                        lists.push((
-                            *h,
-                            sim.similar_kept(*h, kind, measure, first, cx, true).similar,
-                        ));
-                    }
-                }
-            }
-            let short = |l: &[(ItemId, Vec<Scored>)], read: &[usize]| -> Vec<ItemId> {
-                l.iter()
-                    .zip(read)
-                    .filter(|((_, list), read)| list.len() < neighbours && **read == first)
-                    .map(|((h, _), _)| *h)
-                    .collect()
-            };
-            let read: Vec<usize> = lists.iter().map(|(_, l)| l.len()).collect();
-            if let Some(rec) = views.get::<RecommendView>() {
-                eligible(rec, &mut lists, &excluded, filter, neighbours, cx.at);
-            }
-            let again = if first < MAX_K {
-                short(&lists, &read)
-            } else {
-                Vec::new()
-            };
-            if !again.is_empty() {
-                let mut more: Vec<(ItemId, Vec<Scored>)> = Vec::new();
+            // The eligible neighbours of `items` by their first `k` similar items,
+            // each with whether that list was cut at `k` (there may be more).
+            let read = |views: &mut Views, items: &[ItemId], k: usize| {
+                let mut lists: Vec<(ItemId, Vec<Scored>)> = Vec::new();
                 if let Some(sim) = views.get::<SimilarityView>() {
-                    for h in &again {
-                        more.push((
-                            *h,
-                            sim.similar_kept(*h, kind, measure, MAX_K, cx, true).similar,
-                        ));
+                    for h in items {
+                        if sim.owns(*h) {
+                            lists.push((
+                                *h,
+                                sim.similar_kept(*h, kind, measure, k, cx, true).similar,
+                            ));
+                        }
                     }
                 }
+                let cut: Vec<bool> = lists.iter().map(|(_, l)| l.len() == k).collect();
                 if let Some(rec) = views.get::<RecommendView>() {
-                    eligible(rec, &mut more, &excluded, filter, neighbours, cx.at);
+                    eligible(rec, &mut lists, &excluded, filter, neighbours, cx.at);
                 }
+                (lists, cut)
+            };
+            let (mut lists, cut) = read(views, &asked, first);
+            let again: Vec<ItemId> = lists
+                .iter()
+                .zip(cut)
+                .filter(|((_, list), cut)| *cut && first < MAX_K && list.len() < neighbours)
+                .map(|((h, _), _)| *h)
+                .collect();
+            if !again.is_empty() {
                 lists.retain(|(h, _)| !again.contains(h));
-                lists.extend(more);
+                lists.extend(read(views, &again, MAX_K).0);
             }
             lists
         })

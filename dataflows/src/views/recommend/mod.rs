@@ -356,6 +356,11 @@ pub fn build<'scope>(
     (view, ())
 }
 
+/// A popular item as ranked: its popularity is both its score and its count.
+fn scored((item, popularity): (ItemId, i64)) -> Scored {
+    (item, popularity as f64, popularity)
+}
+
 /// Ranked popular items of each category (or brand).
 type Ranked = HashMap<Sym, Rc<Vec<Scored>>>;
 
@@ -557,16 +562,11 @@ impl RecommendView {
     fn rank_by_attribute(&mut self, window: Window, attr: u8, at: Time) -> &Ranked {
         if !self.by_attribute.contains_key(&(window, attr)) {
             let all = self.popularity(window, at);
-            let items: Vec<ItemId> = all.iter().map(|(i, _)| *i).collect();
-            let attrs = self.attributes(&items, at);
             let mut groups: HashMap<Sym, Vec<Scored>> = HashMap::new();
-            for ((item, score), (category, brand)) in all.into_iter().zip(attrs) {
+            for (popular, (category, brand)) in self.with_attributes(all, at) {
                 let value = if attr == BRAND { brand } else { category };
                 if value != 0 {
-                    groups
-                        .entry(value)
-                        .or_default()
-                        .push((item, score as f64, score));
+                    groups.entry(value).or_default().push(scored(popular));
                 }
             }
             let ranked = groups
@@ -591,19 +591,27 @@ impl RecommendView {
             .into_iter()
             .filter(|(i, _)| !exclude.contains(i))
             .collect();
-        let scored: Vec<Scored> = if filter == ItemFilter::default() {
-            all.into_iter().map(|(i, s)| (i, s as f64, s)).collect()
+        let list: Vec<Scored> = if filter == ItemFilter::default() {
+            all.into_iter().map(scored).collect()
         } else {
-            // In item order already: one forward pass over the attributes.
-            let items: Vec<ItemId> = all.iter().map(|(i, _)| *i).collect();
-            let attrs = self.attributes(&items, at);
-            all.into_iter()
-                .zip(attrs)
+            self.with_attributes(all, at)
                 .filter(|(_, (category, brand))| filter.admits(*category, *brand))
-                .map(|((i, s), _)| (i, s as f64, s))
+                .map(|(popular, _)| scored(popular))
                 .collect()
         };
-        rank(scored, k, &self.names)
+        rank(list, k, &self.names)
+    }
+
+    /// Each of `popular` (in item order) with its category and brand, from one
+    /// forward pass over the attributes.
+    fn with_attributes(
+        &mut self,
+        popular: Vec<(ItemId, i64)>,
+        at: Time,
+    ) -> impl Iterator<Item = ((ItemId, i64), (Sym, Sym))> {
+        let items: Vec<ItemId> = popular.iter().map(|(i, _)| *i).collect();
+        let attrs = self.attributes(&items, at);
+        popular.into_iter().zip(attrs)
     }
 
     /// This worker's first `k` items by growth (see [`Trend`]) among those with a

@@ -492,6 +492,20 @@ pub struct SimilarityView {
     ignored_users: i64,
 }
 
+/// What scores an item's partners: the measure, `n(item)` and `N`.
+#[derive(Clone, Copy)]
+struct Scoring {
+    measure: Measure,
+    n: i64,
+    units: i64,
+}
+
+impl Scoring {
+    fn score(&self, c: i64, nb: i64) -> f64 {
+        self.measure.score(c, self.n, nb, self.units)
+    }
+}
+
 /// One item's partners and their counts (no scores), as a read sees them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ItemPartners {
@@ -575,21 +589,21 @@ impl SimilarityView {
         let me = self.place.worker as u32;
         let n = read_key(&mut self.traces.stats, &(me, kind, item), at).unwrap_or(0);
         let units = read_key(&mut self.traces.stats, &(me, kind, UNIT), at).unwrap_or(0);
-        let score = |(b, c, nb): (ItemId, i64, i64)| (b, measure.score(c, n, nb, units), c);
+        let scoring = Scoring { measure, n, units };
         let (similar, examined, read) = if measure.bounded() {
-            let (similar, examined) = self.top_by_count(kind, item, measure, k, at, (n, units));
+            let (similar, examined) = self.top_by_count(kind, item, k, at, scoring);
             (similar, examined, k)
         } else {
             // Every partner is scored: the list is worth keeping whole (the first
             // MAX_K) when it was long.
-            let partners = self.partners(kind, item, at);
-            let examined = partners.len();
+            let pairs = self.pair_counts(kind, item, at);
+            let examined = pairs.len();
             let read = if examined >= RANK_CACHE_MIN_PARTNERS {
                 MAX_K
             } else {
                 k
             };
-            let scored = partners.into_iter().map(score).collect();
+            let scored = self.score_pairs(kind, pairs, at, scoring);
             (rank(scored, read, &self.names), examined, read)
         };
         let answer = Similar {
@@ -616,20 +630,19 @@ impl SimilarityView {
     /// The first `k` partners of `item` by a measure the count bounds, read in
     /// count order in chunks (the first `k`, then twice as many each time) until
     /// no partner left can reach the `k`-th score ([`index`]); with the number of
-    /// partners read. `counts` are `n(item)` and `N`.
+    /// partners read.
     fn top_by_count(
         &mut self,
         kind: Kind,
         item: ItemId,
-        measure: Measure,
         k: usize,
         at: Time,
-        (n, units): (i64, i64),
+        scoring: Scoring,
     ) -> (Vec<Scored>, usize) {
         if k == 0 {
             return (Vec::new(), 0);
         }
-        let score = |(b, c, nb): (ItemId, i64, i64)| (b, measure.score(c, n, nb, units), c);
+        let Scoring { measure, n, .. } = scoring;
         let mut scored = Vec::new();
         let mut examined = 0;
         if let Some(mut walk) = CountOrder::new(&mut self.traces.by_count, (kind, item), at) {
@@ -638,8 +651,7 @@ impl SimilarityView {
                 let mut chunk = Vec::with_capacity(want);
                 walk.take(want, &mut chunk);
                 chunk.sort_unstable_by_key(|p| p.0);
-                let counted = self.with_counts(kind, chunk, at);
-                scored.extend(counted.into_iter().map(score));
+                scored.extend(self.score_pairs(kind, chunk, at, scoring));
                 if walk.ended() {
                     break;
                 }
@@ -661,29 +673,22 @@ impl SimilarityView {
                 .into_iter()
                 .filter(|(_, c)| *c < index::INDEXED_FROM)
                 .collect();
-            scored.extend(self.with_counts(kind, rest, at).into_iter().map(score));
+            scored.extend(self.score_pairs(kind, rest, at, scoring));
         }
         (rank(scored, k, &self.names), examined)
     }
 
-    /// Every partner `b` of `item` with `c(item, b) > 0`, as `(b, c, n(b))`: one
-    /// forward pass over the pairs and, in step, over the counts.
-    pub fn partners(&mut self, kind: Kind, item: ItemId, at: Time) -> Vec<(ItemId, i64, i64)> {
-        self.at_epoch(at);
-        let pairs = self.pair_counts(kind, item, at);
-        self.with_counts(kind, pairs, at)
-    }
-
-    /// `(b, c, n(b))` for each `(b, c)` of `pairs` (in `b` order), at the epoch
-    /// of [`at_epoch`](Self::at_epoch): the counts not yet looked up at it in one
+    /// Each `(b, c)` of `pairs` (in `b` order) scored, at the epoch of
+    /// [`at_epoch`](Self::at_epoch): the `n(b)` not yet looked up at it in one
     /// forward pass over the counts. (The partners of popular items are mostly
     /// the same popular items: looked up once per epoch, not once per list.)
-    fn with_counts(
+    fn score_pairs(
         &mut self,
         kind: Kind,
         pairs: Vec<(ItemId, i64)>,
         at: Time,
-    ) -> Vec<(ItemId, i64, i64)> {
+        scoring: Scoring,
+    ) -> Vec<Scored> {
         let me = self.place.worker as u32;
         let n_of = &mut self.n_of;
         if n_of.len() > N_OF_MAX {
@@ -706,7 +711,7 @@ impl SimilarityView {
         }
         pairs
             .into_iter()
-            .map(|(b, d)| (b, d, n_of[&(kind, b)]))
+            .map(|(b, c)| (b, scoring.score(c, n_of[&(kind, b)]), c))
             .collect()
     }
 
